@@ -1,0 +1,56 @@
+"""Converters from native dataset layouts to the prepared format (pipeline/prepared.py).
+
+Each converter is a module here with::
+
+    CARD = "wflw"          # the card it uses unless the user passes another
+    HELP = "..."           # one line: what the source folder must contain
+    def instances(src: Path, card: Card, skipped: Counter) -> Iterator[Instance]
+
+``instances`` yields one ``Instance`` per object, with keypoints in source-image pixels, and raises
+``DataError(file, row, message)`` on bad input.  Unlabeled pool entries it had to skip are counted in
+``skipped[reason]``.  ``convert`` runs one and writes the prepared dataset atomically.
+"""
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from pathlib import Path
+
+from pipeline.card import Card, load_card
+from pipeline.prepared import write_prepared
+
+#: format name -> module under pipeline/converters
+FORMATS = {
+    "wflw": "wflw",
+    "300w": "w300",
+    "cub": "cub",
+    "atrw": "atrw",
+    "carfusion": "carfusion",
+    "lsp": "lsp",
+    "syntheseyes": "syntheseyes",
+    "h36m": "h36m",
+    "coco": "coco",
+    "dlc": "dlc",
+}
+
+
+def converter(fmt: str):
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    return importlib.import_module(f"pipeline.converters.{FORMATS[fmt]}")
+
+
+def convert(fmt: str, src: str | Path, out: str | Path, *, card: str | Card | None = None, size: int = 128,
+            margin: float = 0.25, overwrite: bool = False) -> Path:
+    """Convert the native dataset at ``src`` into a prepared dataset at ``out``."""
+    mod = converter(fmt)
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: source folder not found")
+    if card is None:
+        card = mod.card_for(src) if hasattr(mod, "card_for") else load_card(mod.CARD)
+    elif not isinstance(card, Card):
+        card = load_card(card)
+    skipped: Counter = Counter()
+    return write_prepared(out, card, mod.instances(src, card, skipped), size=size, margin=margin,
+                          overwrite=overwrite, skipped=skipped, extra_meta={"format": fmt, "source": str(src.resolve())})
