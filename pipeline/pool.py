@@ -1,0 +1,135 @@
+"""The unlabeled pool as a Ray Data stream: prepared Parquet rows, a folder of images, or video frames.
+
+Every source becomes the same stream of rows ``{"id": str, "image": uint8 [S, S, 3], "ok": bool}``:
+decoded and resized on Ray Data's CPU workers, read block by block (memory stays bounded whatever the
+pool's size), and split across training workers by Ray Train (``DataConfig(datasets_to_split=["unlabeled"])``).
+
+What runs here and what runs in the step:
+- here (CPU workers, no gradient): decoding, the crop to the object region, the resize to the working
+  resolution.  These are per-image, parameter-free, and the expensive part of loading.
+- in the train step (on the device): the 2D-equivariance transform of Eq. 3 and the supervised
+  baseline's augmentation.  The loss needs the transform's parameters, its range grows with the iteration
+  (Supplement A), and on a GPU the warp is far cheaper there than on the data workers.
+
+Unreadable inputs are not fatal: the row comes through with ``ok = False`` and a black image, the training
+loop drops it and counts it, and the count is recorded with the run.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+
+
+def _resize_square(image: np.ndarray, size: int, crop_box: Sequence[float] | None) -> np.ndarray:
+    """Crop ``crop_box`` (x0, y0, x1, y1; default: the centred square) and resize to size x size."""
+    from pipeline.prepared import crop_resize
+
+    h, w = image.shape[:2]
+    if crop_box is None:
+        side = min(h, w)
+        crop_box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    if image.shape[:2] == (size, size) and tuple(crop_box) == (0, 0, size, size):
+        return image
+    return crop_resize(image, crop_box, size)
+
+
+def decode_encoded(batch: dict, size: int, crop_box: Sequence[float] | None = None) -> dict:
+    """Ray Data batch fn: encoded image bytes (column ``bytes`` or ``image``) -> decoded rows."""
+    from PIL import Image
+
+    raw = batch["bytes"] if "bytes" in batch else batch["image"]
+    ids = batch["id"] if "id" in batch else batch["path"]
+    images = np.zeros((len(raw), size, size, 3), np.uint8)
+    ok = np.zeros(len(raw), bool)
+    for i, data in enumerate(raw):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                images[i] = _resize_square(np.asarray(im.convert("RGB")), size, crop_box)
+            ok[i] = True
+        except Exception:        # truncated, corrupt or not an image at all: counted, not fatal
+            pass
+    return {"id": np.asarray([str(x) for x in ids], dtype=object), "image": images, "ok": ok}
+
+
+def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None) -> list[dict]:
+    """Ray Data flat_map fn: decode frames [start, start + count) of one video with PyAV."""
+    import av
+
+    path, start, count, step = row["video"], int(row["start"]), int(row["count"]), int(row.get("step", 1))
+    out = []
+    try:
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i >= start + count:
+                    break
+                if i >= start and (i - start) % step == 0:
+                    img = _resize_square(frame.to_ndarray(format="rgb24"), size, crop_box)
+                    out.append({"id": f"{path}#{i}", "image": img, "ok": True})
+    except Exception:
+        out.append({"id": f"{path}#{start}", "image": np.zeros((size, size, 3), np.uint8), "ok": False})
+    return out
+
+
+def video_length(path: str | Path) -> int:
+    """Number of frames of a video (container metadata, or a decode pass when it has none)."""
+    import av
+
+    with av.open(str(path)) as c:
+        n = c.streams.video[0].frames
+        if n:
+            return int(n)
+        return sum(1 for _ in c.decode(video=0))
+
+
+def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split: str = "train",
+                 crop_box: Sequence[float] | None = None, frame_step: int = 1, frames_per_task: int = 256):
+    """The unlabeled pool as a ``ray.data.Dataset`` of {id, image uint8 [size, size, 3], ok}.
+
+    source: a prepared dataset folder (its ``split`` rows; default the training split, as in the paper),
+    a folder of images, a video file, or a list of image/video files.  ``crop_box`` applies to raw images
+    and video frames (e.g. a DeepLabCut project's fixed crop); prepared rows are already cropped.
+    """
+    import ray.data
+
+    paths = [Path(p) for p in ([source] if isinstance(source, (str, Path)) else source)]
+    if len(paths) == 1 and (paths[0] / "meta.json").exists():
+        from pipeline.prepared import PreparedDataset
+
+        ds = PreparedDataset(paths[0])
+        files = ds.files(split)
+        if not files:
+            raise ValueError(f"{paths[0]}: no rows in split {split!r} to use as the unlabeled pool")
+        return ray.data.read_parquet(files, columns=["id", "image"]).map_batches(
+            decode_encoded, fn_kwargs={"size": size}, batch_size=64)
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: unlabeled pool not found")
+    videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
+    images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
+    parts = []
+    if images:
+        parts.append(ray.data.read_binary_files([str(f) for f in images], include_paths=True).map_batches(
+            decode_encoded, fn_kwargs={"size": size, "crop_box": crop_box}, batch_size=64))
+    if videos:
+        chunks = []
+        for v in videos:
+            n = video_length(v)
+            chunks += [{"video": str(v), "start": s, "count": min(frames_per_task, n - s), "step": frame_step}
+                       for s in range(0, n, frames_per_task)]
+        parts.append(ray.data.from_items(chunks).flat_map(video_frames, fn_kwargs={"size": size, "crop_box": crop_box}))
+    if not parts:
+        raise ValueError(f"{', '.join(map(str, paths))}: no images or videos found for the unlabeled pool")
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
