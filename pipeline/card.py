@@ -178,7 +178,7 @@ def _names_to_indices(names: Any, index: dict[str, int], where: str) -> tuple[in
         raise CardError(f"{where}: expected a list of keypoint names, got {names!r}")
     out = []
     for n in names:
-        if n not in index:
+        if not isinstance(n, str) or n not in index:
             raise CardError(f"{where}: unknown keypoint {n!r}")
         out.append(index[n])
     return tuple(out)
@@ -199,7 +199,7 @@ def _cell(v: Any, where: str) -> PaperCell:
         return PaperCell(None)
     if isinstance(v, (int, float)):
         return PaperCell(float(v))
-    m = re.fullmatch(r"\s*([0-9.]+)\s*(†?)\s*", str(v))
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(†?)\s*", str(v))
     if not m:
         raise CardError(f"{where}: cannot read paper value {v!r} (a number, '-', or a number with †)")
     return PaperCell(float(m.group(1)), bool(m.group(2)))
@@ -216,15 +216,18 @@ def _metric(d: Any, index: dict[str, int], where: str) -> MetricSpec:
         pair = _names_to_indices(d.get("pair"), index, f"{where}.pair")
         if len(pair) != 2:
             raise CardError(f"{where}.pair: expected two keypoints")
-    return MetricSpec(kind=d["kind"], normalize=normalize, pair=pair, alpha=float(d.get("alpha", 0.1)),
-                      min_threshold_px=float(d.get("min_threshold_px", 0.0)))
+    try:
+        alpha, min_px = float(d.get("alpha", 0.1)), float(d.get("min_threshold_px", 0.0))
+    except (TypeError, ValueError):
+        raise CardError(f"{where}: metric.alpha and metric.min_threshold_px must be numbers") from None
+    return MetricSpec(kind=d["kind"], normalize=normalize, pair=pair, alpha=alpha, min_threshold_px=min_px)
 
 
 def _source(d: Any, where: str) -> SourceSpec:
     d = d or {}
     downloads = []
     for i, dl in enumerate(d.get("downloads") or []):
-        if "url" not in dl:
+        if not isinstance(dl, dict) or "url" not in dl:
             raise CardError(f"{where}.downloads[{i}]: needs a url")
         downloads.append(Download(url=dl["url"], filename=dl.get("filename") or dl["url"].rsplit("/", 1)[-1],
                                   sha256=dl.get("sha256"), unpack=bool(dl.get("unpack", True))))
@@ -237,9 +240,13 @@ def _paper(tables: Any, where: str) -> tuple[PaperTable, ...]:
     out = []
     for t_i, t in enumerate(tables or []):
         w = f"{where}[{t_i}]"
+        if not isinstance(t, dict) or not isinstance(t.get("table"), int):
+            raise CardError(f"{w}: a paper table is a mapping with an integer 'table' number")
         shots = tuple(str(s) for s in t.get("shots", ()))
         rows = []
         for r_i, r in enumerate(t.get("rows") or []):
+            if not isinstance(r, dict) or "method" not in r:
+                raise CardError(f"{w}.rows[{r_i}]: a row is a mapping with a 'method'")
             variant = r.get("variant")
             if variant is not None and variant not in KNOWN_VARIANTS:
                 raise CardError(f"{w}.rows[{r_i}]: unknown variant {variant!r} (one of {', '.join(KNOWN_VARIANTS)})")
@@ -307,7 +314,10 @@ def load_card(name_or_path: str | Path) -> Card:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise CardError(f"{p}: not valid YAML: {e}") from None
-    return parse_card(raw, origin=str(p))
+    card = parse_card(raw, origin=str(p))
+    if not Path(name_or_path).suffix and card.name != p.stem:
+        raise CardError(f"{p}: name {card.name!r} does not match the file name {p.stem!r}")
+    return card
 
 
 def card_names() -> list[str]:
