@@ -42,7 +42,7 @@ SCHEMA = pa.schema([
     ("split", pa.string()),                    # train | val | test | unlabeled
     ("image", pa.binary()),                    # PNG, size x size x 3, uint8
     ("keypoints", pa.list_(pa.float32())),     # K*2 (x, y) in image pixels; null for unlabeled rows
-    ("visible", pa.list_(pa.bool_())),         # K; false for missing or occluded keypoints
+    ("visible", pa.list_(pa.bool_())),         # K; counts for loss and metric (each converter documents its rule)
     ("keypoints_3d", pa.list_(pa.float32())),  # K*3 camera-frame (x, y, z); null where unknown
     ("box", pa.list_(pa.float32())),           # 4: object box (x0, y0, x1, y1) in source-image pixels
     ("crop_box", pa.list_(pa.float32())),      # 4: the square region of the source image that became the image

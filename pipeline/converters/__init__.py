@@ -13,6 +13,7 @@ Each converter is a module here with::
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections import Counter
 from pathlib import Path
 
@@ -52,5 +53,9 @@ def convert(fmt: str, src: str | Path, out: str | Path, *, card: str | Card | No
     elif not isinstance(card, Card):
         card = load_card(card)
     skipped: Counter = Counter()
-    return write_prepared(out, card, mod.instances(src, card, skipped), size=size, margin=margin,
-                          overwrite=overwrite, skipped=skipped, extra_meta={"format": fmt, "source": str(src.resolve())})
+    kwargs = {"margin": margin} if "margin" in inspect.signature(mod.instances).parameters else {}
+    meta = {"format": fmt, "source": str(src.resolve())}
+    if hasattr(mod, "pool_videos"):               # e.g. a DeepLabCut project's videos: the unlabeled pool
+        meta["pool_videos"] = [str(p) for p in mod.pool_videos(src)]
+    return write_prepared(out, card, mod.instances(src, card, skipped, **kwargs), size=size, margin=margin,
+                          overwrite=overwrite, skipped=skipped, extra_meta=meta)

@@ -1,0 +1,251 @@
+"""DeepLabCut project (Mathis et al., Nature Neuroscience 2018): a user's own single-animal labeling project.
+
+Layout (as DeepLabCut creates it)::
+
+    SRC/config.yaml                      Task, scorer, bodyparts, skeleton, video_sets {path: {crop}}
+    SRC/labeled-data/<video>/CollectedData_<scorer>.csv   labels (the .h5 twin is not needed)
+    SRC/labeled-data/<video>/img*.png    the extracted frames
+    SRC/videos/                          the project's videos (when video_sets' paths do not exist here)
+
+CollectedData CSV: three header rows -- ``scorer``, ``bodyparts``, ``coords`` (x / y per body part)
+-- then one row per labeled frame.  Older DeepLabCut writes the frame's path relative to the project
+in one index column (``labeled-data/<video>/img005.png``); newer versions write three index columns
+(``labeled-data``, ``<video>``, ``img005.png``).  Both are read: the index columns are those before
+the first ``x``/``y`` of the ``coords`` row.  Windows path separators are accepted.
+
+Missing labels: DeepLabCut writes an empty cell (or ``NaN``) where a body part was not labeled in a
+frame (the Tongue is often missing in the reaching example).  Both mean "not labeled": the keypoint is
+kept with ``visible`` False.  A row with the wrong number of columns, a non-numeric cell, only one of
+x / y, or a frame that is not on disk is a ``DataError`` naming the CSV and its line number.
+
+Coordinates: DeepLabCut's labeling GUIs put pixel centres at integer coordinates;
+``PIXEL_INDEX_OFFSET`` (0.5) is added so pixel centres sit at integer + 0.5 as in the prepared format.
+A prepared keypoint maps back to the CSV's value by
+``csv_xy = crop_box[:2] + xy * (crop_box[2] - crop_box[0]) / size - PIXEL_INDEX_OFFSET``.
+
+Crop: DeepLabCut frames are large with the animal in part of the frame, so every frame of a project
+-- labeled or not, and later the frames decoded from its videos -- is cut with ONE fixed square crop:
+the box around all labeled keypoints of the project, made square and enlarged by the margin
+(``project_crop``; ``pipeline.prepared.square_crop_box``).  It is stored as every row's ``crop_box``,
+so the same crop can be applied to video frames.
+
+Splits: every labeled frame goes to ``train`` (the few-shot labeling job picks its shots from them
+and holds the rest out); frames in labeled-data/ that no CSV row labels go to ``unlabeled``.  The
+project's videos, the larger unlabeled pool, are listed by ``pool_videos`` (decoding them is not this
+module's job).  Multi-animal projects (maDLC) are not supported.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import yaml
+
+from pipeline.card import Card
+from pipeline.converters._common import PIXEL_INDEX_OFFSET  # 0.5: pixel centres at integers -> at +0.5
+from pipeline.converters.coco import card_from_keypoints
+from pipeline.prepared import DataError, Instance, square_crop_box
+
+CARD = None  # no fixed card: built from config.yaml (card_for) unless --card is given
+HELP = "a DeepLabCut project: config.yaml + labeled-data/<video>/CollectedData_<scorer>.csv and its frames"
+
+#: crop margin per side, as a fraction of the project box's larger side (``fskp prepare``'s default)
+DEFAULT_MARGIN = 0.25
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".m4v", ".wmv")
+
+
+@dataclass(frozen=True)
+class LabeledFrame:
+    id: str                  # <video>/<frame stem>
+    image: Path
+    csv: Path
+    line: int                # line number in the CSV
+    keypoints: np.ndarray    # [K, 2] prepared-format source pixels (pixel centres at +0.5)
+    visible: np.ndarray      # [K] bool: labeled in the CSV
+
+
+# ---- config and card ---------------------------------------------------------------------------------
+def read_config(src: Path) -> dict:
+    path = Path(src) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{src}: no config.yaml (is this a DeepLabCut project folder?)")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DataError(path, None, f"not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise DataError(path, None, "expected a mapping of DeepLabCut settings")
+    if cfg.get("multianimalproject") or cfg.get("bodyparts") == "MULTI!":
+        raise DataError(path, "multianimalproject", "multi-animal DeepLabCut projects are not supported")
+    parts = cfg.get("bodyparts")
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) and p for p in parts):
+        raise DataError(path, "bodyparts", f"expected a non-empty list of body part names, got {parts!r}")
+    if len(set(parts)) != len(parts):
+        raise DataError(path, "bodyparts", f"duplicate body part names in {parts}")
+    return cfg
+
+
+def card_for(src: Path) -> Card:
+    """A card from config.yaml: bodyparts as keypoints, the skeleton as links (see coco.card_from_keypoints)."""
+    path = Path(src) / "config.yaml"
+    cfg = read_config(src)
+    names = cfg["bodyparts"]
+    links = []
+    for i, edge in enumerate(cfg.get("skeleton") or []):
+        if not isinstance(edge, (list, tuple)) or len(edge) != 2 or any(e not in names for e in edge):
+            raise DataError(path, f"skeleton[{i}]", f"expected two body parts from {names}, got {edge!r}")
+        if edge[0] != edge[1]:
+            links.append(tuple(sorted((names.index(edge[0]), names.index(edge[1])))))
+    task = str(cfg.get("Task") or Path(src).resolve().name)
+    name = "dlc-" + (re.sub(r"[^a-z0-9]+", "-", task.lower()).strip("-") or "project")
+    return card_from_keypoints(
+        name, f"DeepLabCut project {task} ({cfg.get('scorer', '?')}, {cfg.get('date', '?')})", names,
+        list(dict.fromkeys(links)), origin=str(path),
+        notes="Built by `fskp prepare dlc` from config.yaml: bodyparts, skeleton as links, flip pairs from "
+              "left_/right_ names, parts from the skeleton's connected components.  All frames share one "
+              "square crop around the project's labeled keypoints.")
+
+
+# ---- labels ------------------------------------------------------------------------------------------
+def label_files(src: Path, scorer: str | None) -> list[Path]:
+    """The CollectedData CSV of every labeled-data/<video> folder (the scorer's when there are several)."""
+    root = Path(src) / "labeled-data"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{src}: no labeled-data/ folder")
+    files = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.endswith("_labeled")):
+        found = sorted(folder.glob("CollectedData_*.csv"))
+        mine = [f for f in found if f.name == f"CollectedData_{scorer}.csv"]
+        if len(found) > 1 and not mine:
+            raise DataError(folder, None, f"several label files ({', '.join(f.name for f in found)}) and none "
+                                          f"for the project's scorer {scorer!r}")
+        files += mine or found
+    if not files:
+        raise FileNotFoundError(f"{root}: no labeled-data/<video>/CollectedData_*.csv label file")
+    return files
+
+
+def _cell(text: str, path: Path, line: int, what: str) -> float:
+    s = text.strip()
+    if s == "" or s.lower() == "nan":
+        return math.nan
+    try:
+        v = float(s)
+    except ValueError:
+        raise DataError(path, line, f"non-numeric value {s!r} for {what}") from None
+    if math.isinf(v):
+        raise DataError(path, line, f"infinite value for {what}")
+    return v
+
+
+def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...]) -> list[LabeledFrame]:
+    """Parse one CollectedData CSV into frames with the card's keypoints (by body part name)."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [next(reader, None) for _ in range(3)]
+        if any(h is None for h in header):
+            raise DataError(path, None, "expected three header rows (scorer, bodyparts, coords)")
+        if header[1] and header[1][0] == "individuals":
+            raise DataError(path, 2, "multi-animal label files (an 'individuals' header row) are not supported")
+        if [h[0] if h else "" for h in header] != ["scorer", "bodyparts", "coords"]:
+            raise DataError(path, 1, "expected header rows starting with scorer, bodyparts, coords; got "
+                                     f"{[h[0] if h else '' for h in header]}")
+        width = len(header[2])
+        if len(header[1]) != width:
+            raise DataError(path, 2, f"bodyparts row has {len(header[1])} columns, coords row {width}")
+        n_index = next((j for j in range(1, width) if header[2][j] in ("x", "y")), None)
+        if n_index is None:
+            raise DataError(path, 3, "coords row has no x / y column")
+        columns: dict[tuple[str, str], int] = {}
+        for j in range(n_index, width):
+            part, coord = header[1][j], header[2][j]
+            if coord not in ("x", "y") or (part, coord) in columns:
+                raise DataError(path, 3, f"column {j + 1}: unexpected or repeated ({part!r}, {coord!r})")
+            columns[(part, coord)] = j
+        parts = {p for p, _ in columns}
+        for name in keypoints:
+            if (name, "x") not in columns or (name, "y") not in columns:
+                raise DataError(path, 2, f"body part {name!r} of the card has no x / y columns")
+        extra = sorted(parts - set(keypoints))
+        if extra:
+            raise DataError(path, 2, f"body parts {extra} are not in the card's keypoints {list(keypoints)}")
+
+        frames = []
+        for row in reader:
+            line = reader.line_num
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) != width:
+                raise DataError(path, line, f"expected {width} columns, got {len(row)}")
+            rel = Path(*[c.replace("\\", "/") for c in row[:n_index]]) if n_index > 1 else \
+                Path(row[0].replace("\\", "/"))
+            candidates = [src / rel, path.parent / rel.name]
+            image = next((p for p in candidates if p.is_file()), None)
+            if image is None:
+                raise DataError(path, line, f"image not found: {candidates[0]}")
+            kp = np.zeros((len(keypoints), 2))
+            vis = np.zeros(len(keypoints), bool)
+            for k, name in enumerate(keypoints):
+                x = _cell(row[columns[(name, "x")]], path, line, f"{name} x")
+                y = _cell(row[columns[(name, "y")]], path, line, f"{name} y")
+                if math.isnan(x) != math.isnan(y):
+                    raise DataError(path, line, f"{name}: only one of x, y is given")
+                if not math.isnan(x):
+                    kp[k] = (x + PIXEL_INDEX_OFFSET, y + PIXEL_INDEX_OFFSET)
+                    vis[k] = True
+            frames.append(LabeledFrame(id=f"{image.parent.name}/{image.stem}", image=image, csv=path, line=line,
+                                       keypoints=kp, visible=vis))
+    return frames
+
+
+def unlabeled_frames(src: Path, labeled: list[LabeledFrame]) -> list[Path]:
+    """Frames in labeled-data/<video>/ folders that no CSV row labels."""
+    taken = {f.image.resolve() for f in labeled}
+    out = []
+    for folder in sorted(p for p in (Path(src) / "labeled-data").iterdir()
+                         if p.is_dir() and not p.name.endswith("_labeled")):
+        out += [p for p in sorted(folder.iterdir())
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in taken]
+    return out
+
+
+def project_crop(frames: list[LabeledFrame], margin: float = DEFAULT_MARGIN) -> tuple[float, float, float, float]:
+    """The project's one square crop: the box of all labeled keypoints, squared and enlarged by ``margin``."""
+    pts = np.concatenate([f.keypoints[f.visible] for f in frames]) if frames else np.zeros((0, 2))
+    if len(pts) == 0:
+        where = frames[0].csv if frames else "labeled-data"
+        raise DataError(where, None, "no labeled keypoint in the project, so no crop can be placed")
+    return square_crop_box((*pts.min(0), *pts.max(0)), margin)
+
+
+def pool_videos(src: Path) -> list[Path]:
+    """The project's videos (the unlabeled pool): config.yaml's video_sets that exist on this machine
+    (relative paths against the project), else the video files in SRC/videos/."""
+    src = Path(src)
+    cfg = read_config(src)
+    listed = [Path(v) if Path(v).is_absolute() else src / v for v in (cfg.get("video_sets") or {})]
+    existing = [p for p in listed if p.is_file()]
+    if existing:
+        return existing
+    folder = src / "videos"
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if folder.is_dir() else []
+
+
+def instances(src: Path, card: Card, skipped: Counter, margin: float = DEFAULT_MARGIN) -> Iterator[Instance]:
+    src = Path(src)
+    cfg = read_config(src)
+    frames = [f for path in label_files(src, cfg.get("scorer")) for f in read_label_file(path, src, card.keypoints)]
+    crop = project_crop(frames, margin)
+    for f in frames:
+        yield Instance(id=f.id, split="train", source=str(f.image), keypoints=f.keypoints, visible=f.visible,
+                       origin=(str(f.csv), f.line), crop_box=crop)
+    for image in unlabeled_frames(src, frames):
+        yield Instance(id=f"{image.parent.name}/{image.stem}", split="unlabeled", source=str(image),
+                       keypoints=None, visible=None, origin=(str(image), None), crop_box=crop)
