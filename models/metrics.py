@@ -17,7 +17,8 @@ def _mean_per_keypoint(values: np.ndarray, visible: np.ndarray) -> tuple[float, 
         raise ValueError("no visible keypoint to score")
     total = float(values[v].mean())
     counts = v.sum(0)
-    per_kp = np.where(counts > 0, (values * v).sum(0) / np.maximum(counts, 1), np.nan)
+    # np.where, not values * v: an invisible entry may hold NaN/inf (unknown coordinates) and NaN * 0 is NaN
+    per_kp = np.where(counts > 0, np.where(v, values, 0.0).sum(0) / np.maximum(counts, 1), np.nan)
     return total, per_kp
 
 
@@ -76,16 +77,23 @@ def score(spec: MetricSpec, pred: np.ndarray, gt: np.ndarray, visible: np.ndarra
 
     pred, gt: [N, K, 2] in pixels; visible: [N, K]; image_size: larger image side.
     Returns {"metric": "nme"|"pck", "value": mean %, "per_keypoint": [K] %, "mean_error_px": float}.
-    Instances with no visible keypoint (or a zero normaliser for NME) are left out.
+    Instances with no visible keypoint, a zero (or undefined) normaliser for NME, or a zero PCK threshold
+    are left out; with ``min_threshold_px`` > 0 a PCK instance whose normaliser is zero (e.g. a single
+    visible keypoint) is still scored against the floor threshold.
     """
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
     visible = np.asarray(visible, bool)
     norm = normaliser(spec, gt, visible, image_size)
-    keep = visible.any(1) & (norm > 0)
+    if spec.kind == "nme":
+        keep = visible.any(1) & (norm > 0)
+    else:
+        threshold = np.maximum(spec.alpha * norm, spec.min_threshold_px)
+        keep = visible.any(1) & (threshold > 0)
     pred, gt, visible, norm = pred[keep], gt[keep], visible[keep], norm[keep]
     if spec.kind == "nme":
         value, per_kp = nme(pred, gt, visible, norm)
     else:
-        value, per_kp = pck(pred, gt, visible, np.maximum(spec.alpha * norm, spec.min_threshold_px))
+        value, per_kp = pck(pred, gt, visible, threshold[keep])
     err = keypoint_errors(pred, gt)
     return {"metric": spec.kind, "value": value, "per_keypoint": per_kp,
             "mean_error_px": float(err[visible].mean()), "median_error_px": float(np.median(err[visible])),
