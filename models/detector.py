@@ -1,0 +1,97 @@
+"""Keypoint, uncertainty and depth detection (§3.1 Eq. 1, §3.4 Eq. 4).
+
+A timm CNN backbone with deconvolutions on top (Xiao et al.'s simple baseline [92]) predicts, per
+keypoint, a heatmap H_i, an uncertainty map V_i and a depth map D_i at 1/``heatmap_stride`` of the image.
+The softmax of H_i over the pixels gives the weights w(p) of Eq. 1:
+
+    k_i = sum_p w(p) p,   v_i = sum_p w(p) V_i(p)   (Eq. 1),   d_i = sum_p w(p) D_i(p)   (Eq. 4)
+
+with p the pixel centre in normalised coordinates [-1, 1] (x = 2 * (col + 0.5) / W - 1, the
+``align_corners=False`` convention).  The last layer starts at N(0, 0.001) weights and zero bias, as in
+[92]: heatmaps start flat, v starts at 0 (edges at half strength) and depth starts near 0.
+
+Under our reading of Eq. 6-7 (see models/edges.py) sigmoid(v_i) is the strength with which keypoint i's
+edges are drawn, so a large v_i means *certain*; ``uncertainty = 1 - sigmoid(v)`` is what ``predict`` reports.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import timm
+import torch
+import torch.nn as nn
+
+from models.config import ModelConfig
+from models.pretrained import create_timm_model
+
+
+class Detection(NamedTuple):
+    keypoints: torch.Tensor   # [N, K, 2] in [-1, 1], (x, y)
+    certainty: torch.Tensor   # [N, K] the paper's v_i (Eq. 1): logit of the edge strength, large = certain
+    depth: torch.Tensor       # [N, K] d_i (Eq. 4), times depth_scale
+    heatmaps: torch.Tensor    # [N, K, h, w] logits H_i
+
+
+def pixel_centres(height: int, width: int, device=None) -> torch.Tensor:
+    """[height * width, 2] normalised (x, y) of the pixel centres, row-major (align_corners=False)."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * (2.0 / height) - 1.0
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * (2.0 / width) - 1.0
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def soft_argmax(heatmaps: torch.Tensor, *maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Eq. 1 and 4.  heatmaps [N, K, h, w]; each of ``maps`` [N, K, h, w].
+
+    Returns (keypoints [N, K, 2], then each map's heatmap-weighted sum [N, K]), all float32.
+    """
+    N, K, h, w = heatmaps.shape
+    with torch.autocast(heatmaps.device.type, enabled=False):
+        weights = heatmaps.float().reshape(N, K, h * w).softmax(dim=-1)
+        keypoints = weights @ pixel_centres(h, w, heatmaps.device)
+        sums = tuple((weights * m.float().reshape(N, K, h * w)).sum(-1) for m in maps)
+    return (keypoints, *sums)
+
+
+class Detector(nn.Module):
+    """ResNet + deconvolutions -> (heatmaps, uncertainty maps, depth maps) -> ``Detection``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_keypoints = cfg.num_keypoints
+        self.depth_scale = cfg.depth_scale
+        self.backbone = create_timm_model(cfg.backbone, cfg.pretrained, cfg.weights_file,
+                                          features_only=True, out_indices=(-1,))
+        channels = self.backbone.feature_info.channels()[-1]
+        reduction = self.backbone.feature_info.reduction()[-1]
+        n_up = math.log2(reduction / cfg.heatmap_stride)
+        if n_up < 0 or n_up != int(n_up):
+            raise ValueError(f"{cfg.backbone}: output stride {reduction} cannot reach heatmap_stride "
+                             f"{cfg.heatmap_stride} by doubling")
+        layers: list[nn.Module] = []
+        for _ in range(int(n_up)):
+            layers += [nn.ConvTranspose2d(channels, cfg.head_channels, 4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(cfg.head_channels), nn.ReLU(inplace=True)]
+            channels = cfg.head_channels
+        self.upsample = nn.Sequential(*layers)
+        self.out = nn.Conv2d(channels, 3 * cfg.num_keypoints, 1)   # heatmaps, uncertainty maps, depth maps
+        for m in self.upsample.modules():
+            if isinstance(m, nn.ConvTranspose2d):
+                nn.init.normal_(m.weight, std=0.001)
+        nn.init.normal_(self.out.weight, std=0.001)
+        nn.init.zeros_(self.out.bias)
+        data = timm.data.resolve_model_data_config(self.backbone)
+        self.register_buffer("mean", torch.tensor(data["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(data["std"]).view(1, 3, 1, 1), persistent=False)
+        self.to(memory_format=torch.channels_last)
+
+    def maps(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [0, 1] -> [N, 3K, H/s, W/s] (the convolutional part; compilable)."""
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.out(self.upsample(self.backbone(x)[-1]))
+
+    def forward(self, images: torch.Tensor) -> Detection:
+        heatmaps, uncertainty_maps, depth_maps = self.maps(images).chunk(3, dim=1)
+        keypoints, certainty, depth = soft_argmax(heatmaps, uncertainty_maps, depth_maps)
+        return Detection(keypoints, certainty, depth * self.depth_scale, heatmaps)

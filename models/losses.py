@@ -1,0 +1,69 @@
+"""The training objective of §3: every loss of a variant, from one batch (Eq. 2, 3, 5, 9, Supplement A).
+
+``compute_losses`` is what ``KeypointModel.forward(batch, step=..., total_steps=..., cfg=...)`` runs, so a
+DistributedDataParallel wrapper sees the whole computation.  Batch layout: see models/train_step.py.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from models.config import LossConfig
+from models.detector import Detection
+from models.geometry import (equivariance_loss, inside, part_weights, permute_flipped, sample_transforms,
+                             similarity_loss_3d, smoothing_loss, transform_keypoints, warp_images)
+from models.reconstruction import reconstruction_loss
+from models.variants import get_variant
+
+if TYPE_CHECKING:
+    from models.model import KeypointModel
+
+LOSS_NAMES = ("loss", "few_shot", "recon", "geo2d", "geo3d", "smooth")
+
+
+def few_shot_loss(predicted: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: mean over the annotated (visible) keypoints of |k - k'|_1.  [L, K, 2], [L, K, 2], [L, K]."""
+    v = visible.float()
+    return ((predicted.float() - target).abs().sum(-1) * v).sum() / v.sum().clamp_min(1.0)
+
+
+def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: int,
+                   cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Forward pass and every loss of the variant ``cfg.variant``; the others are 0."""
+    variant = get_variant(cfg.variant)
+    labeled, target, visible = batch["labeled"], batch["keypoints"], batch["visible"]
+    unlabeled = batch.get("unlabeled", labeled[:0])
+    perm, zero = model.flip_perm, labeled.new_zeros(())
+    if variant.augment_labeled:               # Xiao et al.'s baseline: standard augmentation at full range
+        T = sample_transforms(len(labeled), 1.0, cfg, labeled.device)
+        labeled, target = warp_images(labeled, T), transform_keypoints(target, T, perm)
+        visible = permute_flipped(visible, T.flip, perm) & inside(target)
+    images = torch.cat([unlabeled, labeled]) if variant.unlabeled else labeled
+    n_unlabeled, n_images = len(images) - len(labeled), len(images)
+    geo2d = variant.geo2d and n_unlabeled > 0
+    if geo2d:    # Eq. 3's T(I), detected in the same pass as I (one batch: faster, one set of BN statistics)
+        T = sample_transforms(n_unlabeled, min(step / max(total_steps, 1), 1.0), cfg, images.device)
+        det_all = model(torch.cat([images, warp_images(unlabeled, T)]))
+        det, kp_transformed = Detection(*(x[:n_images] for x in det_all)), det_all.keypoints[n_images:]
+    else:
+        det = model(images)
+
+    losses = {"few_shot": few_shot_loss(det.keypoints[n_unlabeled:], target, visible)}           # Eq. 2
+    if variant.recon:                                                                             # Eq. 6-9
+        edges = model.edges(det.keypoints, det.certainty if variant.uncertainty else None)
+        losses["recon"] = reconstruction_loss(model.unet, model.perceptual, images, edges,
+                                              cfg.mask_ratio, cfg.mask_patch)[0]
+    if geo2d:                                                                                     # Eq. 3
+        losses["geo2d"] = equivariance_loss(kp_transformed, det.keypoints[:n_unlabeled], T, perm)
+    if variant.geo3d:                                                                             # Eq. 4-5
+        kp3d = torch.cat([det.keypoints, det.depth.unsqueeze(-1)], dim=-1)
+        weights = part_weights(len(model.config.parts), cfg.whole_object_weight, images.device)
+        losses["geo3d"] = similarity_loss_3d(kp3d, model.part_masks, weights, step < cfg.random_pairing_steps)
+    if variant.smoothing and len(model.smoothing_triples):                                        # Suppl. A
+        losses["smooth"] = smoothing_loss(det.keypoints, model.smoothing_triples)
+    for name in LOSS_NAMES[1:]:
+        losses.setdefault(name, zero)
+    losses["loss"] = (cfg.few_shot * losses["few_shot"] + cfg.recon * losses["recon"] + cfg.geo2d * losses["geo2d"]
+                      + cfg.geo3d * losses["geo3d"] + cfg.smoothing * losses["smooth"])
+    return {name: losses[name] for name in LOSS_NAMES}

@@ -1,0 +1,80 @@
+"""Detector (§3.1 Eq. 1, §3.4 Eq. 4) and weight loading."""
+import logging
+
+import pytest
+import torch
+
+from models.config import ModelConfig
+from models.detector import Detector, pixel_centres, soft_argmax
+from models import pretrained
+
+
+def tiny_config(**kw) -> ModelConfig:
+    base = dict(num_keypoints=3, links=((0, 1), (1, 2)), backbone="resnet18", pretrained=False, image_size=64,
+                head_channels=32, perceptual_vit="vit_tiny_patch16_224", perceptual_pretrained=False, unet_width=8)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_pixel_centres_follow_align_corners_false():
+    g = pixel_centres(4, 8)
+    assert g.shape == (32, 2)
+    assert torch.allclose(g[0], torch.tensor([-1 + 1 / 8, -1 + 1 / 4]))       # first pixel's centre
+    assert torch.allclose(g[-1], torch.tensor([1 - 1 / 8, 1 - 1 / 4]))        # last pixel's centre
+    assert torch.allclose(g[1] - g[0], torch.tensor([2 / 8, 0.0]))            # x runs along a row
+
+
+def test_soft_argmax_of_a_sharp_peak_returns_the_peak_and_its_values():
+    h = w = 16
+    heat = torch.full((2, 3, h, w), -50.0)
+    peaks = [(3, 5), (10, 0), (15, 15)]                                       # (row, col)
+    for k, (r, c) in enumerate(peaks):
+        heat[:, k, r, c] = 50.0
+    values = torch.randn(2, 3, h, w)
+    kp, v = soft_argmax(heat, values)
+    for k, (r, c) in enumerate(peaks):
+        expected = torch.tensor([2 * (c + 0.5) / w - 1, 2 * (r + 0.5) / h - 1])
+        assert torch.allclose(kp[:, k], expected.expand(2, 2), atol=1e-5)
+        assert torch.allclose(v[:, k], values[:, k, r, c], atol=1e-5)
+
+
+def test_soft_argmax_of_a_flat_heatmap_is_the_centre():
+    kp, = soft_argmax(torch.zeros(1, 2, 8, 8))
+    assert torch.allclose(kp, torch.zeros(1, 2, 2), atol=1e-6)
+
+
+def test_detector_shapes_and_small_start():
+    torch.manual_seed(0)
+    det = Detector(tiny_config())(torch.rand(2, 3, 64, 64))
+    assert det.keypoints.shape == (2, 3, 2) and det.certainty.shape == (2, 3) and det.depth.shape == (2, 3)
+    assert det.heatmaps.shape == (2, 3, 16, 16)                                # stride 4
+    assert det.keypoints.abs().max() < 0.05          # near-flat heatmaps: keypoints start near the centre
+    assert det.depth.abs().max() < 0.05 and det.certainty.abs().max() < 0.05  # depth and v start near 0
+
+
+def test_weights_file_loads_and_a_mismatch_is_a_clear_error(tmp_path):
+    torch.manual_seed(0)
+    source = Detector(tiny_config())
+    path = tmp_path / "backbone.pth"
+    torch.save(source.backbone.state_dict(), path)
+    loaded = Detector(tiny_config(weights_file=str(path)))
+    for k, v in source.backbone.state_dict().items():
+        assert torch.equal(loaded.backbone.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="backbone.pth: weights do not fit resnet34"):
+        Detector(tiny_config(backbone="resnet34", weights_file=str(path)))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        Detector(tiny_config(weights_file=str(tmp_path / "missing.pth")))
+
+
+def test_unavailable_pretrained_weights_fall_back_to_random_init_logged_once(monkeypatch, tmp_path, caplog):
+    import huggingface_hub.constants as hub
+    offline_before = hub.HF_HUB_OFFLINE
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))      # an empty cache
+    monkeypatch.setattr(pretrained, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(pretrained, "_reported", set())
+    with caplog.at_level(logging.WARNING, logger="models.pretrained"):
+        Detector(tiny_config(pretrained=True))
+        Detector(tiny_config(pretrained=True))
+    lines = [r.getMessage() for r in caplog.records if r.name == "models.pretrained"]
+    assert len(lines) == 1 and "resnet18" in lines[0] and "random initialisation" in lines[0]
+    assert hub.HF_HUB_OFFLINE == offline_before            # offline mode was only for the attempt
