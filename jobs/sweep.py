@@ -1,0 +1,535 @@
+"""`fskp reproduce`: the paper's result grids as Ray Tune sweeps of `fskp train` runs, resumable from MLflow.
+
+A grid is a list of ``Cell``s (dataset, shots, variant, selection, seed).  It comes from the command line
+(``expand_grid``) or from a preset that reproduces one of the paper's tables (``table_cells``), which is
+read from the ``paper`` entries of the dataset cards, so a preset and the card it is compared with agree.
+
+Each cell is one Ray Tune trial: a small function trainable (``_cell_trainable``, the Ray Train V2
+pattern) that builds the ``TrainJob`` and calls ``jobs.training.run_training``, which starts a
+``TorchTrainer`` and records one MLflow run.  The trial itself asks for a fraction of a CPU; the Train
+workers ask for their own CPUs and, with ``gpu``, a fraction of a GPU, so several small runs share a GPU.
+``max_concurrent`` caps how many trials run at once.
+
+Resuming is done through MLflow, not Tune's experiment state: before launching, the experiment is searched
+for a FINISHED run of each cell on the same prepared data (``data_fingerprint``) with the same
+result-changing settings (``RESULT_PARAMS``); those cells are not trained again.  Runs left RUNNING by a
+sweep whose driver died are marked KILLED and their cells are trained again.  So a sweep whose driver dies
+is resumed by running the same command again.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+VARIANTS = ("full", "supervised", "no-recon", "no-2d", "no-3d", "no-uncertainty")
+SELECTIONS = ("kmeans", "random")
+#: Table 3's "- kmeans selection" row is full training with random shots, averaged over 3 runs (paper §4.3)
+RANDOM_SELECTION_SEEDS = (0, 1, 2)
+#: the paper variant name of that row in the cards
+RANDOM_SHOTS_ROW = "random-shots"
+#: the order the paper presents its datasets in; other datasets follow alphabetically
+PAPER_DATASET_ORDER = ("wflw", "syntheseyes", "cub", "atrw", "carfusion", "synthesisai_faces", "ffhq_dlib68",
+                       "lsp", "300w", "h36m")
+#: TrainJob fields that change a run's result: a finished run counts for a cell only if these match
+RESULT_PARAMS = ("iterations", "backbone", "size", "coefficients", "lr", "unlabeled_batch", "perceptual_vit",
+                 "pretrained", "pool")
+#: MLflow tags of the sweep's own parent run (it has no "dataset" tag, so tables never count it)
+KIND_TAG, DRIVER_HOST_TAG, DRIVER_PID_TAG = "fskp.kind", "fskp.driver_host", "fskp.driver_pid"
+CELLS_ARTIFACT = "cells.json"
+DEFAULT_DATA_ROOT = "data"
+
+
+# ---- cells -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a results grid."""
+
+    card: str                   # card name; the MLflow "dataset" tag
+    shots: str                  # "10" or "5%" (a share of the train split)
+    variant: str = "full"       # one of VARIANTS
+    selection: str = "kmeans"   # kmeans (paper §3.6) | random
+    seed: int = 0
+    data: str = ""              # prepared dataset folder ("" until resolved)
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        """What identifies the cell's runs in MLflow: the tags dataset, shots, variant, selection, seed."""
+        return (self.card, self.shots, self.variant, self.selection, str(self.seed))
+
+    @property
+    def paper_variant(self) -> str | None:
+        """The variant name of the card's paper row this cell reproduces (None: no such row)."""
+        if self.selection == "kmeans":
+            return self.variant
+        return RANDOM_SHOTS_ROW if self.variant == "full" else None
+
+    @property
+    def name(self) -> str:
+        return f"{self.card}-{self.shots.replace('%', 'pct')}-{self.variant}-{self.selection}-seed{self.seed}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_list(text: str | None) -> list[str]:
+    """ "1, 10,5%" → ["1", "10", "5%"]; None or "" → []."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def check_shots(shots: str) -> str:
+    """A count ("10") or a percentage of the train split ("5%", in (0, 100]); returned normalised."""
+    text = str(shots).strip()
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)%", text)
+    if m and 0 < float(m.group(1)) <= 100:
+        return text
+    if re.fullmatch(r"[1-9][0-9]*", text):
+        return text
+    raise ValueError(f"shots must be a positive count (10) or a percentage in (0, 100] (5%), got {shots!r}")
+
+
+def shots_order(shots: str) -> tuple[int, float]:
+    """Sort key of shot columns as the paper prints them: counts ascending, then percentages ascending."""
+    return (1, float(shots[:-1])) if shots.endswith("%") else (0, float(shots))
+
+
+def dataset_order(card: str) -> tuple[int, str]:
+    return (PAPER_DATASET_ORDER.index(card), "") if card in PAPER_DATASET_ORDER else (len(PAPER_DATASET_ORDER), card)
+
+
+def cell_order(cell: Cell) -> tuple:
+    variant = VARIANTS.index(cell.variant) if cell.variant in VARIANTS else len(VARIANTS)
+    return (dataset_order(cell.card), SELECTIONS.index(cell.selection), variant, shots_order(cell.shots), cell.seed)
+
+
+def unique_cells(cells) -> list[Cell]:
+    """Cells without repeats (same key), in grid order."""
+    seen, out = set(), []
+    for c in sorted(cells, key=cell_order):
+        if c.key not in seen:
+            seen.add(c.key)
+            out.append(c)
+    return out
+
+
+def expand_grid(datasets: list[tuple[str, str]], shots: list[str], variants: list[str],
+                selections: list[str] = ("kmeans",), seeds: list[int] = (0,)) -> list[Cell]:
+    """The full product of the options; ``datasets`` are (card name, prepared folder or "") pairs."""
+    if not datasets or not shots:
+        raise ValueError("a grid needs at least one dataset and one shot count (or a --table preset)")
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; one of {', '.join(VARIANTS)}")
+    for s in selections:
+        if s not in SELECTIONS:
+            raise ValueError(f"unknown selection {s!r}; one of {', '.join(SELECTIONS)}")
+    shots = [check_shots(s) for s in shots]
+    return unique_cells(Cell(card, n, v, sel, int(seed), data) for card, data in datasets for n in shots
+                        for v in variants for sel in selections for seed in seeds)
+
+
+# ---- presets: the paper's tables, read from the cards -------------------------------------------------------
+def preset_tables() -> list[int]:
+    """Numbers of the paper's tables that name at least one of our variants in some card."""
+    from pipeline.card import card_names, load_card
+
+    return sorted({t.table for name in card_names() for t in load_card(name).paper
+                   if any(r.variant for r in t.rows)})
+
+
+def table_cells(table: int) -> list[Cell]:
+    """Exactly the cells of the paper's table ``table`` that we can run.
+
+    For every card with that table: each row mapped to one of our variants, at each shot column where the
+    paper prints a number.  The "- kmeans selection" row is full training with random shots, one cell per
+    seed of ``RANDOM_SELECTION_SEEDS`` (the paper averages 3 runs).  Tables 1 and 7 have the same cells (7
+    reports the other metric of the same runs).
+    """
+    from pipeline.card import card_names, load_card
+
+    cells = []
+    for name in card_names():
+        for t in load_card(name).paper:
+            if t.table != table:
+                continue
+            for row in t.rows:
+                if row.variant is None:
+                    continue                      # another method: its numbers are only printed
+                variant, selection, seeds = row.variant, "kmeans", (0,)
+                if row.variant == RANDOM_SHOTS_ROW:
+                    variant, selection, seeds = "full", "random", RANDOM_SELECTION_SEEDS
+                for shots, cell in zip(t.shots, row.cells):
+                    if cell.value is not None:
+                        cells += [Cell(name, shots, variant, selection, seed) for seed in seeds]
+    if not cells:
+        raise ValueError(f"no card has paper table {table}; presets exist for tables "
+                         f"{', '.join(map(str, preset_tables()))}")
+    return unique_cells(cells)
+
+
+def filter_cells(cells: list[Cell], *, cards=None, shots=None, variants=None, selections=None,
+                 seeds=None) -> list[Cell]:
+    """The cells matching every filter given (None or empty: no filter)."""
+    def keep(c: Cell) -> bool:
+        return ((not cards or c.card in cards) and (not shots or c.shots in shots)
+                and (not variants or c.variant in variants) and (not selections or c.selection in selections)
+                and (not seeds or c.seed in seeds))
+    return [c for c in cells if keep(c)]
+
+
+# ---- datasets: a card name under the data root, or the path of a prepared dataset ---------------------------
+def is_prepared(path: str | Path) -> bool:
+    return (Path(path) / "meta.json").is_file()
+
+
+def missing_data_message(card: str, folder: Path) -> str:
+    """How to create the prepared dataset a card name points at."""
+    from pipeline.converters import FORMATS, converter
+
+    fmt = next((f for f in FORMATS if getattr(converter(f), "CARD", None) == card), None)
+    steps = f"fskp download {card} --root datasets   (fetches it, or says how to obtain it)"
+    if fmt:
+        steps += f"\n    then: fskp prepare {fmt} --src datasets/{card} --out {folder}"
+    else:
+        steps += f"\n    then write it to {folder} (no converter for {card!r}: see `fskp cards {card}`)"
+    return f"{folder}: no prepared dataset for card {card!r}. Create it with\n    {steps}"
+
+
+def resolve_dataset(spec: str, data_root: str | Path = DEFAULT_DATA_ROOT) -> tuple[str, str]:
+    """A dataset given on the command line → (card name, prepared folder).
+
+    ``spec`` is the path of a prepared dataset (its card comes from its card.yaml), or a card name, which
+    means ``<data_root>/<name>``.  The folder of a card name need not exist yet (see ``check_data``).
+    """
+    from pipeline.card import card_names
+    from pipeline.prepared import PreparedDataset
+
+    if is_prepared(spec):
+        return PreparedDataset(spec).card.name, str(Path(spec).resolve())
+    if spec in card_names():
+        return spec, str(Path(data_root) / spec)
+    if Path(spec).exists():
+        raise FileNotFoundError(f"{spec} is not a prepared dataset (no meta.json); create one with `fskp prepare`")
+    raise ValueError(f"{spec!r} is neither a prepared dataset folder nor a card name "
+                     f"(cards: {', '.join(card_names())})")
+
+
+def attach_data(cells: list[Cell], data_root: str | Path = DEFAULT_DATA_ROOT,
+                folders: dict[str, str] | None = None) -> list[Cell]:
+    """Give each cell its prepared folder: ``folders[card]`` if given, else ``<data_root>/<card>``."""
+    folders = folders or {}
+    return [c if c.data else replace(c, data=folders.get(c.card) or str(Path(data_root) / c.card)) for c in cells]
+
+
+def check_data(cells: list[Cell]) -> None:
+    """Raise one error naming every missing prepared dataset and how to create it."""
+    missing = {}
+    for c in cells:
+        if not is_prepared(c.data):
+            missing.setdefault(c.card, Path(c.data))
+    if missing:
+        raise FileNotFoundError("\n".join(missing_data_message(card, folder) for card, folder in missing.items()))
+
+
+# ---- resume: what MLflow already holds -----------------------------------------------------------------------
+@dataclass
+class Plan:
+    """Which cells a sweep trains, and why the others are left out."""
+
+    todo: list[Cell]
+    done: dict[Cell, str] = field(default_factory=dict)          # cell → FINISHED run id
+    running: dict[Cell, str] = field(default_factory=dict)       # cell → run id of a live sweep elsewhere
+    stale: list[str] = field(default_factory=list)               # RUNNING run ids of dead drivers
+
+
+def _all_runs(client, experiment_id: str, filter_string: str = "") -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None if there is no such process.
+
+    Together with the pid this names a process even after its pid is reused (a driver restarted in a
+    fresh container often gets the same small pid)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:                     # no /proc (not Linux): fall back to asking the process
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "unknown"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _driver_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {DRIVER_HOST_TAG: socket.gethostname(), DRIVER_PID_TAG: f"{pid}:{_process_start(pid)}"}
+
+
+def _driver_alive(tags: dict) -> bool:
+    """Whether the sweep driver recorded in a parent run's tags is still running (on this host)."""
+    if tags.get(DRIVER_HOST_TAG) != socket.gethostname():
+        return False                    # another host: nothing to ask; a dead driver is the usual case
+    pid, _, start = tags.get(DRIVER_PID_TAG, "").partition(":")
+    if not pid.isdigit() or int(pid) <= 0 or int(pid) == os.getpid():
+        return False
+    now = _process_start(int(pid))
+    return now is not None and (now == start or "unknown" in (now, start))
+
+
+def result_params(train_options: dict) -> dict[str, str]:
+    """The RESULT_PARAMS of a sweep's training options, as MLflow stores them (str of the job field)."""
+    from jobs.training import TrainJob
+
+    job = TrainJob(data="", **{k: v for k, v in train_options.items() if k != "data"})
+    return {k: str(getattr(job, k))[:500] for k in RESULT_PARAMS}
+
+
+def plan_sweep(cells: list[Cell], train_options: dict, experiment: str, tracking_uri: str) -> Plan:
+    """Split ``cells`` into those to train and those MLflow already has (see the module docstring)."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.prepared import PreparedDataset
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return Plan(todo=list(cells))
+    wanted = result_params(train_options)
+    fingerprints = {c.data: PreparedDataset(c.data).fingerprint for c in cells}
+    by_key: dict[tuple, list] = {}
+    parents: dict[str, object] = {}
+    for run in _all_runs(client, exp.experiment_id):
+        tags = run.data.tags
+        if tags.get(KIND_TAG) == "sweep":
+            parents[run.info.run_id] = run
+        elif "dataset" in tags:
+            key = (tags["dataset"], tags.get("shots"), tags.get("variant"), tags.get("selection"), tags.get("seed"))
+            by_key.setdefault(key, []).append(run)
+
+    def live(run) -> bool:
+        parent = parents.get(run.data.tags.get("mlflow.parentRunId", ""))
+        return parent is not None and parent.info.status == "RUNNING" and _driver_alive(parent.data.tags)
+
+    plan = Plan(todo=[])
+    for cell in cells:
+        same = [r for r in by_key.get(cell.key, [])
+                if r.data.params.get("data_fingerprint") == fingerprints[cell.data]
+                and all(r.data.params.get(k) == v for k, v in wanted.items())]
+        finished = [r for r in same if r.info.status == "FINISHED"]
+        running = [r for r in same if r.info.status == "RUNNING"]
+        if finished:
+            plan.done[cell] = max(finished, key=lambda r: r.info.start_time).info.run_id
+        elif any(live(r) for r in running):
+            plan.running[cell] = next(r for r in running if live(r)).info.run_id
+        else:
+            plan.todo.append(cell)
+        plan.stale += [r.info.run_id for r in by_key.get(cell.key, []) if r.info.status == "RUNNING" and not live(r)]
+    plan.stale += [rid for rid, r in parents.items() if r.info.status == "RUNNING" and not _driver_alive(r.data.tags)]
+    plan.stale = sorted(set(plan.stale))
+    return plan
+
+
+# ---- the sweep ---------------------------------------------------------------------------------------------
+@dataclass
+class CellOutcome:
+    cell: Cell
+    status: str                         # "finished" | "failed" | "done before" | "running elsewhere"
+    run_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str | None
+    outcomes: list[CellOutcome]
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _cell_trainable(config: dict, cells: dict, base: dict, parent_run_id: str | None) -> None:
+    """One Tune trial: the Ray Train run of `fskp train` for the cell named ``config["cell"]`` (Ray Train V2's
+    Tune pattern: a function trainable that starts a TorchTrainer and forwards its reports to Tune)."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from jobs.training import TrainJob, run_training
+
+    cell = Cell(**cells[config["cell"]])
+    job = TrainJob(**{**base, "data": cell.data, "shots": cell.shots, "variant": cell.variant,
+                      "selection": cell.selection, "seed": cell.seed})
+    result = run_training(job, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()])
+    if result.error:
+        raise RuntimeError(f"{cell.name}: MLflow run {result.run_id} failed: {result.error}")
+    final = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    tune.report({**final, "mlflow_run_id": result.run_id})
+
+
+def _trial_name(trial) -> str:
+    return trial.config["cell"]
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial.config['cell']}-{trial.trial_id}"
+
+
+def default_concurrency(train_options: dict, driver_cpus: float) -> int:
+    """How many cells fit the cluster as it is now: one CPU is left to Ray Data, GPUs shared by fraction."""
+    import ray
+
+    res = ray.cluster_resources()
+    workers = int(train_options.get("workers", 1))
+    per_trial_cpu = driver_cpus + workers * float(train_options.get("cpus_per_worker", 1.0))
+    n = math.floor(max(res.get("CPU", 1) - 1, per_trial_cpu) / per_trial_cpu + 1e-9)
+    if train_options.get("gpu") and res.get("GPU", 0) > 0:
+        per_trial_gpu = workers * float(train_options.get("gpu_fraction", 1.0))
+        n = min(n, math.floor(res["GPU"] / per_trial_gpu + 1e-9))
+    return max(1, n)
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to the cluster ($RAY_ADDRESS, e.g. under `ray job submit`) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {} if os.environ.get("RAY_ADDRESS") or num_cpus is None else {"num_cpus": num_cpus}
+    ray.init(include_dashboard=False, logging_level="WARNING", **kwargs)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None = None,
+              tracking_uri: str | None = None, max_concurrent: int | None = None, driver_cpus: float = 0.25,
+              num_cpus: int | None = None, log=print) -> SweepResult:
+    """Train every cell MLflow does not already hold, as parallel Ray Tune trials; one MLflow run per cell.
+
+    cells: with ``data`` set (see ``attach_data``).  train_options: ``TrainJob`` fields shared by every
+    cell (``jobs.commands.train.job_kwargs``); ``experiment`` and ``tracking_uri`` override theirs.
+    max_concurrent: trials at once (default: as many as the cluster holds now, ``default_concurrency``).
+    driver_cpus: what each trial's own process asks for (the Train workers ask for theirs).
+    num_cpus: CPUs of a local Ray instance started here (ignored when connecting to a cluster).
+    The sweep gets a parent MLflow run (the grid as cells.json, the results table as table.md); each
+    cell's run is nested under it.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tracking import code_version, flat_params, resolve_tracking_uri
+
+    check_data(cells)
+    cells = unique_cells(replace(c, data=str(Path(c.data).resolve())) for c in cells)
+    experiment = experiment or train_options.get("experiment") or "fskp"
+    tracking_uri = resolve_tracking_uri(tracking_uri or train_options.get("tracking_uri"))
+    storage = train_options.get("storage_path") or "runs"
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    base = {**{k: v for k, v in train_options.items() if k not in ("data", "shots", "variant", "selection", "seed")},
+            "experiment": experiment, "tracking_uri": tracking_uri, "storage_path": storage}
+
+    plan = plan_sweep(cells, base, experiment, tracking_uri)
+    client = MlflowClient(tracking_uri)
+    for run_id in plan.stale:
+        client.set_terminated(run_id, status="KILLED")
+    if plan.stale:
+        log(f"marked {len(plan.stale)} run(s) left RUNNING by a dead sweep driver as KILLED")
+    outcomes = [CellOutcome(c, "done before", run_id) for c, run_id in plan.done.items()]
+    outcomes += [CellOutcome(c, "running elsewhere", run_id) for c, run_id in plan.running.items()]
+    log(f"{len(cells)} cells: {len(plan.done)} already finished in MLflow, {len(plan.running)} running in "
+        f"another live sweep, {len(plan.todo)} to train (experiment {experiment!r}, {tracking_uri})")
+    if not plan.todo:
+        return SweepResult(experiment, tracking_uri, None, _ordered(outcomes))
+
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent = client.create_run(exp_id, run_name=f"sweep-{stamp}", tags={KIND_TAG: "sweep", **_driver_tags()})
+    parent_id = parent.info.run_id
+    client.log_batch(parent_id, params=[_param(k, v) for k, v in {
+        **flat_params("", {k: v for k, v in base.items() if k != "tracking_uri"}),
+        "cells": len(cells), "cells_to_train": len(plan.todo), "code_version": code_version()}.items()])
+    client.log_text(parent_id, json.dumps([c.to_dict() for c in cells], indent=1), CELLS_ARTIFACT)
+
+    try:
+        outcomes += _tune(plan.todo, base, parent_id, stamp, storage, max_concurrent, driver_cpus, num_cpus, log)
+    except BaseException:
+        client.set_terminated(parent_id, status="KILLED")
+        raise
+    result = SweepResult(experiment, tracking_uri, parent_id, _ordered(outcomes))
+    try:
+        from jobs.table import build_table
+
+        client.log_text(parent_id, build_table(experiment, tracking_uri, "md"), "table.md")
+    except Exception as e:                    # the table is a convenience; the runs are what count
+        log(f"could not log the results table: {e}")
+    client.set_terminated(parent_id, status="FINISHED" if result.ok else "FAILED")
+    return result
+
+
+def _param(key: str, value):
+    """An MLflow Param (values are capped at 500 characters, as ``flat_params`` does)."""
+    from mlflow.entities import Param
+
+    return Param(key, str(value)[:500])
+
+
+def _ordered(outcomes: list[CellOutcome]) -> list[CellOutcome]:
+    return sorted(outcomes, key=lambda o: cell_order(o.cell))
+
+
+def _tune(todo: list[Cell], base: dict, parent_id: str, stamp: str, storage: str, max_concurrent: int | None,
+          driver_cpus: float, num_cpus: int | None, log) -> list[CellOutcome]:
+    from ray import tune
+
+    init_ray(num_cpus)
+    concurrent = max_concurrent or default_concurrency(base, driver_cpus)
+    log(f"running {len(todo)} trials, at most {concurrent} at once")
+    cells = {c.name: c.to_dict() for c in todo}
+    trainable = tune.with_resources(
+        tune.with_parameters(_cell_trainable, cells=cells, base=base, parent_run_id=parent_id), {"CPU": driver_cpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search(list(cells))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(name=f"sweep-{stamp}", storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1))
+    grid = tuner.fit()
+    outcomes = []
+    for r in grid:
+        cell = Cell(**cells[r.config["cell"]])
+        metrics = dict(r.metrics or {})
+        if r.error is not None or "mlflow_run_id" not in metrics:
+            text = str(r.error) if r.error is not None else "the trial reported no result"
+            failed = re.search(r"MLflow run ([0-9a-f]{32}) failed: (.*)", text)
+            message = failed.group(2).strip() if failed else text.strip().splitlines()[-1]
+            outcomes.append(CellOutcome(cell, "failed", failed.group(1) if failed else None, error=message))
+        else:
+            outcomes.append(CellOutcome(cell, "finished", metrics.pop("mlflow_run_id"),
+                                        {k: v for k, v in metrics.items() if k.startswith("test/")}))
+    return outcomes

@@ -1,0 +1,371 @@
+"""`fskp train` as a Ray Train job: the worker loop (``train_func``) and the driver (``run_training``).
+
+Data flow: prepared dataset → shot selection → Ray Data stream of the unlabeled pool (sharded across
+workers) + the labeled shots (every worker holds them) → ``models.train_step`` → checkpoints under the run's
+storage path → evaluation on the test split → one MLflow run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+CHECKPOINT_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training run depends on; logged whole to MLflow and stored in the checkpoint."""
+
+    data: str                               # prepared dataset folder
+    shots: str = "10"                       # labeled examples: a count ("10") or a share of the train split ("5%")
+    selection: str = "kmeans"               # kmeans (paper §3.6) | random (the "-kmeans" ablation)
+    variant: str = "full"                   # full | supervised | no-recon | no-2d | no-3d | no-uncertainty
+    iterations: int = 20000                 # paper: 20k
+    backbone: str = "resnet50"              # any timm backbone with features_only; paper: resnet50
+    size: int = 128                         # working resolution; must match the prepared dataset
+    seed: int = 0                           # paper: all seeds 0
+    coefficients: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.1)   # few-shot, recon, 2D, 3D (§3.6)
+    lr: float = 1e-4                        # Adam, betas (0.9, 0.99) (Supplement A)
+    unlabeled_batch: int = 16               # per worker; labeled batch is min(16, n_shots)
+    workers: int = 1                        # Ray Train workers (data-parallel)
+    gpu: bool = False                       # one GPU per worker (or gpu_fraction of one)
+    gpu_fraction: float = 1.0               # <1 lets several small runs share a GPU
+    cpus_per_worker: float = 1.0
+    precision: str = "auto"                 # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    perceptual_vit: str = "vit_small_patch16_224"   # timm ViT of the perceptual loss (Eq. 9)
+    pretrained: bool = True                 # pretrained backbone/ViT weights when they can be loaded
+    pool: str | None = None                 # unlabeled pool: a folder of images or a video (default: train split)
+    checkpoint_every: int = 1000            # iterations between checkpoints
+    log_every: int = 50                     # iterations between loss reports (each is a host sync)
+    experiment: str = "fskp"                # MLflow experiment
+    tracking_uri: str | None = None         # MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)
+    storage_path: str | None = None         # Ray Train storage (shared storage on a cluster); default ./runs
+    run_name: str | None = None             # Ray Train run name / MLflow run name (default derived)
+    max_failures: int = 2                   # worker failures survived by resuming from the last checkpoint
+    fail_at_step: int | None = None         # testing only: kill rank 0 once at this step
+    threads: int | None = None              # torch intra-op threads per worker (default: cpus_per_worker)
+    record_pool_ids: bool = False           # write the pool ids each worker saw to the run folder (sharding check)
+
+    def default_name(self, card_name: str) -> str:
+        return f"{card_name}-{self.shots.replace('%', 'pct')}shots-{self.selection}-{self.variant}-seed{self.seed}"
+
+
+# ---- worker side -------------------------------------------------------------------------------------
+def build_model(card, job: TrainJob):
+    """The model, loss and optimiser settings of a job (paper defaults unless the job says otherwise)."""
+    from models.config import LossConfig, ModelConfig, OptimConfig
+    from models.model import KeypointModel
+
+    few_shot, recon, geo2d, geo3d = job.coefficients
+    model_cfg = ModelConfig.from_card(card, backbone=job.backbone, pretrained=job.pretrained, image_size=job.size,
+                                      perceptual_vit=job.perceptual_vit, perceptual_pretrained=job.pretrained)
+    loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d)
+    optim_cfg = OptimConfig(lr=job.lr, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
+                            seed=job.seed, precision=job.precision)
+    return KeypointModel(model_cfg), loss_cfg, optim_cfg
+
+
+def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, step: int) -> None:
+    """Rank 0 logs the losses along training straight into the driver's MLflow run."""
+    import mlflow.entities
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    MlflowClient(tracking_uri).log_batch(run_id, metrics=[
+        mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"])
+
+
+def gradient_averager(world: int):
+    """Data parallelism: average the gradients of all workers after backward, in one flat all-reduce.
+
+    This is DistributedDataParallel's arithmetic without its module wrapper: the train step calls the
+    detector, the edge map, the UNet and the ViT separately, and the ablation variants leave some of them
+    unused, which DDP's reducer would reject.  None for a single worker.
+    """
+    if world <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    def average(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:                      # same flat layout on every worker, used or not this step
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+    return average
+
+
+def _to_batch(images_uint8, device):
+    """uint8 [B, H, W, 3] → float [B, 3, H, W] in [0, 1], channels-last."""
+    import torch
+
+    x = images_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _collate_pool(batch: dict) -> dict:
+    """Ray Data numpy batch → tensors (images, ok) plus the ids as a list (strings stay on the host)."""
+    import torch
+
+    return {"image": torch.from_numpy(batch["image"]), "ok": torch.from_numpy(batch["ok"].astype(bool)),
+            "id": [str(i) for i in batch["id"]]}
+
+
+def _unlabeled_batches(shard, batch_size: int, seed: int, counters: dict):
+    """Endless stream of unlabeled image batches from this worker's shard; corrupt rows dropped and counted."""
+    epoch = 0
+    while True:
+        seen = 0
+        for b in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size,
+                                          local_shuffle_seed=seed + epoch, drop_last=False,
+                                          collate_fn=_collate_pool):
+            ok = b["ok"].bool()
+            counters["skipped"] += int((~ok).sum())
+            counters["seen"] += int(ok.sum())
+            if "ids" in counters:
+                counters["ids"].update(i for i, good in zip(b["id"], ok.tolist()) if good)
+            if ok.any():
+                seen += 1
+                yield b["image"][ok]
+        if seen == 0:
+            raise RuntimeError("the unlabeled pool yielded no readable image")
+        epoch += 1
+
+
+def train_func(config: dict) -> None:
+    """Runs on every Ray Train worker: restore, loop ``train_step``, checkpoint, evaluate (rank 0)."""
+    import numpy as np
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from models.variants import get_variant
+
+    from jobs.evaluation import evaluate_model, write_eval_artifacts
+    from models.train_step import make_optimizer, prepare_for_training, train_step
+    from pipeline.prepared import PreparedDataset
+
+    job = TrainJob(**{**config["job"], "coefficients": tuple(config["job"]["coefficients"])})
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(job.threads or max(1, int(job.cpus_per_worker)))
+    torch.manual_seed(job.seed)
+    np.random.seed(job.seed)
+    device = ray.train.torch.get_device()
+
+    ds = PreparedDataset(job.data)
+    labeled = ds.arrays("train", ids=config["shot_ids"])
+    lab_images = _to_batch(torch.from_numpy(labeled["images"]), device)
+    lab_kp = torch.from_numpy(labeled["keypoints"] / ds.size * 2 - 1).float().to(device)   # pixels → [-1, 1]
+    lab_vis = torch.from_numpy(labeled["visible"]).to(device)
+
+    model, loss_cfg, optim_cfg = build_model(ds.card, job)
+    model = prepare_for_training(model, loss_cfg, optim_cfg, device)   # freezes what the variant never uses
+    optimizer = make_optimizer(model, optim_cfg)
+    start = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        if rank == 0:
+            print(f"resumed from checkpoint at step {start}", flush=True)
+    resumed_from = start
+    sync = gradient_averager(world)
+
+    counters = {"skipped": 0, "seen": 0, **({"ids": set()} if job.record_pool_ids else {})}
+    needs_pool = get_variant(job.variant).unlabeled
+    pool = _unlabeled_batches(ray.train.get_dataset_shard("unlabeled"), job.unlabeled_batch, job.seed + rank,
+                              counters) if needs_pool else None
+    n_lab = min(16, len(config["shot_ids"]))
+    gen = torch.Generator().manual_seed(job.seed + 1000 * rank)
+
+    def save_and_report(step: int, metrics: dict, final: bool = False):
+        """Every worker calls this the same number of times (ray.train.report is a barrier)."""
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                torch.save({**model.checkpoint(), "optimizer": optimizer.state_dict(), "step": step,
+                            "job": asdict(job),
+                            "card_name": ds.card.name, "card_fingerprint": ds.card.fingerprint,
+                            "num_keypoints": ds.card.num_keypoints, "shot_ids": list(config["shot_ids"])},
+                           Path(d) / CHECKPOINT_FILE)
+                if final:
+                    write_eval_artifacts(d, metrics.pop("_eval"))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    t0, last_log = time.time(), start
+    check_every_step = device.type == "cpu"
+    for step in range(start, job.iterations):
+        if job.fail_at_step is not None and step == job.fail_at_step and rank == 0 and not ckpt:
+            print(f"injected failure at step {step} (--fail-at-step)", flush=True)
+            os._exit(1)
+        idx = torch.randperm(len(lab_images), generator=gen)[:n_lab]
+        batch = {"labeled": lab_images[idx], "keypoints": lab_kp[idx], "visible": lab_vis[idx]}
+        if pool is not None:
+            batch["unlabeled"] = _to_batch(next(pool), device)
+        try:
+            losses = train_step(model, optimizer, batch, step, job.iterations, loss_cfg, job.precision,
+                                after_backward=sync)
+        except torch.linalg.LinAlgError as e:       # SVD of the 3D loss meets NaN keypoints first
+            raise FloatingPointError(f"non-finite loss at step {step + 1} ({e}); the last good checkpoint is kept") from e
+        done = step + 1
+        if check_every_step and not torch.isfinite(losses["loss"]):   # free on CPU; a sync on GPU, so there
+            raise FloatingPointError(                                   # only at log steps (below)
+                f"non-finite loss at step {done}; the last good checkpoint is kept")
+        if done % job.log_every == 0 or done == job.iterations or done % job.checkpoint_every == 0:
+            values = {k: float(v) for k, v in losses.items()}          # host sync, once per log interval
+            if not all(math.isfinite(v) for v in values.values()):
+                bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
+                raise FloatingPointError(f"non-finite loss ({bad}) at step {done}; the last good checkpoint is kept")
+            rate = (done - last_log) / max(time.time() - t0, 1e-9)
+            t0, last_log = time.time(), done
+            metrics = {**{f"train/{k}": v for k, v in values.items()}, "step": done, "it_per_s": rate,
+                       "pool_skipped": counters["skipped"]}
+            if rank == 0:
+                print(f"step {done}/{job.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+                      + f"  {rate:.2f} it/s", flush=True)
+                log_to_mlflow(job.tracking_uri, config["mlflow_run_id"], metrics, done)
+            if done % job.checkpoint_every == 0 and done < job.iterations:
+                save_and_report(done, metrics)
+            elif done < job.iterations:
+                ray.train.report(metrics)
+
+    # ---- end of run: skipped-count across workers, evaluation on the test split (rank 0) ----
+    if job.record_pool_ids:
+        out = Path(job.storage_path) / config["run_folder"] / f"pool_ids_rank{rank}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(sorted(counters["ids"])))
+    skipped = torch.tensor([counters["skipped"], counters["seen"]], dtype=torch.long)
+    if world > 1:
+        import torch.distributed as dist
+
+        skipped = skipped.to(device)
+        dist.all_reduce(skipped)
+    final = {"step": job.iterations, "pool_skipped": int(skipped[0]), "pool_seen": int(skipped[1]),
+             "resumed_from_step": resumed_from}
+    if rank == 0:
+        result = evaluate_model(model, ds, split="test", device=device)
+        final.update(result["metrics"])
+        final["_eval"] = result
+    save_and_report(job.iterations, final, final=True)
+
+
+# ---- driver side -------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    run_id: str
+    metrics: dict
+    checkpoint_path: str | None
+    shot_ids: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _ray_init(job: TrainJob):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level="WARNING")
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run_id: str | None = None,
+                 callbacks: list | None = None) -> TrainResult:
+    """Select shots, train on Ray, evaluate, and record everything in one MLflow run."""
+    import mlflow
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from jobs.tracking import code_version, flat_params, resolve_tracking_uri
+    from pipeline.pool import pool_dataset
+    from pipeline.prepared import PreparedDataset
+
+    ds = PreparedDataset(job.data)
+    if job.size != ds.size:
+        raise ValueError(f"--size {job.size} differs from the prepared dataset's {ds.size} px ({job.data}); "
+                         f"prepare it again with --size {job.size}")
+    job = replace(job, data=str(Path(job.data).resolve()), tracking_uri=resolve_tracking_uri(job.tracking_uri),
+                  storage_path=str(Path(job.storage_path or "runs").resolve()))
+    name = job.run_name or job.default_name(ds.card.name)
+    selection_info = {}
+    if shot_ids is None:
+        from pipeline.select import select_shots
+
+        sel = select_shots(ds, job.shots, method=job.selection, seed=job.seed)
+        shot_ids, selection_info = list(sel.ids), asdict(sel)
+    mlflow.set_tracking_uri(job.tracking_uri)
+    mlflow.set_experiment(job.experiment)
+    tags = {"dataset": ds.card.name, "variant": job.variant, "shots": job.shots, "selection": job.selection,
+            "seed": str(job.seed)}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(run_name=name, tags=tags) as run:
+        mlflow.log_params({**flat_params("", {k: v for k, v in asdict(job).items() if k not in ("tracking_uri",)}),
+                           "dataset": ds.card.name, "card_fingerprint": ds.card.fingerprint,
+                           "data_fingerprint": ds.fingerprint, "n_shots": len(shot_ids),
+                           "code_version": code_version()})
+        mlflow.log_dict({"ids": shot_ids, **{k: v for k, v in selection_info.items() if k != "ids"}}, "shots.json")
+        _ray_init(job)
+        datasets = {"unlabeled": pool_dataset(job.pool or job.data, job.size)}
+        resources = {"CPU": job.cpus_per_worker}
+        if job.gpu:
+            resources["GPU"] = job.gpu_fraction
+        trainer = TorchTrainer(
+            train_func,
+            train_loop_config={"job": asdict(job), "shot_ids": shot_ids, "mlflow_run_id": run.info.run_id, "run_folder": f"{name}-{run.info.run_id[:8]}"},
+            scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu, resources_per_worker=resources),
+            datasets=datasets, dataset_config=DataConfig(datasets_to_split=["unlabeled"]),
+            run_config=RunConfig(name=f"{name}-{run.info.run_id[:8]}", storage_path=job.storage_path,
+                                 failure_config=FailureConfig(max_failures=job.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 callbacks=callbacks or []))
+        try:
+            result = trainer.fit()
+        except Exception as e:                                     # surfaced as a failed MLflow run
+            result, err = None, e
+        else:
+            err = result.error
+        ckpt_path = result.checkpoint.path if result is not None and result.checkpoint else None
+        if ckpt_path:
+            mlflow.set_tag("checkpoint_path", ckpt_path)
+        if err is not None:
+            message = _root_message(err)
+            mlflow.set_tag("error", message[:5000])
+            mlflow.end_run(status="FAILED")
+            return TrainResult(run.info.run_id, {}, ckpt_path, shot_ids, error=message)
+        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "step"}, step=job.iterations)
+        with result.checkpoint.as_directory() as d:
+            for f in sorted(Path(d).iterdir()):
+                if f.name != CHECKPOINT_FILE:
+                    mlflow.log_artifact(str(f), artifact_path="evaluation")
+        return TrainResult(run.info.run_id, metrics, ckpt_path, shot_ids)
+
+
+def _root_message(err: BaseException) -> str:
+    """The innermost error message of a (possibly wrapped) Ray Train failure."""
+    text = str(err)
+    for marker in ("FloatingPointError:", "DataError:", "ValueError:", "RuntimeError:"):
+        if marker in text:
+            return marker.rstrip(":") + ":" + text.split(marker, 1)[1].split("\n")[0]
+    return text.strip().splitlines()[-1] if text.strip() else type(err).__name__

@@ -1,0 +1,134 @@
+"""`fskp train` on Ray: MLflow records, resume after a worker failure, corrupt pools, data parallelism.
+
+Tiny settings (64 px, resnet18, a dozen iterations) so the whole module runs in a few minutes on 2 CPUs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.prepared import write_prepared
+from tests.conftest import tiny_instances
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from pipeline.card import load_card
+
+    root = tmp_path_factory.mktemp("train")
+    card_path = root / "tiny.yaml"
+    from tests.conftest import TINY_CARD
+
+    card_path.write_text(TINY_CARD)
+    insts = tiny_instances(24, size=64) + tiny_instances(6, size=64, seed=5, split="test")
+    return write_prepared(root / "data", load_card(card_path), insts, size=64)
+
+
+def small_job(data: Path, tmp: Path, **kw):
+    from jobs.training import TrainJob
+
+    base = TrainJob(data=str(data), shots="4", selection="random", variant="full", iterations=8, backbone="resnet18",
+                    size=64, unlabeled_batch=4, checkpoint_every=4, log_every=2, experiment="tests",
+                    tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage_path=str(tmp / "runs"),
+                    perceptual_vit="vit_tiny_patch16_224", pretrained=False, cpus_per_worker=1, threads=1)
+    return replace(base, **kw)
+
+
+def test_train_records_params_metrics_and_artifacts(ray_local, tiny_data, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from jobs.training import run_training
+
+    job = small_job(tiny_data, tmp_path)
+    result = run_training(job)
+    assert result.error is None, result.error
+    client = MlflowClient(job.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    for key in ("dataset", "card_fingerprint", "data_fingerprint", "shots", "selection", "variant", "coefficients",
+                "iterations", "seed", "backbone", "code_version", "n_shots"):
+        assert key in params, key
+    assert params["variant"] == "full" and params["n_shots"] == "4" and params["dataset"] == "tiny"
+    metrics = run.data.metrics
+    assert 0 <= metrics["test/nme"] < 1000
+    assert {"test/nme/left", "test/nme/right", "test/nme/top"} <= set(metrics)
+    history = client.get_metric_history(result.run_id, "train/loss")
+    assert [m.step for m in history] == [2, 4, 6, 8]        # losses along training, logged by rank 0
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert "shots.json" in artifacts
+    evaluation = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+    assert {"evaluation/evaluation.json", "evaluation/predictions.png"} <= evaluation
+    assert Path(run.data.tags["checkpoint_path"], "model.pt").exists()
+
+
+def test_resumes_after_a_worker_failure_in_one_mlflow_run(ray_local, tiny_data, tmp_path, capfd):
+    from mlflow.tracking import MlflowClient
+
+    from jobs.training import run_training
+
+    job = small_job(tiny_data, tmp_path, fail_at_step=6, experiment="resume")
+    result = run_training(job)
+    assert result.error is None, result.error
+    assert result.metrics["resumed_from_step"] == 4          # the checkpoint of step 4, not a fresh start
+    assert result.metrics["step"] == job.iterations
+    client = MlflowClient(job.tracking_uri)
+    exp = client.get_experiment_by_name("resume")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_corrupt_and_truncated_pool_images_are_skipped_and_counted(ray_local, tiny_data, tmp_path):
+    from PIL import Image
+
+    from jobs.training import run_training
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(pool / f"frame{i:02d}.png")
+    (pool / "corrupt.png").write_bytes(b"not an image at all" * 10)
+    data = (pool / "frame00.png").read_bytes()
+    (pool / "truncated.png").write_bytes(data[: len(data) // 3])
+    result = run_training(small_job(tiny_data, tmp_path, pool=str(pool), iterations=6, experiment="pool"))
+    assert result.error is None, result.error
+    assert result.metrics["pool_skipped"] >= 2               # each epoch over the pool meets both bad files
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id)
+    assert run.data.metrics["pool_skipped"] == result.metrics["pool_skipped"]
+
+
+def test_two_workers_see_different_shards(ray_local, tiny_data, tmp_path):
+    from jobs.training import run_training
+
+    job = small_job(tiny_data, tmp_path, workers=2, iterations=4, record_pool_ids=True, experiment="ddp")
+    result = run_training(job)
+    assert result.error is None, result.error
+    folders = list((tmp_path / "runs").glob("*/pool_ids_rank0.json"))
+    assert len(folders) == 1
+    seen = [set(json.loads((folders[0].parent / f"pool_ids_rank{r}.json").read_text())) for r in (0, 1)]
+    assert seen[0] and seen[1] and not (seen[0] & seen[1])
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(ray_local, tiny_data, tmp_path):
+    from jobs.training import run_training
+
+    result = run_training(small_job(tiny_data, tmp_path, lr=1e30, iterations=8, experiment="nan", max_failures=0))
+    assert result.error is not None and "non-finite loss" in result.error
