@@ -43,7 +43,8 @@ def main() -> None:
                    checkpoint_every=args.iterations, perceptual_vit="vit_tiny_patch16_224", threads=1,
                    experiment="accuracy", tracking_uri=f"sqlite:///{out}/mlflow.db", storage_path=str(out / "runs"))
     t0 = time.time()
-    result = run_sweep(cells, options, max_concurrent=args.max_concurrent)
+    # logical CPUs: single-threaded trainings plus Ray Data decoding share the physical cores (see quickstart)
+    result = run_sweep(cells, options, max_concurrent=args.max_concurrent, num_cpus=2 * args.max_concurrent)
     took = time.time() - t0
 
     client = MlflowClient(options["tracking_uri"])

@@ -207,11 +207,9 @@ def _can_connect(host: str, port: int) -> bool:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    from pipeline.download import sha256_file
+
+    return sha256_file(path)
 
 
 def _create(backbone: str, features: bool = True, **kwargs):
