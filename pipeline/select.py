@@ -206,12 +206,6 @@ def _can_connect(host: str, port: int) -> bool:
     return bool(reached)
 
 
-def _file_sha256(path: Path) -> str:
-    from pipeline.download import sha256_file
-
-    return sha256_file(path)
-
-
 def _create(backbone: str, features: bool = True, **kwargs):
     """timm.create_model with a seeded initialisation that leaves the caller's torch RNG untouched."""
     import timm
@@ -247,7 +241,9 @@ def _model_from_file(backbone: str, path: Path):
         raise ValueError(f"{path}: cannot read it as a PyTorch or safetensors state dict ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: holds no state dict of tensors")
-    sha = _file_sha256(path)
+    from pipeline.download import sha256_file
+
+    sha = sha256_file(path)
     weights = _Weights(key=f"file-{sha[:16]}", description=f"file {path.resolve()} (sha256 {sha[:16]})",
                        note=f"{backbone}: weights from {path}")
     try:

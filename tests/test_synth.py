@@ -201,3 +201,13 @@ def test_draw_keypoints_fills_visible_and_rings_hidden():
     assert tuple(out[30, 30]) != colours[1]                       # hollow ring: centre not painted
     assert (out[27:34, 27:34] == colours[1]).all(axis=-1).any()  # ... but the ring is
     assert (image == 0).all()                                     # the input is left alone
+
+
+@pytest.mark.parametrize("category", ["face", "car", "animal"])
+def test_renderer_keypoint_order_matches_its_card(category):
+    """The renderer places keypoints by position; its names must be the card's, in the card's order."""
+    from pipeline.card import load_card
+    from pipeline.synth import load_category
+
+    cat = load_category(category)
+    assert tuple(cat.keypoints) == load_card(f"synth_{category}").keypoints

@@ -11,6 +11,8 @@ Examples:
 """
 from __future__ import annotations
 
+import argparse
+
 HELP = "train and evaluate one model (Ray Train; one MLflow run)"
 
 
@@ -54,14 +56,8 @@ def register(p):
                    choices=["full", "supervised", "no-recon", "no-2d", "no-3d", "no-uncertainty"],
                    help="the method or one of its ablations (paper Table 3)")
     p.add_argument("--pool", help="unlabeled pool: folder of images or a video (default: the train split)")
-    p.add_argument("--fail-at-step", type=int, help=argparse_suppress())
+    p.add_argument("--fail-at-step", type=int, help=argparse.SUPPRESS)   # tests only: kill rank 0 once
     add_train_options(p)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def run(args) -> int:
