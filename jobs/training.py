@@ -39,7 +39,10 @@ class TrainJob:
     precision: str = "auto"                 # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     perceptual_vit: str = "vit_small_patch16_224"   # timm ViT of the perceptual loss (Eq. 9)
     pretrained: bool = True                 # pretrained backbone/ViT weights when they can be loaded
-    pool: str | None = None                 # unlabeled pool: a folder of images or a video (default: train split)
+    pool: str | tuple[str, ...] | None = None   # unlabeled pool: image folders / videos (default: the train split)
+    pool_splits: tuple[str, ...] | None = None  # prepared splits in the pool (default: train, or none with --pool)
+    pool_crop: tuple[float, float, float, float] | None = None   # crop of raw pool images/frames (source px)
+    evaluate_split: str | None = "test"     # split scored at the end (None: the caller scores, e.g. fskp label)
     checkpoint_every: int = 1000            # iterations between checkpoints
     log_every: int = 50                     # iterations between loss reports (each is a host sync)
     experiment: str = "fskp"                # MLflow experiment
@@ -203,9 +206,10 @@ def train_func(config: dict) -> None:
                 torch.save({**model.checkpoint(), "optimizer": optimizer.state_dict(), "step": step,
                             "job": asdict(job),
                             "card_name": ds.card.name, "card_fingerprint": ds.card.fingerprint,
-                            "num_keypoints": ds.card.num_keypoints, "shot_ids": list(config["shot_ids"])},
+                            "num_keypoints": ds.card.num_keypoints, "keypoint_names": list(ds.card.keypoints),
+                            "shot_ids": list(config["shot_ids"])},
                            Path(d) / CHECKPOINT_FILE)
-                if final:
+                if final and "_eval" in metrics:
                     write_eval_artifacts(d, metrics.pop("_eval"))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -260,8 +264,8 @@ def train_func(config: dict) -> None:
         dist.all_reduce(skipped)
     final = {"step": job.iterations, "pool_skipped": int(skipped[0]), "pool_seen": int(skipped[1]),
              "resumed_from_step": resumed_from}
-    if rank == 0:
-        result = evaluate_model(model, ds, split="test", device=device)
+    if rank == 0 and job.evaluate_split:
+        result = evaluate_model(model, ds, split=job.evaluate_split, device=device)
         final.update(result["metrics"])
         final["_eval"] = result
     save_and_report(job.iterations, final, final=True)
@@ -297,7 +301,6 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
     from ray.train.torch import TorchTrainer
 
     from jobs.tracking import code_version, flat_params, resolve_tracking_uri
-    from pipeline.pool import pool_dataset
     from pipeline.prepared import PreparedDataset
 
     ds = PreparedDataset(job.data)
@@ -326,7 +329,7 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
                            "code_version": code_version()})
         mlflow.log_dict({"ids": shot_ids, **{k: v for k, v in selection_info.items() if k != "ids"}}, "shots.json")
         _ray_init(job)
-        datasets = {"unlabeled": pool_dataset(job.pool or job.data, job.size)}
+        datasets = {"unlabeled": unlabeled_pool(job)}
         resources = {"CPU": job.cpus_per_worker}
         if job.gpu:
             resources["GPU"] = job.gpu_fraction
@@ -360,6 +363,21 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
                 if f.name != CHECKPOINT_FILE:
                     mlflow.log_artifact(str(f), artifact_path="evaluation")
         return TrainResult(run.info.run_id, metrics, ckpt_path, shot_ids)
+
+
+def unlabeled_pool(job: TrainJob):
+    """The job's unlabeled pool: rows of the prepared dataset's pool splits, plus raw image folders and
+    videos (``job.pool``, cropped with ``job.pool_crop``), as one Ray Data stream."""
+    from pipeline.pool import pool_dataset
+
+    splits = job.pool_splits if job.pool_splits is not None else (() if job.pool else ("train",))
+    parts = [pool_dataset(job.data, job.size, split=tuple(splits))] if splits else []
+    if job.pool:
+        sources = [job.pool] if isinstance(job.pool, str) else list(job.pool)
+        parts.append(pool_dataset(sources, job.size, crop_box=job.pool_crop))
+    if not parts:
+        raise ValueError(f"{job.data}: the job has no unlabeled pool (no pool splits and no --pool)")
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
 def _root_message(err: BaseException) -> str:

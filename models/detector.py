@@ -92,6 +92,16 @@ class Detector(nn.Module):
         return self.out(self.upsample(self.backbone(x)[-1]))
 
     def forward(self, images: torch.Tensor) -> Detection:
-        heatmaps, uncertainty_maps, depth_maps = self.maps(images).chunk(3, dim=1)
+        return self._detect(self.maps(images))
+
+    def detect_and_embed(self, images: torch.Tensor) -> tuple[Detection, torch.Tensor]:
+        """As ``forward``, plus the backbone's last feature map average-pooled: an image embedding [N, C]
+        (used to tell frames unlike the labeled ones, pipeline/suggest.py)."""
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        features = self.backbone(x)[-1]
+        return self._detect(self.out(self.upsample(features))), features.float().mean(dim=(2, 3))
+
+    def _detect(self, maps: torch.Tensor) -> Detection:
+        heatmaps, uncertainty_maps, depth_maps = maps.chunk(3, dim=1)
         keypoints, certainty, depth = soft_argmax(heatmaps, uncertainty_maps, depth_maps)
         return Detection(keypoints, certainty, depth * self.depth_scale, heatmaps)

@@ -1,6 +1,7 @@
 """The unlabeled pool as a Ray Data stream: prepared Parquet rows, a folder of images, or video frames.
 
-Every source becomes the same stream of rows ``{"id": str, "image": uint8 [S, S, 3], "ok": bool}``:
+Every source becomes the same stream of rows ``{"id": str, "image": uint8 [S, S, 3], "ok": bool,
+"crop": float [4]}`` (crop: the box x0, y0, x1, y1 of the source image the row shows, in its pixels):
 decoded and resized on Ray Data's CPU workers, read block by block (memory stays bounded whatever the
 pool's size), and split across training workers by Ray Train (``DataConfig(datasets_to_split=["unlabeled"])``).
 
@@ -26,14 +27,19 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
-def _resize_square(image: np.ndarray, size: int, crop_box: Sequence[float] | None) -> np.ndarray:
-    """Crop ``crop_box`` (x0, y0, x1, y1; default: the centred square) and resize to size x size."""
+def crop_for(image_shape: tuple[int, ...], crop_box: Sequence[float] | None) -> tuple[float, float, float, float]:
+    """The crop a pool row shows: ``crop_box``, or by default the centred square of the image."""
+    if crop_box is not None:
+        return tuple(float(c) for c in crop_box)
+    h, w = image_shape[:2]
+    side = min(h, w)
+    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+
+
+def _resize_square(image: np.ndarray, size: int, crop_box: Sequence[float]) -> np.ndarray:
+    """Crop ``crop_box`` (x0, y0, x1, y1 in source pixels) and resize to size x size."""
     from pipeline.prepared import crop_resize
 
-    h, w = image.shape[:2]
-    if crop_box is None:
-        side = min(h, w)
-        crop_box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
     if image.shape[:2] == (size, size) and tuple(crop_box) == (0, 0, size, size):
         return image
     return crop_resize(image, crop_box, size)
@@ -47,15 +53,18 @@ def decode_encoded(batch: dict, size: int, crop_box: Sequence[float] | None = No
     ids = batch["id"] if "id" in batch else batch["path"]
     images = np.zeros((len(raw), size, size, 3), np.uint8)
     ok = np.zeros(len(raw), bool)
+    crops = np.zeros((len(raw), 4), np.float64)
     for i, data in enumerate(raw):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
-                images[i] = _resize_square(np.asarray(im.convert("RGB")), size, crop_box)
+                rgb = np.asarray(im.convert("RGB"))
+            crops[i] = crop_for(rgb.shape, crop_box)
+            images[i] = _resize_square(rgb, size, crops[i])
             ok[i] = True
         except Exception:        # truncated, corrupt or not an image at all: counted, not fatal
             pass
-    return {"id": np.asarray([str(x) for x in ids], dtype=object), "image": images, "ok": ok}
+    return {"id": np.asarray([str(x) for x in ids], dtype=object), "image": images, "ok": ok, "crop": crops}
 
 
 def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None) -> list[dict]:
@@ -70,10 +79,13 @@ def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None) 
                 if i >= start + count:
                     break
                 if i >= start and (i - start) % step == 0:
-                    img = _resize_square(frame.to_ndarray(format="rgb24"), size, crop_box)
-                    out.append({"id": f"{path}#{i}", "image": img, "ok": True})
+                    rgb = frame.to_ndarray(format="rgb24")
+                    crop = np.asarray(crop_for(rgb.shape, crop_box))
+                    out.append({"id": f"{path}#{i}", "image": _resize_square(rgb, size, crop), "ok": True,
+                                "crop": crop})
     except Exception:
-        out.append({"id": f"{path}#{start}", "image": np.zeros((size, size, 3), np.uint8), "ok": False})
+        out.append({"id": f"{path}#{start}", "image": np.zeros((size, size, 3), np.uint8), "ok": False,
+                    "crop": np.zeros(4)})
     return out
 
 
@@ -88,11 +100,12 @@ def video_length(path: str | Path) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
-def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split: str = "train",
+def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split: str | Sequence[str] = "train",
                  crop_box: Sequence[float] | None = None, frame_step: int = 1, frames_per_task: int = 256):
     """The unlabeled pool as a ``ray.data.Dataset`` of {id, image uint8 [size, size, 3], ok}.
 
-    source: a prepared dataset folder (its ``split`` rows; default the training split, as in the paper),
+    source: a prepared dataset folder (the rows of ``split``, one name or several; default the training
+    split, as in the paper),
     a folder of images, a video file, or a list of image/video files.  ``crop_box`` applies to raw images
     and video frames (e.g. a DeepLabCut project's fixed crop); prepared rows are already cropped.
     """
@@ -103,9 +116,10 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
         from pipeline.prepared import PreparedDataset
 
         ds = PreparedDataset(paths[0])
-        files = ds.files(split)
+        splits = [split] if isinstance(split, str) else list(split)
+        files = [f for s in splits for f in ds.files(s)]
         if not files:
-            raise ValueError(f"{paths[0]}: no rows in split {split!r} to use as the unlabeled pool")
+            raise ValueError(f"{paths[0]}: no rows in split(s) {', '.join(splits)} to use as the unlabeled pool")
         return ray.data.read_parquet(files, columns=["id", "image"]).map_batches(
             decode_encoded, fn_kwargs={"size": size}, batch_size=64)
 

@@ -28,6 +28,9 @@ def register(p):
     p.add_argument("--card", help="card name or YAML path (default: the format's own card)")
     p.add_argument("--size", type=int, default=128, help="working resolution in pixels (default 128)")
     p.add_argument("--margin", type=float, default=0.25, help="crop margin around the box, per side, as a fraction of its larger side")
+    p.add_argument("--labels", metavar="FILE",
+                   help="a label file to read instead of the project's CollectedData files (e.g. machine labels "
+                        "written by fskp label; dlc only)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
@@ -36,7 +39,7 @@ def run(args) -> int:
     from pipeline.prepared import PreparedDataset
 
     out = convert(args.format, args.src, args.out, card=args.card, size=args.size, margin=args.margin,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, labels=args.labels)
     ds = PreparedDataset(out)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(ds.meta["counts"].items()))
     print(f"wrote {out}: {counts} ({ds.card.num_keypoints} keypoints, {ds.size}px, card {ds.card.name})")

@@ -26,6 +26,10 @@ def add_train_options(p) -> None:
     g.add_argument("--coefficients", default="1,1,1,0.1",
                    help="loss coefficients: few-shot, reconstruction, 2D, 3D (paper §3.6: 1,1,1,0.1)")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 also pays on CPUs with AMX")
+    g.add_argument("--perceptual-vit", default="vit_small_patch16_224",
+                   help="timm ViT of the perceptual loss (Eq. 9; vit_tiny_patch16_224 is ~4x cheaper)")
     g.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16 autocast)")
     g.add_argument("--gpu-fraction", type=float, default=1.0, help="share of a GPU per worker (<1 shares GPUs)")
@@ -42,7 +46,8 @@ def job_kwargs(args) -> dict:
     if len(coefficients) != 4:
         raise ValueError(f"--coefficients needs 4 numbers (few-shot, recon, 2D, 3D), got {args.coefficients!r}")
     return dict(iterations=args.iterations, backbone=args.backbone, size=args.size, seed=args.seed,
-                coefficients=coefficients, lr=args.lr, workers=args.workers, gpu=args.gpu,
+                coefficients=coefficients, lr=args.lr, precision=args.precision,
+                perceptual_vit=args.perceptual_vit, workers=args.workers, gpu=args.gpu,
                 gpu_fraction=args.gpu_fraction, cpus_per_worker=args.cpus_per_worker,
                 checkpoint_every=args.checkpoint_every, log_every=args.log_every, experiment=args.experiment,
                 tracking_uri=args.tracking_uri, storage_path=args.storage_path)

@@ -8,7 +8,8 @@ Each converter is a module here with::
 
 ``instances`` yields one ``Instance`` per object, with keypoints in source-image pixels, and raises
 ``DataError(file, row, message)`` on bad input.  Unlabeled pool entries it had to skip are counted in
-``skipped[reason]``.  ``convert`` runs one and writes the prepared dataset atomically.
+``skipped[reason]``.  ``convert`` runs one and writes the prepared dataset atomically.  The optional
+keyword parameters ``margin`` and ``labels`` are passed only to converters whose ``instances`` takes them.
 """
 from __future__ import annotations
 
@@ -42,9 +43,16 @@ def converter(fmt: str):
 
 
 def convert(fmt: str, src: str | Path, out: str | Path, *, card: str | Card | None = None, size: int = 128,
-            margin: float = 0.25, overwrite: bool = False) -> Path:
-    """Convert the native dataset at ``src`` into a prepared dataset at ``out``."""
+            margin: float = 0.25, overwrite: bool = False, labels: str | Path | None = None) -> Path:
+    """Convert the native dataset at ``src`` into a prepared dataset at ``out``.
+
+    labels: a label file to read instead of the dataset's own (e.g. DeepLabCut machine labels); only
+    for formats whose ``instances`` takes a ``labels`` argument (a ValueError for the others).
+    """
     mod = converter(fmt)
+    params = inspect.signature(mod.instances).parameters
+    if labels is not None and "labels" not in params:
+        raise ValueError(f"format {fmt!r} does not read a separate label file (--labels)")
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: source folder not found")
@@ -53,8 +61,11 @@ def convert(fmt: str, src: str | Path, out: str | Path, *, card: str | Card | No
     elif not isinstance(card, Card):
         card = load_card(card)
     skipped: Counter = Counter()
-    kwargs = {"margin": margin} if "margin" in inspect.signature(mod.instances).parameters else {}
+    kwargs = {"margin": margin} if "margin" in params else {}
     meta = {"format": fmt, "source": str(src.resolve())}
+    if labels is not None:
+        kwargs["labels"] = Path(labels)
+        meta["labels"] = str(Path(labels).resolve())
     if hasattr(mod, "pool_videos"):               # e.g. a DeepLabCut project's videos: the unlabeled pool
         meta["pool_videos"] = [str(p) for p in mod.pool_videos(src)]
     return write_prepared(out, card, mod.instances(src, card, skipped, **kwargs), size=size, margin=margin,

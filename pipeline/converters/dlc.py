@@ -18,6 +18,15 @@ frame (the Tongue is often missing in the reaching example).  Both mean "not lab
 kept with ``visible`` False.  A row with the wrong number of columns, a non-numeric cell, only one of
 x / y, or a frame that is not on disk is a ``DataError`` naming the CSV and its line number.
 
+Machine labels: DeepLabCut's ``analyze_videos`` output and ``machinelabels`` files (and the CSV
+``fskp label`` writes, pipeline/exports.py) have a third column per body part: the coords row reads
+``x, y, likelihood``.  Such files are read too.  A body part whose likelihood is below ``pcutoff``
+(config.yaml's ``pcutoff``, DeepLabCut's own plotting/refinement threshold; 0.6 when absent) is read
+as not labeled (``visible`` False), as DeepLabCut's GUIs hide it.  A likelihood that is missing or
+non-numeric (or outside [0, 1]) where x / y are given is a ``DataError`` naming the CSV and line.
+``fskp prepare dlc --labels FILE`` reads the frames from such a file instead of the project's
+CollectedData files.  Files without likelihood columns are read as before (``pcutoff`` unused).
+
 Coordinates: DeepLabCut's labeling GUIs put pixel centres at integer coordinates;
 ``PIXEL_INDEX_OFFSET`` (0.5) is added so pixel centres sit at integer + 0.5 as in the prepared format.
 A prepared keypoint maps back to the CSV's value by
@@ -57,6 +66,8 @@ HELP = "a DeepLabCut project: config.yaml + labeled-data/<video>/CollectedData_<
 
 #: crop margin per side, as a fraction of the project box's larger side (``fskp prepare``'s default)
 DEFAULT_MARGIN = 0.25
+#: likelihood below which a machine-labeled body part is read as not labeled (DeepLabCut's default pcutoff)
+DEFAULT_PCUTOFF = 0.6
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".m4v", ".wmv")
 
@@ -90,6 +101,16 @@ def read_config(src: Path) -> dict:
     if len(set(parts)) != len(parts):
         raise DataError(path, "bodyparts", f"duplicate body part names in {parts}")
     return cfg
+
+
+def pcutoff_of(src: Path, cfg: dict) -> float:
+    """config.yaml's ``pcutoff`` (a likelihood in [0, 1]); ``DEFAULT_PCUTOFF`` when the key is absent."""
+    value = cfg.get("pcutoff")
+    if value is None:
+        return DEFAULT_PCUTOFF
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise DataError(Path(src) / "config.yaml", "pcutoff", f"expected a likelihood in [0, 1], got {value!r}")
+    return float(value)
 
 
 def card_for(src: Path) -> Card:
@@ -145,8 +166,23 @@ def _cell(text: str, path: Path, line: int, what: str) -> float:
     return v
 
 
-def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...]) -> list[LabeledFrame]:
-    """Parse one CollectedData CSV into frames with the card's keypoints (by body part name)."""
+def _likelihood(text: str, path: Path, line: int, name: str) -> float:
+    """A likelihood cell of a body part whose x / y are given: a number in [0, 1], else DataError."""
+    v = _cell(text, path, line, f"{name} likelihood")
+    if math.isnan(v):
+        raise DataError(path, line, f"{name}: x, y are given but the likelihood is missing")
+    if not 0.0 <= v <= 1.0:
+        raise DataError(path, line, f"{name}: likelihood {v:g} is outside [0, 1]")
+    return v
+
+
+def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...],
+                    pcutoff: float = DEFAULT_PCUTOFF) -> list[LabeledFrame]:
+    """Parse one DeepLabCut label CSV into frames with the card's keypoints (by body part name).
+
+    CollectedData files (x, y per body part) and machine-label files (x, y, likelihood per body part)
+    are both read; in the latter a body part with likelihood < ``pcutoff`` is not labeled (visible False).
+    """
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = [next(reader, None) for _ in range(3)]
@@ -166,13 +202,16 @@ def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...]) -> list[L
         columns: dict[tuple[str, str], int] = {}
         for j in range(n_index, width):
             part, coord = header[1][j], header[2][j]
-            if coord not in ("x", "y") or (part, coord) in columns:
+            if coord not in ("x", "y", "likelihood") or (part, coord) in columns:
                 raise DataError(path, 3, f"column {j + 1}: unexpected or repeated ({part!r}, {coord!r})")
             columns[(part, coord)] = j
         parts = {p for p, _ in columns}
+        has_likelihood = any(c == "likelihood" for _, c in columns)
         for name in keypoints:
             if (name, "x") not in columns or (name, "y") not in columns:
                 raise DataError(path, 2, f"body part {name!r} of the card has no x / y columns")
+            if has_likelihood and (name, "likelihood") not in columns:
+                raise DataError(path, 3, f"body part {name!r} has no likelihood column (other body parts have one)")
         extra = sorted(parts - set(keypoints))
         if extra:
             raise DataError(path, 2, f"body parts {extra} are not in the card's keypoints {list(keypoints)}")
@@ -186,7 +225,7 @@ def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...]) -> list[L
                 raise DataError(path, line, f"expected {width} columns, got {len(row)}")
             rel = Path(*[c.replace("\\", "/") for c in row[:n_index]]) if n_index > 1 else \
                 Path(row[0].replace("\\", "/"))
-            candidates = [src / rel, path.parent / rel.name]
+            candidates = [src / rel, path.parent / rel.name, src / rel.name]
             image = next((p for p in candidates if p.is_file()), None)
             if image is None:
                 raise DataError(path, line, f"image not found: {candidates[0]}")
@@ -197,9 +236,12 @@ def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...]) -> list[L
                 y = _cell(row[columns[(name, "y")]], path, line, f"{name} y")
                 if math.isnan(x) != math.isnan(y):
                     raise DataError(path, line, f"{name}: only one of x, y is given")
-                if not math.isnan(x):
-                    kp[k] = (x + PIXEL_INDEX_OFFSET, y + PIXEL_INDEX_OFFSET)
-                    vis[k] = True
+                if math.isnan(x):
+                    continue
+                if has_likelihood and _likelihood(row[columns[(name, "likelihood")]], path, line, name) < pcutoff:
+                    continue                            # below pcutoff: not labeled, as DeepLabCut shows it
+                kp[k] = (x + PIXEL_INDEX_OFFSET, y + PIXEL_INDEX_OFFSET)
+                vis[k] = True
             frames.append(LabeledFrame(id=f"{image.parent.name}/{image.stem}", image=image, csv=path, line=line,
                                        keypoints=kp, visible=vis))
     return frames
@@ -238,10 +280,25 @@ def pool_videos(src: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if folder.is_dir() else []
 
 
-def instances(src: Path, card: Card, skipped: Counter, margin: float = DEFAULT_MARGIN) -> Iterator[Instance]:
+def instances(src: Path, card: Card, skipped: Counter, margin: float = DEFAULT_MARGIN,
+              labels: Path | None = None) -> Iterator[Instance]:
+    """The project's labeled frames (split train) and its other extracted frames (split unlabeled).
+
+    labels: one label file to read instead of the project's CollectedData files (e.g. machine labels
+    written by ``fskp label``); its index paths are relative to the project.  Machine-labeled body parts
+    under config.yaml's ``pcutoff`` are not labeled.
+    """
     src = Path(src)
     cfg = read_config(src)
-    frames = [f for path in label_files(src, cfg.get("scorer")) for f in read_label_file(path, src, card.keypoints)]
+    pcutoff = pcutoff_of(src, cfg)
+    if labels is not None:
+        labels = Path(labels)
+        if not labels.is_file():
+            raise FileNotFoundError(f"{labels}: label file not found")
+        files = [labels]
+    else:
+        files = label_files(src, cfg.get("scorer"))
+    frames = [f for path in files for f in read_label_file(path, src, card.keypoints, pcutoff)]
     crop = project_crop(frames, margin)
     for f in frames:
         yield Instance(id=f.id, split="train", source=str(f.image), keypoints=f.keypoints, visible=f.visible,

@@ -1,0 +1,96 @@
+"""Label a dataset from a few examples: train the full method on the labeled frames (the unlabeled
+frames and videos are its pool), predict every frame, and write DeepLabCut/COCO files, overlays and
+suggestions of what to label next.
+
+Inputs: a DeepLabCut project (--project; its videos come from config.yaml's video_sets, else videos/),
+or --images DIR / --video FILE with --labels (COCO keypoints JSON or DeepLabCut CSV; video frames named
+by number, img0123.png = frame 123) and --card or --links.
+
+With --shots N only N labeled frames (k-means choice; or --frames to name them) train the model; the other
+labeled frames are held out and scored in source pixels (PCK: within 10 %% of the largest side of the frame's
+labeled-keypoint box, never under 20 px).
+
+Outputs in --out: predictions/<folder or video>.csv (DeepLabCut x, y, likelihood), predictions/
+keypoints_coco.json, overlay/, suggestions.csv + suggestions.png, shots.txt, held_out.json, label.json.
+Refine loop: label the suggested frames in DeepLabCut, run the same command again.
+
+Examples:
+  fskp label --project ../shared/data/dlc-reaching --out out/reaching --shots 10
+  fskp label --video mouse.mp4 --labels CollectedData.csv --links nose-head,head-tail --out out/mouse
+"""
+from __future__ import annotations
+
+HELP = "label a DeepLabCut project, image folder or video from a few labeled frames"
+
+#: CPU-sized defaults of `fskp label` (fskp train keeps the paper's): see README "Labeling"
+LABEL_DEFAULTS = dict(iterations=1000, backbone="resnet18", size=192, lr=1e-3, checkpoint_every=500, log_every=50)
+
+
+def register(p):
+    from jobs.commands.train import add_train_options
+
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--project", help="DeepLabCut project folder (config.yaml, labeled-data/, videos/)")
+    src.add_argument("--images", help="folder of images, some labeled in --labels")
+    src.add_argument("--video", help="a video, some of its frames labeled in --labels")
+    p.add_argument("--labels", help="COCO keypoints JSON or DeepLabCut CSV (with --images / --video)")
+    p.add_argument("--card", help="card name or YAML for --labels (default: keypoints from the label file)")
+    p.add_argument("--links", help="links between keypoints for the edge maps, e.g. nose-head,head-tail")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--shots", type=int, help="train on N labeled frames (k-means choice), hold out the rest")
+    p.add_argument("--frames", help="train on these labeled frames (comma list of names, or a file, one per line)")
+    p.add_argument("--variant", default="full", choices=["full", "supervised", "no-recon", "no-2d", "no-3d",
+                                                          "no-uncertainty"], help="method (default full)")
+    p.add_argument("--crop", help="fixed crop x0,y0,x1,y1 in frame pixels (default: around the shots' labels)")
+    p.add_argument("--margin", type=float, default=0.25, help="crop margin per side, share of the box's larger side")
+    p.add_argument("--unlabeled-batch", type=int, default=8, help="unlabeled images per step (paper: 16)")
+    p.add_argument("--suggestions", type=int, default=20, help="frames to suggest for labeling next (0: none)")
+    p.add_argument("--no-overlay", action="store_true", help="skip the overlay images / videos")
+    add_train_options(p)
+    p.set_defaults(**LABEL_DEFAULTS)
+
+
+def parse_frames(text: str | None) -> list[str] | None:
+    from pathlib import Path
+
+    if not text:
+        return None
+    if Path(text).is_file():
+        return [line.strip() for line in Path(text).read_text().splitlines() if line.strip()]
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def parse_crop(text: str | None):
+    if not text:
+        return None
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise ValueError(f"--crop: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {text!r}")
+    side = max(values[2] - values[0], values[3] - values[1])
+    cx, cy = (values[0] + values[2]) / 2, (values[1] + values[3]) / 2
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)     # squared around its centre
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from jobs.commands.train import job_kwargs
+    from jobs.labeling import label, read_dlc_project, read_images, read_video
+    from pipeline.card import load_card
+
+    card = load_card(args.card) if args.card else None
+    if args.project:
+        inp = read_dlc_project(args.project)
+    else:
+        if not args.labels:
+            raise ValueError("--images and --video need --labels (COCO keypoints JSON or DeepLabCut CSV)")
+        inp = read_images(args.images, args.labels, card, args.links) if args.images else \
+            read_video(args.video, args.labels, Path(args.out) / "work", card, args.links)
+    options = {**job_kwargs(args), "variant": args.variant, "unlabeled_batch": args.unlabeled_batch}
+    result = label(inp, args.out, shots=args.shots, frames=parse_frames(args.frames), crop=parse_crop(args.crop),
+                   margin=args.margin, job_options=options, overlay=not args.no_overlay,
+                   suggestions=args.suggestions)
+    print(f"MLflow run {result.run_id}; checkpoint {result.checkpoint}")
+    for name, path in sorted(result.outputs.items()):
+        print(f"  {name:28s} {path}")
+    return 0

@@ -1,0 +1,82 @@
+"""Predict keypoints on images or videos with a trained model, with Ray Data (streamed; any length).
+
+The crop is the one the model was trained with (the MLflow run's crop_box tag, written by fskp label),
+or --crop, or each frame's centred square.  Writes predictions/<folder or video>.csv (DeepLabCut x, y,
+likelihood), predictions/keypoints_coco.json, overlay/ and suggestions, as fskp label does.
+
+  fskp predict --run RUN_ID --video session2.mp4 --out out/session2
+  fskp predict --checkpoint out/reaching/runs/.../checkpoint_000001 --images frames/ --out out/frames
+"""
+from __future__ import annotations
+
+HELP = "predict keypoints on image folders or videos with a trained model (Ray Data batch inference)"
+
+
+def register(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="MLflow run id (its checkpoint and crop)")
+    src.add_argument("--checkpoint", help="checkpoint folder or model.pt")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", help="folder of images")
+    what.add_argument("--video", nargs="+", help="video file(s)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--crop", help="crop x0,y0,x1,y1 in frame pixels (default: the run's crop)")
+    p.add_argument("--pcutoff", type=float, default=0.6, help="likelihood under which a keypoint counts as not "
+                                                              "visible in COCO and overlays (default 0.6)")
+    p.add_argument("--frame-step", type=int, default=1, help="predict every n-th video frame")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--actors", type=int, default=1, help="parallel model replicas (Ray Data actors)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    p.add_argument("--suggestions", type=int, default=20, help="frames to suggest for labeling next (0: none)")
+    p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from jobs.commands.label import parse_crop
+    from jobs.inference import predict_frames
+    from jobs.labeling import write_outputs
+    from pipeline.converters.coco import card_from_keypoints
+
+    ckpt, crop = args.checkpoint, parse_crop(args.crop)
+    if args.run:
+        import mlflow
+
+        from jobs.tracking import resolve_tracking_uri
+
+        mlflow.set_tracking_uri(resolve_tracking_uri(args.tracking_uri))
+        tags = mlflow.get_run(args.run).data.tags
+        ckpt = tags.get("checkpoint_path")
+        if not ckpt:
+            raise ValueError(f"MLflow run {args.run} has no checkpoint_path tag (did it finish?)")
+        if crop is None and tags.get("crop_box"):
+            crop = tuple(json.loads(tags["crop_box"]))
+    path = Path(ckpt) / "model.pt" if Path(ckpt).is_dir() else Path(ckpt)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    names = state.get("keypoint_names") or [f"kp{i}" for i in range(state["num_keypoints"])]
+    card = card_from_keypoints(state["card_name"], "keypoints of the trained model", names,
+                               [tuple(link) for link in state["config"]["links"]], origin=str(path))
+    sources = [args.images] if args.images else args.video
+    preds = predict_frames(ckpt, sources, crop, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
+                           frame_step=args.frame_step)
+    out = Path(args.out)
+    root = Path(args.images) if args.images else None
+
+    def relative(p):
+        try:
+            return Path(p).resolve().relative_to(root.resolve()).as_posix() if root else Path(p).as_posix()
+        except ValueError:
+            return Path(p).as_posix()
+    outputs = write_outputs(card, preds, out, overlay=not args.no_overlay, n_suggestions=args.suggestions,
+                            pcutoff=args.pcutoff, relative=relative)
+    print(f"predicted {int(preds.ok.sum())} frames ({int((~preds.ok).sum())} unreadable)")
+    for name, p in sorted(outputs.items()):
+        print(f"  {name:28s} {p}")
+    return 0

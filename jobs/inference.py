@@ -1,0 +1,145 @@
+"""Batch inference with Ray Data: a trained model over image folders and videos of any length.
+
+Frames are decoded, cropped and resized by the pool stream (pipeline/pool.py), predicted by a pool of
+``Predictor`` actors (one model load per actor; GPU actors when asked), and gathered on the driver as a
+few numbers per frame (keypoints, uncertainty, an embedding), never as images: memory stays bounded
+whatever the video's length.  Keypoints come back in the *source* frame's pixels (pixel centres at +0.5),
+mapped through the crop each row carries.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+#: embeddings wider than this are reduced by a fixed random projection (Johnson-Lindenstrauss), so a
+#: long video's embeddings stay small on the driver
+EMBED_DIMS = 128
+
+
+class Predictor:
+    """Ray Data callable class: pool rows {id, image, ok, crop} -> predictions in source pixels."""
+
+    def __init__(self, checkpoint: str, device: str = "cpu", threads: int | None = None):
+        import torch
+
+        from jobs.evaluation import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.model, _ = load_checkpoint(checkpoint, device=self.device)
+        self.size = self.model.config.image_size
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from models.train_step import autocast_dtype
+
+        x = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        dtype = autocast_dtype(self.device, "auto")
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
+                                                    enabled=dtype is not None):
+            det, embedding = self.model.detector.detect_and_embed(x)
+        crop = np.asarray(batch["crop"], np.float64)                                   # [B, 4]
+        scale = (crop[:, 2] - crop[:, 0]) / 2.0                                         # [-1, 1] -> source px
+        kp = det.keypoints.float().cpu().numpy()
+        source_xy = crop[:, None, :2] + (kp + 1.0) * scale[:, None, None]
+        return {"id": batch["id"], "ok": batch["ok"], "keypoints": source_xy,
+                "uncertainty": (1.0 - torch.sigmoid(det.certainty.float())).cpu().numpy(),
+                "embedding": reduce_embedding(embedding.float().cpu().numpy())}
+
+
+def reduce_embedding(e: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
+    """[N, C] -> [N, min(C, dims)] float16 via a fixed (seeded) Gaussian random projection."""
+    if e.shape[1] > dims:
+        proj = np.random.default_rng(0).standard_normal((e.shape[1], dims)) / np.sqrt(dims)
+        e = e @ proj
+    return e.astype(np.float16)
+
+
+@dataclass
+class Predictions:
+    """Per-frame predictions, in the order of ``ids`` (image paths, or ``<video>#<frame index>``)."""
+
+    ids: list[str]
+    keypoints: np.ndarray      # [N, K, 2] source pixels, pixel centres at +0.5 (NaN where unreadable)
+    uncertainty: np.ndarray    # [N, K] in (0, 1), 0 = certain
+    embedding: np.ndarray      # [N, D] float16
+    ok: np.ndarray             # [N] bool: the frame could be read
+
+    def index(self) -> dict[str, int]:
+        return {i: n for n, i in enumerate(self.ids)}
+
+
+def frame_order(frame_id: str) -> tuple[str, int]:
+    """Sort key: images by path, video frames by (video, frame index)."""
+    m = re.match(r"(.*)#(\d+)$", frame_id)
+    return (m.group(1), int(m.group(2))) if m else (frame_id, -1)
+
+
+def count_frames(sources: Sequence[str | Path], frame_step: int = 1) -> int:
+    """How many rows the pool stream of ``sources`` will yield (for progress)."""
+    from pipeline.pool import IMAGE_SUFFIXES, VIDEO_SUFFIXES, video_length
+
+    n = 0
+    for s in map(Path, sources):
+        files = sorted(f for f in s.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES) \
+            if s.is_dir() else [s]
+        for f in files:
+            n += -(-video_length(f) // frame_step) if f.suffix.lower() in VIDEO_SUFFIXES else 1
+    return n
+
+
+def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_box: Sequence[float] | None,
+                   *, batch_size: int = 32, actors: int = 1, gpu: bool = False, frame_step: int = 1,
+                   progress: bool = True) -> Predictions:
+    """Predict every frame of ``sources`` (image files, image folders, videos) with a checkpoint.
+
+    crop_box: (x0, y0, x1, y1) source pixels cut from every frame before resizing to the model's
+    resolution (None: each frame's centred square).  Runs on the current Ray instance (started if needed).
+    """
+    import ray
+    import ray.data
+    import torch
+
+    from pipeline.pool import pool_dataset
+
+    state = torch.load(Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else checkpoint,
+                       map_location="cpu", weights_only=True)
+    size = int(state["config"]["image_size"])
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    total = count_frames(sources, frame_step)
+    rows = pool_dataset([str(s) for s in sources], size, crop_box=crop_box, frame_step=frame_step)
+    preds = rows.map_batches(
+        Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": "cuda" if gpu else "cpu",
+                                          "threads": None if gpu else 1},
+        batch_size=batch_size, concurrency=actors, num_gpus=1 if gpu else 0, num_cpus=1)
+    ids, kps, unc, emb, ok = [], [], [], [], []
+    t0, last = time.time(), 0.0
+    for b in preds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        ids += [str(i) for i in b["id"]]
+        kps.append(b["keypoints"]), unc.append(b["uncertainty"]), emb.append(b["embedding"])
+        ok.append(b["ok"].astype(bool))
+        if progress and (time.time() - last > 5 or len(ids) == total):
+            last = time.time()
+            rate = len(ids) / max(last - t0, 1e-9)
+            print(f"predicted {len(ids)}/{total} frames  {rate:.1f} frames/s", file=sys.stderr, flush=True)
+    if not ids:
+        raise ValueError(f"{', '.join(map(str, sources))}: no frame to predict")
+    order = sorted(range(len(ids)), key=lambda n: frame_order(ids[n]))
+    k = state["num_keypoints"]
+    keypoints = np.concatenate(kps).reshape(-1, k, 2)[order]
+    okv = np.concatenate(ok)[order]
+    keypoints[~okv] = np.nan
+    return Predictions(ids=[ids[n] for n in order], keypoints=keypoints,
+                       uncertainty=np.concatenate(unc).reshape(-1, k)[order],
+                       embedding=np.concatenate(emb)[order], ok=okv)

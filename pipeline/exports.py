@@ -1,0 +1,346 @@
+"""Exports of predicted keypoints: DeepLabCut machine-label CSV, COCO keypoint JSON, overlay images and video.
+
+Likelihood.  The model gives each keypoint an uncertainty ``u = 1 - sigmoid(v)`` in (0, 1), where
+``sigmoid(v)`` is the keypoint's edge strength (paper Eq. 7); 0 means certain.  The exports write
+``likelihood = 1 - u`` (``likelihood_from_uncertainty``), in DeepLabCut's ``likelihood`` column and in
+COCO's ``keypoint_scores``.  It is the model's own confidence, NOT a calibrated probability: a likelihood
+of 0.9 does not mean the keypoint is right 90 % of the time.  Compare it with a threshold chosen on your
+own data (e.g. the likelihood below which held-out predictions start to be wrong), not with a probability.
+
+Thresholds.  Each export takes a cutoff on that likelihood and applies it the same way:
+- DeepLabCut CSV: every keypoint is written with its likelihood; the reader (``pcutoff`` of the project's
+  config.yaml, 0.6 by default -- see pipeline/converters/dlc.py) treats a likelihood < pcutoff as not
+  labeled, as DeepLabCut's own GUIs and plots do.
+- COCO JSON (``write_coco_json``): likelihood >= cutoff -> ``v = 2`` (labeled and visible); below it (or
+  a non-finite keypoint) -> ``v = 0`` with x = y = 0 (not labeled), as the COCO format requires.
+- Overlays: likelihood >= cutoff -> a filled disc; below it -> a hollow ring.  Every keypoint also gets an
+  uncertainty ring whose radius grows with 1 - likelihood.
+
+Coordinates.  Inputs use the prepared convention (pixel centres at integer + 0.5, pipeline/prepared.py);
+DeepLabCut and COCO files get pixel-index coordinates (``- PIXEL_INDEX_OFFSET``), so the project's
+readers (pipeline/converters/dlc.py, coco.py) read back the same positions.
+
+Every file is written under a temporary name in its folder and renamed when complete, so a failed export
+never leaves a file that looks finished.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from pipeline.card import Card
+from pipeline.converters._common import PIXEL_INDEX_OFFSET
+
+#: the uncertainty ring's radius grows by this fraction of the image's larger side at likelihood 0
+RING_GROWTH = 0.03
+#: JPEG quality of overlay images
+JPEG_QUALITY = 90
+
+
+# ---- likelihood --------------------------------------------------------------------------------------
+def likelihood_from_uncertainty(u: np.ndarray) -> np.ndarray:
+    """Likelihood ``1 - u`` from the model's uncertainty ``u = 1 - sigmoid(v)`` (any shape, e.g. [N, K]).
+
+    The result is the keypoint's edge strength ``sigmoid(v)`` (paper Eq. 7): the model's own confidence,
+    not a calibrated probability (see the module docstring).  NaN stays NaN (no prediction).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    finite = u[np.isfinite(u)]
+    if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):
+        raise ValueError(f"uncertainty must lie in [0, 1], got values in [{finite.min():g}, {finite.max():g}]")
+    return 1.0 - u
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (same suffix) to write; rename it to ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)             # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _predictions(keypoints, likelihood, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Check and convert keypoints [N, K, 2] and likelihood [N, K] (float64)."""
+    kp = np.asarray(keypoints, dtype=np.float64)
+    lk = np.asarray(likelihood, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[2] != 2:
+        raise ValueError(f"keypoints must be [N, K, 2], got shape {kp.shape}")
+    if lk.shape != kp.shape[:2]:
+        raise ValueError(f"likelihood must be [N, K] = {list(kp.shape[:2])}, got shape {lk.shape}")
+    if k is not None and kp.shape[1] != k:
+        raise ValueError(f"{kp.shape[1]} keypoints per frame but {k} names")
+    given = lk[np.isfinite(lk)]
+    if given.size and (given.min() < 0.0 or given.max() > 1.0):
+        raise ValueError(f"likelihood must lie in [0, 1], got values in [{given.min():g}, {given.max():g}]")
+    return kp, lk
+
+
+def _check_cutoff(cutoff: float) -> float:
+    if not 0.0 <= float(cutoff) <= 1.0:
+        raise ValueError(f"cutoff is a likelihood in [0, 1], got {cutoff!r}")
+    return float(cutoff)
+
+
+def _number(v: float) -> str:
+    """A float as the shortest text that reads back exactly ('' for NaN)."""
+    return repr(float(v)) if math.isfinite(v) else ""
+
+
+# ---- DeepLabCut --------------------------------------------------------------------------------------
+def write_dlc_csv(path: str | Path, scorer: str, bodyparts: list[str], index: list[str] | list[int],
+                  keypoints: np.ndarray, likelihood: np.ndarray) -> Path:
+    """Write a DeepLabCut machine-label CSV (the layout of analyze_videos' and machinelabels' CSVs).
+
+    Rows: ``scorer,<scorer> x 3K`` / ``bodyparts,<part> x 3 ...`` / ``coords,x,y,likelihood,...``, then one
+    row per frame: ``index[i]`` (an image path relative to the project such as
+    ``labeled-data/reachingvideo1/img005.png``, or a frame number for videos) and x, y, likelihood per part.
+
+    keypoints: [N, K, 2] prepared convention (written as DeepLabCut pixel indices, ``- 0.5``); a non-finite
+    keypoint is written as empty x / y cells.  likelihood: [N, K] in [0, 1] (``likelihood_from_uncertainty``);
+    it is written for every keypoint, and DeepLabCut (and ``dlc.read_label_file``) treat a body part with
+    likelihood < the project's ``pcutoff`` as not labeled.  Written atomically; returns ``path``.
+    """
+    kp, lk = _predictions(keypoints, likelihood, len(bodyparts))
+    if not scorer or not isinstance(scorer, str):
+        raise ValueError(f"scorer must be a non-empty name, got {scorer!r}")
+    if len(set(bodyparts)) != len(bodyparts) or not all(isinstance(b, str) and b for b in bodyparts):
+        raise ValueError(f"body parts must be distinct non-empty names, got {bodyparts}")
+    if len(index) != len(kp):
+        raise ValueError(f"{len(index)} index entries for {len(kp)} frames")
+    finite = np.isfinite(kp).all(2)
+    if not np.isfinite(lk[finite]).all():
+        n, k = np.argwhere(finite & ~np.isfinite(lk))[0]
+        raise ValueError(f"frame {index[n]!r}, {bodyparts[k]}: a keypoint is given but its likelihood is not finite")
+    path = Path(path)
+    with _atomic(path) as tmp, open(tmp, "w", newline="") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(["scorer", *[scorer] * (3 * len(bodyparts))])
+        out.writerow(["bodyparts", *[b for b in bodyparts for _ in range(3)]])
+        out.writerow(["coords", *["x", "y", "likelihood"] * len(bodyparts)])
+        for name, xy, p, ok in zip(index, kp - PIXEL_INDEX_OFFSET, lk, finite):
+            cells = [str(name)]
+            for (x, y), l, known in zip(xy, p, ok):
+                cells += [_number(x), _number(y), _number(l)] if known else ["", "", _number(l)]
+            out.writerow(cells)
+    return path
+
+
+# ---- COCO --------------------------------------------------------------------------------------------
+def _coco_annotation(n: int, xy: np.ndarray, lk: np.ndarray, cutoff: float) -> dict:
+    """One COCO annotation for image ``n + 1`` from keypoints [K, 2] (prepared) and likelihood [K]."""
+    shown = np.isfinite(xy).all(1) & np.isfinite(lk) & (lk >= cutoff)
+    values: list[float | int] = []
+    for (x, y), v in zip(xy - PIXEL_INDEX_OFFSET, shown):
+        values += [float(x), float(y), 2] if v else [0, 0, 0]
+    if shown.any():
+        (x0, y0), (x1, y1) = xy[shown].min(0), xy[shown].max(0)
+        bbox = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+    else:
+        bbox = [0.0, 0.0, 0.0, 0.0]
+    scores = [float(l) if math.isfinite(l) else None for l in lk]
+    given = lk[np.isfinite(lk)]
+    return {"id": n + 1, "image_id": n + 1, "category_id": 1, "iscrowd": 0, "keypoints": values,
+            "keypoint_scores": scores, "num_keypoints": int(shown.sum()), "bbox": bbox,
+            "area": bbox[2] * bbox[3], "score": float(given.mean()) if given.size else 0.0}
+
+
+def _coco_image(n: int, item: dict) -> dict:
+    """COCO ``images`` entry ``n + 1`` from {file_name, width, height[, frame_index]}."""
+    name, w, h = item.get("file_name"), item.get("width"), item.get("height")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"images[{n}]: needs a file_name, got {name!r}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+        raise ValueError(f"images[{n}] ({name}): width and height must be positive integers, got {w!r}, {h!r}")
+    entry = {"id": n + 1, "file_name": name, "width": int(w), "height": int(h)}
+    if item.get("frame_index") is not None:
+        entry["frame_index"] = int(item["frame_index"])
+    return entry
+
+
+def write_coco_json(path: str | Path, card: Card, images: list[dict], keypoints: np.ndarray,
+                    likelihood: np.ndarray, cutoff: float) -> Path:
+    """Write the predictions as a COCO keypoint JSON: one image and one annotation per frame.
+
+    images: N dicts with ``file_name``, ``width``, ``height`` (and optionally ``frame_index``), ids 1..N.
+    keypoints: [N, K, 2] prepared convention, written as COCO pixel indices (``- 0.5``).
+    likelihood: [N, K] in [0, 1].
+
+    cutoff -- what ``v`` means here: a keypoint with likelihood >= cutoff is written with ``v = 2``
+    (labeled and visible); one below it, or with a non-finite position or likelihood, with ``v = 0`` and
+    x = y = 0 (not labeled, as the COCO spec requires for v = 0).  ``v = 1`` (labeled but occluded) is never
+    written: the model does not predict occlusion.  The likelihood of every keypoint, shown or not, is kept
+    in the non-standard but common ``keypoint_scores`` list (null where not finite); ``score`` is their
+    mean; ``num_keypoints`` counts v = 2; ``bbox`` [x, y, w, h] is the box around the v = 2 keypoints in
+    continuous coordinates (pixel centres at +0.5, as pipeline/converters/coco.py reads boxes), [0, 0, 0, 0]
+    when there are none, and ``area`` is w * h.  ``categories`` holds the card's name, keypoint names and
+    its links as a 1-based ``skeleton``.  Written atomically; returns ``path``.
+    """
+    cutoff = _check_cutoff(cutoff)
+    kp, lk = _predictions(keypoints, likelihood, card.num_keypoints)
+    if len(images) != len(kp):
+        raise ValueError(f"{len(images)} images for {len(kp)} frames of keypoints")
+    data = {
+        "info": {"description": f"keypoints predicted by fskp ({card.name}); v = 2 where likelihood >= "
+                                f"{cutoff:g}, keypoint_scores hold the model's likelihoods",
+                 "keypoint_cutoff": cutoff},
+        "images": [_coco_image(n, item) for n, item in enumerate(images)],
+        "annotations": [_coco_annotation(n, kp[n], lk[n], cutoff) for n in range(len(kp))],
+        "categories": [{"id": 1, "name": card.name, "supercategory": card.name, "keypoints": list(card.keypoints),
+                        "skeleton": [[a + 1, b + 1] for a, b in card.links]}],
+    }
+    path = Path(path)
+    with _atomic(path) as tmp:
+        tmp.write_text(json.dumps(data, allow_nan=False))
+    return path
+
+
+# ---- overlays ----------------------------------------------------------------------------------------
+def marker_radius(height: int, width: int) -> float:
+    """Keypoint disc radius in pixels for an image of this size (2 px on tiny images, ~5 px at 832 x 747)."""
+    return max(2.0, 0.006 * max(height, width))
+
+
+def draw_prediction(image: np.ndarray, keypoints: np.ndarray, likelihood: np.ndarray,
+                    links: Sequence[tuple[int, int]], cutoff: float) -> np.ndarray:
+    """``image`` [H, W, 3] uint8 with keypoints [K, 2] (its pixels, prepared convention) drawn.
+
+    Discs for likelihood >= cutoff, hollow rings below it, and around each keypoint an uncertainty ring of
+    radius ``marker_radius + RING_GROWTH * max(H, W) * (1 - likelihood)`` (a NaN likelihood counts as 0).
+    """
+    from pipeline.draw import draw_keypoints
+
+    h, w = image.shape[:2]
+    kp = np.asarray(keypoints, np.float64).reshape(-1, 2)
+    lk = np.nan_to_num(np.asarray(likelihood, np.float64).reshape(-1), nan=0.0)
+    if len(lk) != len(kp):
+        raise ValueError(f"{len(kp)} keypoints but {len(lk)} likelihoods")
+    radius = marker_radius(h, w)
+    ring = radius + RING_GROWTH * max(h, w) * (1.0 - np.clip(lk, 0.0, 1.0))
+    return draw_keypoints(image, kp, lk >= cutoff, links=list(links), uncertainty=ring, radius=radius)
+
+
+def overlay_names(sources: Sequence[Path]) -> list[str]:
+    """Distinct output names ``<stem>.jpg``; ``<parent>_<stem>.jpg`` where stems repeat (then ``-2``, ...)."""
+    stems = [Path(s).stem for s in sources]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    names, taken = [], set()
+    for src, stem in zip(sources, stems):
+        base = f"{Path(src).parent.name}_{stem}" if stem in repeated else stem
+        name, n = base, 1
+        while name.lower() in taken:                  # case-insensitive file systems too
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name.lower())
+        names.append(f"{name}.jpg")
+    return names
+
+
+def write_overlay_images(sources: list[Path], out_dir: str | Path, keypoints: np.ndarray, likelihood: np.ndarray,
+                         links: Sequence[tuple[int, int]], cutoff: float) -> list[Path]:
+    """Draw each source image's predictions and save it as ``out_dir/<stem>.jpg`` (JPEG quality 90).
+
+    keypoints: [N, K, 2] source-image pixels, prepared convention; likelihood: [N, K].  A keypoint with
+    likelihood >= cutoff is a filled disc, one below it a hollow ring; each has an uncertainty ring that
+    grows with 1 - likelihood (``draw_prediction``).  Names never collide (``overlay_names``).  Each file is
+    written atomically; returns the written paths in the order of ``sources``.
+    """
+    from PIL import Image
+
+    cutoff = _check_cutoff(cutoff)
+    kp, lk = _predictions(keypoints, likelihood)
+    if len(sources) != len(kp):
+        raise ValueError(f"{len(sources)} source images for {len(kp)} frames of keypoints")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src, name, xy, p in zip(sources, overlay_names(sources), kp, lk):
+        with Image.open(src) as im:
+            image = np.asarray(im.convert("RGB"))
+        drawn = draw_prediction(image, xy, p, links, cutoff)
+        with _atomic(out_dir / name) as tmp:
+            Image.fromarray(drawn).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+        written.append(out_dir / name)
+    return written
+
+
+def _video_encoder(container, rate: Fraction, width: int, height: int):
+    """An H.264 (libx264) video stream in ``container``, or MPEG-4 part 2 where libx264 is unavailable."""
+    import av
+
+    try:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.options = {"crf": "20", "preset": "veryfast"}
+    except (av.FFmpegError, ValueError, KeyError):
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.bit_rate = max(1_000_000, int(width * height * float(rate) * 0.3))
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    return stream
+
+
+def write_overlay_video(video: str | Path, out_path: str | Path,
+                        frame_keypoints: dict[int, tuple[np.ndarray, np.ndarray]],
+                        links: Sequence[tuple[int, int]], cutoff: float,
+                        progress: Callable[[int, int | None], None] | None = None) -> int:
+    """Re-encode ``video`` as an mp4 with each frame's predictions drawn; returns the number of frames.
+
+    frame_keypoints: frame index (0-based, decode order) -> (keypoints [K, 2] in the frame's pixels,
+    prepared convention; likelihood [K]); frames not in it are written undrawn.  Drawing as in
+    ``draw_prediction`` (discs at likelihood >= cutoff, rings below it, uncertainty rings).
+
+    Frames are decoded, drawn and encoded one at a time (memory does not grow with the video), with
+    libx264 (H.264; MPEG-4 part 2 where PyAV lacks libx264) at the source's average frame rate (30 fps if
+    unknown).  yuv420p needs even sizes, so an odd width or height gains one black column or row.
+    Written to a temporary sibling and renamed when complete.  ``progress(done, total)`` is called after
+    each frame; total is the container's frame count, or None when it does not say.
+    """
+    import av
+
+    cutoff = _check_cutoff(cutoff)
+    video, out_path = Path(video), Path(out_path)
+    written = 0
+    with av.open(str(video)) as source:
+        src = source.streams.video[0]
+        rate = Fraction(src.average_rate or src.guessed_rate or 30)
+        total = int(src.frames) or None
+        w, h = src.codec_context.width, src.codec_context.height
+        ew, eh = w + w % 2, h + h % 2
+        with _atomic(out_path) as tmp, av.open(str(tmp), "w", format="mp4") as sink:
+            stream = _video_encoder(sink, rate, ew, eh)
+            for i, frame in enumerate(source.decode(src)):
+                image = frame.to_ndarray(format="rgb24")
+                if i in frame_keypoints:
+                    image = draw_prediction(image, *frame_keypoints[i], links, cutoff)
+                if image.shape[0] > eh or image.shape[1] > ew:
+                    raise ValueError(f"{video}: frame {i} is {image.shape[1]} x {image.shape[0]}, larger than "
+                                     f"the stream's {w} x {h}")
+                if (ew, eh) != (image.shape[1], image.shape[0]):
+                    image = np.pad(image, ((0, eh - image.shape[0]), (0, ew - image.shape[1]), (0, 0)))
+                out = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                out.pts = i
+                out.time_base = 1 / rate
+                sink.mux(stream.encode(out))
+                written = i + 1
+                if progress is not None:
+                    progress(written, total)
+            sink.mux(stream.encode(None))
+    return written

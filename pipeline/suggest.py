@@ -1,0 +1,234 @@
+"""Suggest which frames to label next: frames the model is unsure about that are also diverse.
+
+Score of a candidate frame (one not in ``exclude``):
+
+* ``uncertainty`` = mean over keypoints of the model's per-keypoint uncertainty (NaN entries ignored;
+  a frame with no finite value counts as the most uncertain of all);
+* ``novelty`` = cosine distance (1 - cos, 0..2) from the frame's embedding to its nearest labeled
+  embedding, all embeddings L2-normalised first (an all-zero embedding is at distance 1 from
+  everything).  With no labeled embeddings, the distance to the mean of all N normalised embeddings;
+* both become robust z-scores over the candidates, (x - median) / (1.4826 * MAD), so a frame far out
+  on either measure (a pose never labeled, a lighting change, a model in doubt) stands out by how far it
+  is, not only by its order, and ``base score = z(uncertainty) + z(novelty)``, shifted to start at 0.
+
+Diversity, greedily: take the candidate with the highest score; every remaining candidate's score
+becomes ``base score * min(1, d / r)``, d = cosine distance to the closest frame picked so far and
+r = the median nearest-neighbour cosine distance within a fixed, seeded sample of max(3n, 50) candidates
+(the spacing of frames spread like the suggestions, not of consecutive video frames), so neighbours of
+a picked frame sink; repeat.  Ties go to the smallest id.  Only distances to the picked frames are
+kept (updated one pick at a time): memory is O(N * D), never N x N.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_EXACT_NN = 2048        # up to this many candidates the median nearest-neighbour distance is exact
+_NN_QUERIES = 256       # otherwise it is the median over this many seeded query candidates
+_BLOCK = 1 << 22        # elements of a similarity block (16 MiB of float32)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """rank: 1 = label first.  score: the score it was picked with (base score times the redundancy
+    factor at that moment; non-increasing with rank).  uncertainty: mean per-keypoint uncertainty.
+    novelty: cosine distance to the nearest labeled frame (or to the mean embedding)."""
+    rank: int
+    id: str
+    score: float
+    uncertainty: float
+    novelty: float
+
+
+def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarray,
+                   labeled_embeddings: np.ndarray, n: int = 20,
+                   exclude: set[str] | frozenset[str] = frozenset()) -> list[Suggestion]:
+    """Rank up to ``n`` frames to label next (see the module docstring for the score).
+
+    ids: N unique frame ids.  uncertainty: [N, K] per-keypoint uncertainty in (0, 1), 0 = certain.
+    embeddings: [N, D] frame embeddings.  labeled_embeddings: [M, D] embeddings of the frames already
+    labeled (M may be 0; an empty array of any shape means M = 0).  exclude: ids never suggested.
+    Returns min(n, number of candidates) suggestions, best first.
+    """
+    ids = [str(i) for i in ids]
+    n_frames = len(ids)
+    if len(set(ids)) != n_frames:
+        raise ValueError("ids must be unique")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    u = np.asarray(uncertainty, dtype=np.float64)
+    if u.ndim != 2 or u.shape[0] != n_frames or u.shape[1] == 0:
+        raise ValueError(f"uncertainty must be [N={n_frames}, K>=1], got shape {u.shape}")
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2 or emb.shape[0] != n_frames or emb.shape[1] == 0:
+        raise ValueError(f"embeddings must be [N={n_frames}, D>=1], got shape {emb.shape}")
+    dim = emb.shape[1]
+    lab = np.asarray(labeled_embeddings)
+    if lab.size == 0:
+        lab = np.zeros((0, dim), np.float32)
+    elif lab.ndim != 2 or lab.shape[1] != dim:
+        raise ValueError(f"labeled_embeddings must be [M, D={dim}], got shape {lab.shape}")
+    if not np.isfinite(emb).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    if not np.isfinite(lab).all():
+        raise ValueError("labeled_embeddings contain NaN or infinite values")
+
+    cand = np.array([i for i, f in enumerate(ids) if f not in exclude], dtype=np.int64)
+    if len(cand) == 0 or n == 0:
+        return []
+
+    e_all = _normalise(emb)
+    e = e_all[cand]                                              # [C, D]
+    unc = _frame_uncertainty(u[cand])
+    if len(lab):
+        nov = 1.0 - _max_similarity(e, _normalise(lab))
+    else:
+        centre = _normalise(e_all.mean(axis=0, dtype=np.float64)[None])[0]
+        nov = 1.0 - (e @ centre).astype(np.float64)
+    nov = np.clip(nov, 0.0, 2.0)
+
+    top = np.nanmax(np.r_[unc, 0.0]) + 1e-6                     # no finite uncertainty: the most uncertain
+    base = _robust_z(np.where(np.isnan(unc), top, unc)) + _robust_z(nov)
+    base = base - base.min() + 1e-6
+    sample = np.random.default_rng(0).permutation(len(cand))[:max(3 * n, 50)]
+    radius = max(_median_nn_distance(e[np.sort(sample)]), 1e-6)
+
+    id_order = np.empty(len(cand), np.int64)                     # position of each candidate's id in sorted order
+    id_order[sorted(range(len(cand)), key=lambda j: ids[cand[j]])] = np.arange(len(cand))
+    score = base.copy()
+    d_min = np.full(len(cand), np.inf)
+    taken = np.zeros(len(cand), bool)
+    out: list[Suggestion] = []
+    for rank in range(1, min(n, len(cand)) + 1):
+        masked = np.where(taken, -np.inf, score)
+        ties = np.flatnonzero(masked == masked.max())
+        p = int(ties[np.argmin(id_order[ties])])
+        out.append(Suggestion(rank=rank, id=ids[cand[p]], score=float(score[p]),
+                              uncertainty=float(unc[p]), novelty=float(nov[p])))
+        taken[p] = True
+        d = np.clip(1.0 - (e @ e[p]).astype(np.float64), 0.0, 2.0)
+        np.minimum(d_min, d, out=d_min)
+        score = base * np.minimum(1.0, d_min / radius)
+    return out
+
+
+def write_suggestions(path_csv: str | os.PathLike, suggestions: list[Suggestion],
+                      sources: dict[str, str] | None = None) -> Path:
+    """Write ``rank,id,score,uncertainty,novelty`` (plus ``source`` when ``sources`` maps ids to where
+    the frames come from; unknown ids get an empty source) to a CSV, atomically.  Returns the path."""
+    path = Path(path_csv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ["rank", "id", "score", "uncertainty", "novelty"] + (["source"] if sources is not None else [])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for s in suggestions:
+                row = [s.rank, s.id, f"{s.score:.6g}", f"{s.uncertainty:.6g}", f"{s.novelty:.6g}"]
+                if sources is not None:
+                    row.append(sources.get(s.id, ""))
+                w.writerow(row)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)    # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def suggestion_sheet(images: list[np.ndarray], suggestions: list[Suggestion], columns: int = 4) -> np.ndarray:
+    """Contact sheet of the suggested frames, ``images[i]`` showing ``suggestions[i]``, each tile
+    with its rank written in the top-left corner.  images: equally sized [S, S, 3] uint8."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from pipeline.draw import image_grid
+
+    if len(images) != len(suggestions):
+        raise ValueError(f"{len(images)} images for {len(suggestions)} suggestions")
+    if not images:
+        raise ValueError("no images to tile")
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
+    shape = np.asarray(images[0]).shape
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"images must be [S, S, 3], got shape {shape}")
+    size = max(10, min(shape[:2]) // 8)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:                                  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
+    tiles = []
+    for img, s in zip(images, suggestions):
+        a = np.asarray(img)
+        if a.shape != shape:
+            raise ValueError(f"images differ in shape: {a.shape} vs {shape}")
+        im = Image.fromarray(a.astype(np.uint8))
+        draw = ImageDraw.Draw(im)
+        text = str(s.rank)
+        x0, y0, x1, y1 = draw.textbbox((2, 1), text, font=font)
+        draw.rectangle([0, 0, x1 + 2, y1 + 2], fill=(0, 0, 0))
+        draw.text((2, 1), text, fill=(255, 255, 0), font=font)
+        tiles.append(np.asarray(im))
+    return image_grid(tiles, min(columns, len(tiles)))
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float32; all-zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0).astype(np.float32)
+
+
+def _frame_uncertainty(u: np.ndarray) -> np.ndarray:
+    """nanmean over keypoints; NaN where a frame has no finite value."""
+    finite = np.isfinite(u)
+    count = finite.sum(axis=1)
+    total = np.where(finite, u, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _robust_z(x: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 * MAD); the scale falls back to the standard deviation (or 1) when the MAD is 0."""
+    med = np.median(x)
+    scale = 1.4826 * np.median(np.abs(x - med))
+    if scale <= 0:
+        scale = float(np.std(x)) or 1.0
+    return (x - med) / scale
+
+
+def _max_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each row of a, the largest cosine similarity to a row of b (both normalised), in blocks."""
+    out = np.empty(len(a))
+    step = max(1, _BLOCK // max(len(b), 1))
+    for i in range(0, len(a), step):
+        out[i:i + step] = (a[i:i + step] @ b.T).max(axis=1)
+    return out
+
+
+def _median_nn_distance(e: np.ndarray) -> float:
+    """Median over candidates of the cosine distance to their nearest other candidate (0 when C = 1)."""
+    c = len(e)
+    if c < 2:
+        return 0.0
+    if c <= _EXACT_NN:
+        query = np.arange(c)
+    else:
+        query = np.sort(np.random.default_rng(0).choice(c, _NN_QUERIES, replace=False))
+    q = e[query]
+    best = np.full(len(query), -np.inf, np.float32)
+    step = max(1, _BLOCK // len(query))
+    for j in range(0, c, step):
+        sim = q @ e[j:j + step].T                                    # [Q, B]
+        own = (query >= j) & (query < j + step)                      # a query is not its own neighbour
+        sim[np.flatnonzero(own), query[own] - j] = -np.inf
+        np.maximum(best, sim.max(axis=1), out=best)
+    return float(np.median(np.clip(1.0 - best.astype(np.float64), 0.0, 2.0)))

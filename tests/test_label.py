@@ -1,0 +1,197 @@
+"""`fskp label` and `fskp predict` end to end on a tiny generated DeepLabCut project with a tiny video.
+
+The project: a "mouse" (a bright body with a nose and a tail) moving across a dark arena, filmed as a
+24-frame video; 8 frames extracted and labeled (DeepLabCut layout and CSV), plus 3 extracted frames of
+noise that nobody labeled.  (The ranking of suggestions is tested on real CNN features in test_suggest.py:
+a 6-iteration model's features here carry no meaning.)
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.timeout(900)
+
+PARTS = ["nose", "head", "tail"]
+W, H, N_FRAMES = 96, 80, 24
+LABELED = [0, 3, 6, 9, 12, 15, 18, 21]
+OUTLIERS = ["img900.png", "img901.png", "img902.png"]
+
+
+def mouse_frame(i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame i of the video and its keypoints [3, 2] (pixel centres at +0.5)."""
+    from PIL import Image, ImageDraw
+
+    t = i / (N_FRAMES - 1)
+    head = np.array([20 + 50 * t, 30 + 15 * np.sin(3 * t)])
+    kp = np.stack([head + (8, 0), head, head - (22, -4)])
+    im = Image.new("RGB", (W, H), (25, 30, 35))
+    d = ImageDraw.Draw(im)
+    d.line([tuple(kp[1]), tuple(kp[2])], fill=(200, 180, 160), width=5)
+    d.ellipse([kp[1][0] - 6, kp[1][1] - 5, kp[1][0] + 6, kp[1][1] + 5], fill=(230, 210, 190))
+    d.ellipse([kp[0][0] - 2, kp[0][1] - 2, kp[0][0] + 2, kp[0][1] + 2], fill=(255, 120, 120))
+    return np.asarray(im), kp
+
+
+def write_video(path: Path, frames: list[np.ndarray]) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("label") / "mouse-project"
+    folder = root / "labeled-data" / "session1"
+    folder.mkdir(parents=True)
+    (root / "videos").mkdir()
+    frames = [mouse_frame(i) for i in range(N_FRAMES)]
+    write_video(root / "videos" / "session1.mp4", [f for f, _ in frames])
+    rows = [["scorer"] + ["Ann"] * 6, ["bodyparts"] + [p for p in PARTS for _ in "xy"], ["coords"] + ["x", "y"] * 3]
+    for i in LABELED:
+        Image.fromarray(frames[i][0]).save(folder / f"img{i:03d}.png")
+        rows.append([f"labeled-data/session1/img{i:03d}.png"] + [f"{v - 0.5:.2f}" for v in frames[i][1].ravel()])
+    rng = np.random.default_rng(0)
+    for name in OUTLIERS:
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(folder / name)
+    with open(folder / "CollectedData_Ann.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    config = {"Task": "Mouse", "scorer": "Ann", "date": "Nov25", "bodyparts": PARTS,
+              "skeleton": [["nose", "head"], ["head", "tail"]], "pcutoff": 0.5,
+              "video_sets": {"/lab/raw/session1.mp4": {"crop": f"0, {W}, 0, {H}"}}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+TINY = ["--iterations", "6", "--size", "64", "--backbone", "resnet18", "--perceptual-vit", "vit_tiny_patch16_224",
+        "--unlabeled-batch", "4", "--checkpoint-every", "6", "--log-every", "3", "--suggestions", "5"]
+
+
+def read_dlc_rows(path: Path) -> tuple[list[list[str]], list[list[str]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[:3], rows[3:]
+
+
+@pytest.fixture(scope="module")
+def labeled(project, ray_local, tmp_path_factory):
+    from jobs.cli import main
+
+    out = tmp_path_factory.mktemp("label-out") / "out"
+    uri = f"sqlite:///{out.parent}/mlflow.db"
+    assert main(["label", "--project", str(project), "--out", str(out), "--shots", "4",
+                 "--tracking-uri", uri, *TINY]) == 0
+    return out, uri
+
+
+def test_label_writes_every_output(labeled, project):
+    out, _ = labeled
+    summary = json.loads((out / "label.json").read_text())
+    assert summary["keypoints"] == PARTS and len(summary["shots"]) == 4
+    assert (out / "shots.txt").read_text().splitlines() == summary["shots"]
+
+    # held-out error: the 4 labeled frames not trained on, in source pixels, per body part
+    report = json.loads((out / "held_out.json").read_text())
+    assert report["frames"] == 4 and report["keypoints"] == 12
+    assert set(report["per_bodypart_px"]) == set(PARTS) and 0 <= report["pck"] <= 100
+    assert np.isfinite(report["mean_error_px"])
+
+    # DeepLabCut machine labels: the video (one row per frame, frame numbers) and the extracted frames
+    header, rows = read_dlc_rows(out / "predictions" / "session1.csv")
+    assert header[1][1:] == [p for p in PARTS for _ in range(3)]
+    assert header[2][1:] == ["x", "y", "likelihood"] * 3
+    kinds = {"video": None, "frames": None}
+    for name in (out / "predictions").glob("*.csv"):
+        h, r = read_dlc_rows(name)
+        kinds["video" if r[0][0].isdigit() else "frames"] = r
+    assert [int(r[0]) for r in kinds["video"]] == list(range(N_FRAMES))
+    assert sorted(r[0] for r in kinds["frames"]) == sorted(
+        [f"labeled-data/session1/img{i:03d}.png" for i in LABELED] + [f"labeled-data/session1/{n}" for n in OUTLIERS])
+    values = np.array([[float(c) for c in r[1:]] for r in kinds["video"]]).reshape(N_FRAMES, 3, 3)
+    assert ((values[..., 2] > 0) & (values[..., 2] < 1)).all()               # likelihoods in (0, 1)
+    assert (values[..., 0] > -W).all() and (values[..., 0] < 2 * W).all()
+
+    # COCO keypoints JSON: every frame, K triplets, v in {0, 2}
+    coco = json.loads((out / "predictions" / "keypoints_coco.json").read_text())
+    assert len(coco["images"]) == N_FRAMES + len(LABELED) + len(OUTLIERS) == len(coco["annotations"])
+    assert coco["categories"][0]["keypoints"] == PARTS
+    assert coco["categories"][0]["skeleton"] == [[1, 2], [2, 3]]
+    for ann in coco["annotations"]:
+        assert len(ann["keypoints"]) == 9 and set(ann["keypoints"][2::3]) <= {0, 2}
+
+    # overlays: a video with every frame and an image per extracted frame
+    import av
+
+    videos = list((out / "overlay").glob("*.mp4"))
+    assert len(videos) == 1
+    with av.open(str(videos[0])) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(decoded) == N_FRAMES and decoded[0].shape == (H, W, 3)
+    assert len(list((out / "overlay").rglob("*.jpg"))) == len(LABELED) + len(OUTLIERS)
+
+    # suggestions: ranked, never a training frame, with a contact sheet
+    with open(out / "suggestions.csv", newline="") as f:
+        sugg = list(csv.DictReader(f))
+    assert [int(s["rank"]) for s in sugg] == list(range(1, 6))
+    assert not {Path(s["id"]).name for s in sugg} & {Path(s).name for s in summary["shots"]}
+    assert (out / "suggestions.png").stat().st_size > 0
+
+
+def test_exported_frames_csv_reimports_with_fskp_prepare(labeled, project, tmp_path):
+    from jobs.cli import main
+    from pipeline.prepared import PreparedDataset
+
+    out, _ = labeled
+    frames_csv = next(p for p in (out / "predictions").glob("*.csv") if p.stem != "session1")
+    assert main(["prepare", "dlc", "--src", str(project), "--labels", str(frames_csv),
+                 "--out", str(tmp_path / "again"), "--size", "64"]) == 0
+    ds = PreparedDataset(tmp_path / "again")
+    assert ds.card.keypoints == tuple(PARTS)
+    header, rows = read_dlc_rows(frames_csv)
+    lik = np.array([[float(c) for c in r[3::3]] for r in rows])
+    confident = int((lik >= 0.5).any(1).sum())        # the project's pcutoff is 0.5
+    assert sum(ds.meta["counts"].get(s, 0) for s in ("train",)) == confident
+
+
+def test_predict_on_a_video_with_the_run(labeled, project, tmp_path):
+    from jobs.cli import main
+
+    out, uri = labeled
+    summary = json.loads((out / "label.json").read_text())
+    assert main(["predict", "--run", summary["run_id"], "--video", str(project / "videos" / "session1.mp4"),
+                 "--out", str(tmp_path / "pred"), "--tracking-uri", uri, "--no-overlay", "--suggestions", "0"]) == 0
+    _, rows = read_dlc_rows(tmp_path / "pred" / "predictions" / "session1.csv")
+    _, label_rows = read_dlc_rows(out / "predictions" / "session1.csv")
+    assert len(rows) == N_FRAMES
+    # same model, same crop (read from the run): the same predictions
+    np.testing.assert_allclose(np.array(rows, float), np.array(label_rows, float), atol=1e-3)
+
+
+def test_label_refuses_unknown_frames(project, tmp_path):
+    from jobs.labeling import choose_shots, read_dlc_project
+
+    inp = read_dlc_project(project)
+    with pytest.raises(ValueError, match="img999"):
+        choose_shots(inp, tmp_path, None, ["img000", "img999"])
+    assert choose_shots(inp, tmp_path, None, ["img003", "session1/img006"]) == ["session1/img003", "session1/img006"]
