@@ -29,7 +29,6 @@ def main() -> None:
 
     from jobs.sweep import Cell, run_sweep
     from mlflow.tracking import MlflowClient
-    from pipeline.prepared import PreparedDataset
     from pipeline.synth.dataset import generate
 
     out = Path(args.out).resolve()

@@ -8,6 +8,7 @@ mapped through the crop each row carries.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -41,7 +42,7 @@ class Predictor:
 
         from models.train_step import autocast_dtype
 
-        x = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device)
+        x = torch.from_numpy(np.array(batch["image"])).to(self.device)      # a writable copy of Ray's block
         x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
         dtype = autocast_dtype(self.device, "auto")
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
@@ -121,8 +122,9 @@ def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_b
     rows = pool_dataset([str(s) for s in sources], size, crop_box=crop_box, frame_step=frame_step)
     preds = rows.map_batches(
         Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": "cuda" if gpu else "cpu",
-                                          "threads": None if gpu else 1},
-        batch_size=batch_size, concurrency=actors, num_gpus=1 if gpu else 0, num_cpus=1)
+                                          "threads": None if gpu else max(1, (os.cpu_count() or 1) // actors)},
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
+        num_cpus=1)
     ids, kps, unc, emb, ok = [], [], [], [], []
     t0, last = time.time(), 0.0
     for b in preds.iter_batches(batch_size=batch_size, batch_format="numpy"):

@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.atomic import write_text_atomic
 from pipeline.card import Card, MetricSpec
 from pipeline.prepared import DataError, Instance, square_crop_box
 
@@ -332,7 +333,7 @@ def prepare_dataset(inp: LabelingInput, shot_ids: list[str], crop, size: int, ou
 
 
 def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, frames: Sequence[str] | None = None,
-          crop: Sequence[float] | None = None, margin: float = 0.25, job_options: dict | None = None,
+          crop: Sequence[float] | None = None, margin: float = 0.1, job_options: dict | None = None,
           overlay: bool = True, suggestions: int = 20, predict_batch: int = 32) -> LabelResult:
     """Train on the shots, predict every frame, score the held-out frames, write every output to ``out``."""
     from jobs.inference import predict_frames
@@ -365,7 +366,7 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
 
     print("predicting every frame ...", flush=True)
     sources = [i.source for i in inp.labeled] + [str(p) for p in inp.unlabeled] + [str(v) for v in inp.videos]
-    preds = predict_frames(result.checkpoint_path, sources, crop, batch_size=predict_batch)
+    preds = predict_frames(result.checkpoint_path, sources, crop, batch_size=predict_batch, gpu=job.gpu)
 
     report = None
     if held:
@@ -373,14 +374,14 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
         rows = [at[str(Path(i.source))] for i in held]
         report = held_out_report(inp.card, preds.keypoints[rows], np.stack([i.keypoints for i in held]),
                                  np.stack([i.visible for i in held]))
-        (out / "held_out.json").write_text(json.dumps(report, indent=2))
+        write_text_atomic(out / "held_out.json", json.dumps(report, indent=2))
         print_held_out(report)
     outputs = write_outputs(inp, preds, out, overlay=overlay, exclude={str(Path(i.source)) for i in train},
                             labeled_ids=[str(Path(i.source)) for i in train], n_suggestions=suggestions)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
                "keypoints": list(inp.card.keypoints), "crop_box": list(crop), "size": size,
                "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs}
-    (out / "label.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     _log_to_run(job, result.run_id, report, out, crop)
     return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
 
@@ -502,29 +503,40 @@ def write_suggestions(preds, out: Path, exclude: set[str], labeled_ids: Sequence
     if not picks:
         return {}
     write_csv(out / "suggestions.csv", picks, {p.id: relative(p.id) for p in picks})
-    sheet = suggestion_sheet([_thumbnail(p.id) for p in picks], picks)
+    sheet = suggestion_sheet(_thumbnails([p.id for p in picks]), picks)
     from PIL import Image
 
     Image.fromarray(sheet).save(out / "suggestions.png")
     return {"suggestions_csv": str(out / "suggestions.csv"), "suggestions_png": str(out / "suggestions.png")}
 
 
-def _thumbnail(frame_id: str, size: int = 160) -> np.ndarray:
-    """The frame (an image file or ``<video>#<i>``) fitted into a size x size tile."""
+def _thumbnails(frame_ids: Sequence[str], size: int = 160) -> list[np.ndarray]:
+    """Each frame (an image file or ``<video>#<i>``) fitted into a size x size tile; one decode pass per video."""
+    from PIL import Image
+
     from jobs.inference import frame_order
     from pipeline.converters._common import enclosing_square
     from pipeline.prepared import crop_resize
 
-    video, number = frame_order(frame_id)
-    if number >= 0:
+    def tile(image: np.ndarray) -> np.ndarray:
+        return crop_resize(image, enclosing_square(image.shape[1], image.shape[0]), size)
+
+    tiles: dict[str, np.ndarray] = {}
+    wanted: dict[str, set[int]] = {}
+    for f in frame_ids:
+        video, number = frame_order(f)
+        if number >= 0:
+            wanted.setdefault(video, set()).add(number)
+        else:
+            with Image.open(f) as im:
+                tiles[f] = tile(np.asarray(im.convert("RGB")))
+    for video, numbers in wanted.items():
         import av
 
         with av.open(video) as c:
-            frame = next(f for i, f in enumerate(c.decode(video=0)) if i == number)
-            image = frame.to_ndarray(format="rgb24")
-    else:
-        from PIL import Image
-
-        with Image.open(frame_id) as im:
-            image = np.asarray(im.convert("RGB"))
-    return crop_resize(image, enclosing_square(image.shape[1], image.shape[0]), size)
+            for i, frame in enumerate(c.decode(video=0)):
+                if i in numbers:
+                    tiles[f"{video}#{i}"] = tile(frame.to_ndarray(format="rgb24"))
+                if i >= max(numbers):
+                    break
+    return [tiles[f] for f in frame_ids]

@@ -31,6 +31,9 @@ class TrainJob:
     seed: int = 0                           # paper: all seeds 0
     coefficients: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.1)   # few-shot, recon, 2D, 3D (§3.6)
     lr: float = 1e-4                        # Adam, betas (0.9, 0.99) (Supplement A)
+    lr_schedule: str = "constant"           # constant (paper) | cosine (decays to lr/100; fskp label)
+    rotation_deg: float = 60.0              # augmentation / Eq. 3 rotation range (Supplement A: +-60)
+    flip_p: float = 0.5                     # augmentation / Eq. 3 flip probability (Supplement A: 0.5)
     unlabeled_batch: int = 16               # per worker; labeled batch is min(16, n_shots)
     workers: int = 1                        # Ray Train workers (data-parallel)
     gpu: bool = False                       # one GPU per worker (or gpu_fraction of one)
@@ -67,8 +70,9 @@ def build_model(card, job: TrainJob):
     few_shot, recon, geo2d, geo3d = job.coefficients
     model_cfg = ModelConfig.from_card(card, backbone=job.backbone, pretrained=job.pretrained, image_size=job.size,
                                       perceptual_vit=job.perceptual_vit, perceptual_pretrained=job.pretrained)
-    loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d)
-    optim_cfg = OptimConfig(lr=job.lr, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
+    loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d,
+                          rotation_deg=job.rotation_deg, flip_p=job.flip_p)
+    optim_cfg = OptimConfig(lr=job.lr, lr_schedule=job.lr_schedule, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
                             seed=job.seed, precision=job.precision)
     return KeypointModel(model_cfg), loss_cfg, optim_cfg
 
@@ -220,6 +224,8 @@ def train_func(config: dict) -> None:
         if job.fail_at_step is not None and step == job.fail_at_step and rank == 0 and not ckpt:
             print(f"injected failure at step {step} (--fail-at-step)", flush=True)
             os._exit(1)
+        for group in optimizer.param_groups:
+            group["lr"] = optim_cfg.lr_at(step)
         idx = torch.randperm(len(lab_images), generator=gen)[:n_lab]
         batch = {"labeled": lab_images[idx], "keypoints": lab_kp[idx], "visible": lab_vis[idx]}
         if pool is not None:
@@ -296,7 +302,6 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
                  callbacks: list | None = None) -> TrainResult:
     """Select shots, train on Ray, evaluate, and record everything in one MLflow run."""
     import mlflow
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -7,6 +7,7 @@ again), so a checkpoint ``{"config": cfg.to_dict(), "state_dict": ...}`` rebuild
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,7 @@ class LossConfig(_Dict):
 @dataclass(frozen=True)
 class OptimConfig(_Dict):
     lr: float = 1e-4                              # Adam learning rate (Supplement A)
+    lr_schedule: str = "constant"                 # constant (Supplement A gives no schedule) | cosine (to lr/100)
     betas: tuple[float, float] = (0.9, 0.99)      # Adam betas (Supplement A)
     iterations: int = 20000                       # training steps; the 2D ranges grow over them (Supplement A)
     unlabeled_batch: int = 16                     # unlabeled images per step (Supplement A)
@@ -123,6 +125,15 @@ class OptimConfig(_Dict):
     def __post_init__(self):
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of iteration ``step`` (0-based)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        t = min(step / max(self.iterations - 1, 1), 1.0)
+        return self.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
     def labeled_batch(self, n_examples: int) -> int:
         return min(self.max_labeled_batch, n_examples)

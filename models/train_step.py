@@ -15,7 +15,6 @@ see models/losses.py), so ``model`` may be a ``KeypointModel`` or one wrapped by
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 

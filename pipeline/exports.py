@@ -28,14 +28,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+from pipeline.atomic import atomic_path
 
 from pipeline.card import Card
 from pipeline.converters._common import PIXEL_INDEX_OFFSET
@@ -61,24 +60,6 @@ def likelihood_from_uncertainty(u: np.ndarray) -> np.ndarray:
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` (same suffix) to write; rename it to ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)             # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _predictions(keypoints, likelihood, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Check and convert keypoints [N, K, 2] and likelihood [N, K] (float64)."""
     kp = np.asarray(keypoints, dtype=np.float64)
@@ -132,7 +113,7 @@ def write_dlc_csv(path: str | Path, scorer: str, bodyparts: list[str], index: li
         n, k = np.argwhere(finite & ~np.isfinite(lk))[0]
         raise ValueError(f"frame {index[n]!r}, {bodyparts[k]}: a keypoint is given but its likelihood is not finite")
     path = Path(path)
-    with _atomic(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(["scorer", *[scorer] * (3 * len(bodyparts))])
         out.writerow(["bodyparts", *[b for b in bodyparts for _ in range(3)]])
@@ -209,7 +190,7 @@ def write_coco_json(path: str | Path, card: Card, images: list[dict], keypoints:
                         "skeleton": [[a + 1, b + 1] for a, b in card.links]}],
     }
     path = Path(path)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, allow_nan=False))
     return path
 
@@ -277,7 +258,7 @@ def write_overlay_images(sources: list[Path], out_dir: str | Path, keypoints: np
         with Image.open(src) as im:
             image = np.asarray(im.convert("RGB"))
         drawn = draw_prediction(image, xy, p, links, cutoff)
-        with _atomic(out_dir / name) as tmp:
+        with atomic_path(out_dir / name) as tmp:
             Image.fromarray(drawn).save(tmp, format="JPEG", quality=JPEG_QUALITY)
         written.append(out_dir / name)
     return written
@@ -324,7 +305,7 @@ def write_overlay_video(video: str | Path, out_path: str | Path,
         total = int(src.frames) or None
         w, h = src.codec_context.width, src.codec_context.height
         ew, eh = w + w % 2, h + h % 2
-        with _atomic(out_path) as tmp, av.open(str(tmp), "w", format="mp4") as sink:
+        with atomic_path(out_path) as tmp, av.open(str(tmp), "w", format="mp4") as sink:
             stream = _video_encoder(sink, rate, ew, eh)
             for i, frame in enumerate(source.decode(src)):
                 image = frame.to_ndarray(format="rgb24")

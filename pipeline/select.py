@@ -39,17 +39,17 @@ written to just means no cache (said once).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.atomic import atomic_path
 
 from pipeline.prepared import DataError, PreparedDataset, decode_image, iter_rows
 
@@ -387,18 +387,8 @@ def _write_cache(path: Path, fingerprint: str, ids: list[str], features: np.ndar
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, then rename: readers see the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)    # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 # ---- choosing -----------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.atomic import atomic_path
 
 _EXACT_NN = 2048        # up to this many candidates the median nearest-neighbour distance is exact
 _NN_QUERIES = 256       # otherwise it is the median over this many seeded query candidates
@@ -124,23 +125,14 @@ def write_suggestions(path_csv: str | os.PathLike, suggestions: list[Suggestion]
     path = Path(path_csv)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ["rank", "id", "score", "uncertainty", "novelty"] + (["source"] if sources is not None else [])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            for s in suggestions:
-                row = [s.rank, s.id, f"{s.score:.6g}", f"{s.uncertainty:.6g}", f"{s.novelty:.6g}"]
-                if sources is not None:
-                    row.append(sources.get(s.id, ""))
-                w.writerow(row)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)    # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for s in suggestions:
+            row = [s.rank, s.id, f"{s.score:.6g}", f"{s.uncertainty:.6g}", f"{s.novelty:.6g}"]
+            if sources is not None:
+                row.append(sources.get(s.id, ""))
+            w.writerow(row)
     return path
 
 

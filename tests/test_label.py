@@ -195,3 +195,60 @@ def test_label_refuses_unknown_frames(project, tmp_path):
     with pytest.raises(ValueError, match="img999"):
         choose_shots(inp, tmp_path, None, ["img000", "img999"])
     assert choose_shots(inp, tmp_path, None, ["img003", "session1/img006"]) == ["session1/img003", "session1/img006"]
+
+
+def write_dlc_csv_for(path: Path, names: list[str], frames: dict[str, np.ndarray]) -> Path:
+    """A CollectedData-style CSV: index = image name, x/y per body part (DeepLabCut's pixel-index convention)."""
+    rows = [["scorer"] + ["Ann"] * 2 * len(PARTS), ["bodyparts"] + [p for p in PARTS for _ in "xy"],
+            ["coords"] + ["x", "y"] * len(PARTS)]
+    rows += [[name] + [f"{v - 0.5:.3f}" for v in kp.ravel()] for name, kp in frames.items()]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_read_video_extracts_the_labeled_frames_by_number(project, tmp_path):
+    from jobs.labeling import read_video
+
+    labels = write_dlc_csv_for(tmp_path / "labels.csv", PARTS, {f"img{i:04d}.png": mouse_frame(i)[1] for i in (2, 11)})
+    inp = read_video(project / "videos" / "session1.mp4", labels, tmp_path / "work", links="nose-head,head-tail")
+    assert inp.card.keypoints == tuple(PARTS) and inp.card.links == ((0, 1), (1, 2))
+    assert [Path(i.source).name for i in inp.labeled] == ["img000002.png", "img000011.png"]
+    np.testing.assert_allclose(inp.labeled[1].keypoints, mouse_frame(11)[1], atol=1e-3)
+    assert inp.videos == [project / "videos" / "session1.mp4"] and inp.unlabeled == []
+    from PIL import Image
+
+    extracted = np.asarray(Image.open(inp.labeled[1].source)).astype(float)
+    assert np.abs(extracted - mouse_frame(11)[0]).mean() < 12            # frame 11 of the (lossy) video
+
+
+def test_read_images_with_coco_labels(tmp_path):
+    from PIL import Image
+
+    from jobs.labeling import read_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(mouse_frame(i * 5)[0]).save(folder / f"f{i}.png")
+    kp = mouse_frame(5)[1]
+    coco = {"images": [{"id": 7, "file_name": "f1.png", "width": W, "height": H}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "num_keypoints": 3,
+                             "keypoints": [v for x, y in kp - 0.5 for v in (round(x, 3), round(y, 3), 2)]}],
+            "categories": [{"id": 1, "name": "mouse", "keypoints": PARTS, "skeleton": [[1, 2], [2, 3]]}]}
+    (tmp_path / "labels.json").write_text(json.dumps(coco))
+    inp = read_images(folder, tmp_path / "labels.json")
+    assert inp.card.links == ((0, 1), (1, 2))
+    assert [Path(i.source).name for i in inp.labeled] == ["f1.png"]
+    np.testing.assert_allclose(inp.labeled[0].keypoints, kp, atol=1e-3)
+    assert sorted(p.name for p in inp.unlabeled) == ["f0.png", "f2.png", "f3.png"]
+    assert inp.relative(folder / "f2.png") == "f2.png"
+
+
+def test_labels_naming_missing_video_frames_are_refused(project, tmp_path):
+    from jobs.labeling import read_video
+    from pipeline.prepared import DataError
+
+    labels = write_dlc_csv_for(tmp_path / "labels.csv", PARTS, {"img0500.png": mouse_frame(0)[1]})
+    with pytest.raises(DataError, match="500"):
+        read_video(project / "videos" / "session1.mp4", labels, tmp_path / "work")

@@ -206,3 +206,15 @@ def test_the_losses_run_through_the_model_forward(model):
     torch.manual_seed(6)
     direct = compute_losses(model, make_batch(), 3, 10, LossConfig(variant="no-2d"))
     assert all(torch.equal(via_forward[k], direct[k]) for k in LOSS_NAMES)
+
+
+def test_cosine_learning_rate_decays_from_lr_to_a_hundredth():
+    from models.config import OptimConfig
+
+    cfg = OptimConfig(lr=1e-3, iterations=101, lr_schedule="cosine")
+    rates = [cfg.lr_at(s) for s in range(101)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)
+    assert all(a >= b for a, b in zip(rates, rates[1:])) and rates[50] == pytest.approx(0.505e-3)
+    assert OptimConfig(lr=1e-3).lr_at(77) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        OptimConfig(lr_schedule="step")

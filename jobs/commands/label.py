@@ -23,7 +23,9 @@ from __future__ import annotations
 HELP = "label a DeepLabCut project, image folder or video from a few labeled frames"
 
 #: CPU-sized defaults of `fskp label` (fskp train keeps the paper's): see README "Labeling"
-LABEL_DEFAULTS = dict(iterations=1000, backbone="resnet18", size=192, lr=1e-3, checkpoint_every=500, log_every=50)
+LABEL_DEFAULTS = dict(iterations=600, backbone="resnet18", size=192, lr=1e-3, checkpoint_every=300, log_every=50,
+                      perceptual_vit="vit_tiny_patch16_224", precision="bf16", lr_schedule="cosine",
+                      rotation_deg=15.0, flip_p=0.0)
 
 
 def register(p):
@@ -42,8 +44,14 @@ def register(p):
     p.add_argument("--variant", default="full", choices=["full", "supervised", "no-recon", "no-2d", "no-3d",
                                                           "no-uncertainty"], help="method (default full)")
     p.add_argument("--crop", help="fixed crop x0,y0,x1,y1 in frame pixels (default: around the shots' labels)")
-    p.add_argument("--margin", type=float, default=0.25, help="crop margin per side, share of the box's larger side")
-    p.add_argument("--unlabeled-batch", type=int, default=8, help="unlabeled images per step (paper: 16)")
+    p.add_argument("--margin", type=float, default=0.1,
+                   help="crop margin per side, share of the box's larger side (raise it when the animal moves beyond "
+                        "the labeled frames' region)")
+    p.add_argument("--unlabeled-batch", type=int, default=4, help="unlabeled images per step (paper: 16)")
+    p.add_argument("--rotation", type=float, default=LABEL_DEFAULTS["rotation_deg"],
+                   help="rotation range (+- degrees) of augmentation and Eq. 3; small for a fixed camera (paper: 60)")
+    p.add_argument("--flip", type=float, default=LABEL_DEFAULTS["flip_p"],
+                   help="flip probability of augmentation and Eq. 3; 0 for a fixed side view (paper: 0.5)")
     p.add_argument("--suggestions", type=int, default=20, help="frames to suggest for labeling next (0: none)")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay images / videos")
     add_train_options(p)
@@ -72,6 +80,7 @@ def parse_crop(text: str | None):
 
 
 def run(args) -> int:
+    import os
     from pathlib import Path
 
     from jobs.commands.train import job_kwargs
@@ -86,7 +95,9 @@ def run(args) -> int:
             raise ValueError("--images and --video need --labels (COCO keypoints JSON or DeepLabCut CSV)")
         inp = read_images(args.images, args.labels, card, args.links) if args.images else \
             read_video(args.video, args.labels, Path(args.out) / "work", card, args.links)
-    options = {**job_kwargs(args), "variant": args.variant, "unlabeled_batch": args.unlabeled_batch}
+    options = {**job_kwargs(args), "variant": args.variant, "unlabeled_batch": args.unlabeled_batch,
+               "rotation_deg": args.rotation, "flip_p": args.flip, "lr_schedule": LABEL_DEFAULTS["lr_schedule"],
+               "threads": args.threads or os.cpu_count()}       # one training: every core (not --cpus-per-worker)
     result = label(inp, args.out, shots=args.shots, frames=parse_frames(args.frames), crop=parse_crop(args.crop),
                    margin=args.margin, job_options=options, overlay=not args.no_overlay,
                    suggestions=args.suggestions)

@@ -34,6 +34,7 @@ def add_train_options(p) -> None:
     g.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16 autocast)")
     g.add_argument("--gpu-fraction", type=float, default=1.0, help="share of a GPU per worker (<1 shares GPUs)")
     g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (also its torch threads)")
+    g.add_argument("--threads", type=int, help="torch threads per worker (default: --cpus-per-worker)")
     g.add_argument("--checkpoint-every", type=int, default=1000, help="iterations between checkpoints")
     g.add_argument("--log-every", type=int, default=50, help="iterations between progress lines")
     g.add_argument("--experiment", default="fskp", help="MLflow experiment name")
@@ -48,7 +49,7 @@ def job_kwargs(args) -> dict:
     return dict(iterations=args.iterations, backbone=args.backbone, size=args.size, seed=args.seed,
                 coefficients=coefficients, lr=args.lr, precision=args.precision,
                 perceptual_vit=args.perceptual_vit, workers=args.workers, gpu=args.gpu,
-                gpu_fraction=args.gpu_fraction, cpus_per_worker=args.cpus_per_worker,
+                gpu_fraction=args.gpu_fraction, cpus_per_worker=args.cpus_per_worker, threads=args.threads,
                 checkpoint_every=args.checkpoint_every, log_every=args.log_every, experiment=args.experiment,
                 tracking_uri=args.tracking_uri, storage_path=args.storage_path)
 

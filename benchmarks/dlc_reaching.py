@@ -1,0 +1,106 @@
+"""`fskp label` on the real DeepLabCut project against DeepLabCut 3 and SLEAP, same 10 frames, same scoring.
+
+Trains on the 10 frames the reference runs used, predicts the other 45 labeled frames (190 labeled
+keypoints) and scores them in source pixels: a keypoint is correct within 10 % of the largest side of that
+frame's labeled-keypoint box, never under 20 px (../shared/data/README.md).  Runs each variant given
+(default: full, then supervised) with identical settings and prints one table with the reference rows.
+
+  python benchmarks/dlc_reaching.py                                  # the README's numbers
+  python benchmarks/dlc_reaching.py --variants supervised --iterations 300 --size 128   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+FRAMES = "img023,img068,img077,img103,img108,img116,img142,img145,img228,img245"
+#: ../shared/data/README.md, measured by the task's authors on a 2-core CPU of this kind (one thread)
+REFERENCE = [("DeepLabCut 3.0.2 (resnet_50, defaults, 200 epochs)", 87.6, 30.2, 47.4, "51 min"),
+             ("SLEAP (sleap-nn 0.3.5, single-instance UNet, 2,000 steps)", 65.7, 17.6, 58.9, "66 min")]
+
+
+def main() -> None:
+    from jobs.commands.label import LABEL_DEFAULTS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--project", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "dlc-reaching"))
+    p.add_argument("--variants", default="full,supervised")
+    p.add_argument("--iterations", type=int, default=LABEL_DEFAULTS["iterations"])
+    p.add_argument("--size", type=int, default=LABEL_DEFAULTS["size"])
+    p.add_argument("--backbone", default=LABEL_DEFAULTS["backbone"])
+    p.add_argument("--precision", default="bf16", help="bf16 autocast pays on CPUs with AMX (see README)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--margin", type=float, default=0.1, help="crop margin per side (fskp label --margin)")
+    p.add_argument("--out", default="benchmarks/out/dlc_reaching")
+    p.add_argument("--report-only", action="store_true", help="print the table from an earlier run's --out")
+    args = p.parse_args()
+
+    from jobs.labeling import label, read_dlc_project
+
+    out = Path(args.out).resolve()
+    rows, checks = [], []
+    for variant in args.variants.split(","):
+        if args.report_only:
+            saved = json.loads((out / variant / "benchmark.json").read_text())
+            r, minutes = saved["held_out"], saved["minutes"]
+            for name, key in (("iterations", "iterations"), ("size", "size"), ("backbone", "backbone"),
+                              ("precision", "precision"), ("threads", "threads")):
+                setattr(args, name, saved["options"][key])
+            args.margin = saved["margin"]
+            rows.append((f"fskp label --variant {variant}", r["mean_error_px"], r["median_error_px"], r["pck"],
+                         f"{minutes:.0f} min"))
+            checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
+            continue
+        options = dict(LABEL_DEFAULTS, iterations=args.iterations, size=args.size, backbone=args.backbone,
+                       precision=args.precision, threads=args.threads, variant=variant, unlabeled_batch=4,
+                       experiment="dlc-reaching", tracking_uri=f"sqlite:///{out}/mlflow.db")
+        t0 = time.time()
+        result = label(read_dlc_project(args.project), out / variant, frames=FRAMES.split(","),
+                       margin=args.margin, job_options=options, overlay=False, suggestions=20)
+        minutes = (time.time() - t0) / 60
+        r = result.held_out
+        rows.append((f"fskp label --variant {variant}", r["mean_error_px"], r["median_error_px"], r["pck"],
+                     f"{minutes:.0f} min"))
+        (out / variant / "benchmark.json").write_text(json.dumps({"options": options, "margin": args.margin,
+                                                                   "minutes": minutes,
+                                                                   "held_out": r}, indent=2))
+        checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
+    print(f"\ndlc-reaching, 10 labeled frames, 45 held out (190 keypoints); {args.iterations} iterations, "
+          f"{args.size} px, crop margin {args.margin}, {args.backbone}, {args.precision}, {args.threads} threads; "
+          f"{platform.processor() or platform.machine()}")
+    print("| system | mean error | median | PCK | time |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, mean, median, pck, took in REFERENCE + rows:
+        print(f"| {name} | {mean:.1f} px | {median:.1f} px | {pck:.1f} % | {took} |")
+    for variant, top, everyone in checks:
+        print(f"{variant}: the 5 frames suggested first have a mean error of {top:.1f} px; all held-out frames "
+              f"{everyone:.1f} px")
+
+
+def suggestion_check(project: Path, out: Path, top: int = 5) -> tuple[float, float]:
+    """Mean per-frame error of the first ``top`` suggested frames vs of every held-out frame (source px)."""
+    import csv
+
+    import numpy as np
+
+    from pipeline.converters import dlc
+
+    card = dlc.card_for(project)
+    truth = {f.id: f for path in dlc.label_files(project, None)
+             for f in dlc.read_label_file(path, project, card.keypoints)}
+    pred_csv = next((out / "predictions").glob("labeled-data_*.csv"))
+    pred = {f.id: f for f in dlc.read_label_file(pred_csv, project, card.keypoints, pcutoff=0.0)}
+    shots = {Path(line).stem for line in (out / "shots.txt").read_text().split()}
+    error = {i: float(np.linalg.norm(t.keypoints - pred[i].keypoints, axis=1)[t.visible].mean())
+             for i, t in truth.items() if Path(i).name not in shots and t.visible.any()}
+    with open(out / "suggestions.csv", newline="") as f:
+        suggested = [Path(r["source"]).parent.name + "/" + Path(r["source"]).stem for r in csv.DictReader(f)]
+    picked = [error[i] for i in suggested[:top] if i in error]
+    return float(np.mean(picked)), float(np.mean(list(error.values())))
+
+
+if __name__ == "__main__":
+    main()
