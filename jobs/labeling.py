@@ -282,8 +282,10 @@ def shots_crop(labeled: list[Instance], margin: float) -> tuple[float, float, fl
 
 
 # ---- scoring -----------------------------------------------------------------------------------------
-def held_out_report(card: Card, pred: np.ndarray, gt: np.ndarray, visible: np.ndarray) -> dict:
-    """Held-out error in source pixels with the README's scoring.  pred, gt [N, K, 2]; visible [N, K]."""
+def held_out_report(card: Card, pred: np.ndarray, gt: np.ndarray, visible: np.ndarray,
+                    frame_ids: Sequence[str] = ()) -> dict:
+    """Held-out error in source pixels with the README's scoring.  pred, gt [N, K, 2]; visible [N, K];
+    frame_ids [N] names the frames of ``per_frame_px`` (mean error over each frame's labeled keypoints)."""
     from models.metrics import _mean_per_keypoint, keypoint_errors, score
 
     s = score(HELD_OUT_METRIC, pred, gt, visible, image_size=1.0)
@@ -293,6 +295,7 @@ def held_out_report(card: Card, pred: np.ndarray, gt: np.ndarray, visible: np.nd
             "mean_error_px": s["mean_error_px"], "median_error_px": s["median_error_px"], "pck": s["value"],
             "per_bodypart_px": {n: float(v) for n, v in zip(card.keypoints, per_part_px)},
             "per_bodypart_pck": {n: float(v) for n, v in zip(card.keypoints, s["per_keypoint"])},
+            "per_frame_px": {f: float(e[v].mean()) for f, e, v in zip(frame_ids, err, visible) if v.any()},
             "scoring": "PCK: error <= max(0.1 x largest side of the frame's labeled-keypoint box, 20 px)"}
 
 
@@ -373,7 +376,7 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
         at = preds.index()
         rows = [at[str(Path(i.source))] for i in held]
         report = held_out_report(inp.card, preds.keypoints[rows], np.stack([i.keypoints for i in held]),
-                                 np.stack([i.visible for i in held]))
+                                 np.stack([i.visible for i in held]), [inp.relative(i.source) for i in held])
         write_text_atomic(out / "held_out.json", json.dumps(report, indent=2))
         print_held_out(report)
     outputs = write_outputs(inp, preds, out, overlay=overlay, exclude={str(Path(i.source)) for i in train},
@@ -381,8 +384,8 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
                "keypoints": list(inp.card.keypoints), "crop_box": list(crop), "size": size,
                "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs}
-    write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     _log_to_run(job, result.run_id, report, out, crop)
+    write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
 
 

@@ -116,6 +116,8 @@ def test_label_writes_every_output(labeled, project):
     assert report["frames"] == 4 and report["keypoints"] == 12
     assert set(report["per_bodypart_px"]) == set(PARTS) and 0 <= report["pck"] <= 100
     assert np.isfinite(report["mean_error_px"])
+    held = {f"labeled-data/session1/img{i:03d}.png" for i in LABELED} - set(summary["shots"])
+    assert set(report["per_frame_px"]) == held
 
     # DeepLabCut machine labels: the video (one row per frame, frame numbers) and the extracted frames
     header, rows = read_dlc_rows(out / "predictions" / "session1.csv")
