@@ -445,7 +445,8 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
             if is_video:
                 frames = {frame_order(preds.ids[n])[1]: (preds.keypoints[n], likelihood[n]) for n in rows}
                 target = out / "overlay" / f"{stem}.mp4"
-                exports.write_overlay_video(Path(key), target, frames, card.links, pcutoff)
+                exports.write_overlay_video(Path(key), target, frames, card.links, pcutoff,
+                                            progress=_every_few_seconds(f"overlay {target.name}"))
                 outputs[f"overlay:{stem}"] = str(target)
             else:
                 exports.write_overlay_images([Path(preds.ids[n]) for n in rows], out / "overlay" / stem,
@@ -460,6 +461,19 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     outputs["coco_json"] = str(coco_path)
     outputs.update(write_suggestions(preds, out, exclude, labeled_ids, n_suggestions, relative))
     return outputs
+
+
+def _every_few_seconds(what: str, seconds: float = 10.0):
+    """A progress(done, total) callback that prints at most every ``seconds`` (and at the end)."""
+    import time
+
+    last = [time.time()]
+
+    def report(done: int, total: int | None) -> None:
+        if time.time() - last[0] >= seconds or done == total:
+            last[0] = time.time()
+            print(f"{what}: {done}/{total or '?'} frames", flush=True)
+    return report
 
 
 _SIZES: dict[str, dict] = {}

@@ -7,7 +7,7 @@ or --images DIR / --video FILE with --labels (COCO keypoints JSON or DeepLabCut 
 by number, img0123.png = frame 123) and --card or --links.
 
 With --shots N only N labeled frames (k-means choice; or --frames to name them) train the model; the other
-labeled frames are held out and scored in source pixels (PCK: within 10 %% of the largest side of the frame's
+labeled frames are held out and scored in source pixels (PCK: within 10 % of the largest side of the frame's
 labeled-keypoint box, never under 20 px).
 
 Outputs in --out: predictions/<folder or video>.csv (DeepLabCut x, y, likelihood), predictions/
