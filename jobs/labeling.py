@@ -31,11 +31,11 @@ import numpy as np
 
 from pipeline.atomic import write_text_atomic
 from pipeline.card import Card, MetricSpec
+from pipeline.converters.dlc import DEFAULT_PCUTOFF   # DeepLabCut's default pcutoff (0.6)
 from pipeline.prepared import DataError, Instance, square_crop_box
 
 #: README scoring of the DeepLabCut/SLEAP comparison: PCK@0.1 of the labeled-keypoint box, 20 px floor
 HELD_OUT_METRIC = MetricSpec(kind="pck", normalize="bbox_max_side", alpha=0.1, min_threshold_px=20.0)
-DEFAULT_PCUTOFF = 0.6   # DeepLabCut's default pcutoff, used when the project's config has none
 
 
 @dataclass
@@ -77,7 +77,7 @@ def read_dlc_project(project: str | Path) -> LabelingInput:
                         origin=(str(f.csv), f.line)) for f in frames]
     return LabelingInput(card=card, labeled=labeled, unlabeled=dlc.unlabeled_frames(project, frames),
                          videos=dlc.pool_videos(project), root=project, scorer=str(cfg.get("scorer") or "fskp"),
-                         pcutoff=float(cfg.get("pcutoff") or DEFAULT_PCUTOFF))
+                         pcutoff=dlc.pcutoff_of(project, cfg))
 
 
 def card_from_options(names: Sequence[str], links: str | None, origin: str) -> Card:
