@@ -13,8 +13,11 @@ Three sources, in order:
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import socket
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,22 +29,39 @@ log = logging.getLogger(__name__)
 _reported: set[str] = set()
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """True when the hub's endpoint accepts a TCP connection within ``timeout_s``."""
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable() -> bool:
+    """Can the Hugging Face hub be reached?  False at once in offline mode (``HF_HUB_OFFLINE=1``)."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
     url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    return _can_connect(url.hostname, url.port or 443)
+
+
+@functools.lru_cache(maxsize=None)
+def _can_connect(host: str, port: int) -> bool:
+    """A TCP connect with a hard timeout, DNS included; asked once per process."""
+    reached: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)   # getaddrinfo ignores socket timeouts
+    thread.start()
+    thread.join(HUB_PROBE_TIMEOUT_S + 1)
+    return bool(reached)
 
 
 @contextmanager
-def _hub_offline(offline: bool):
+def hub_offline(offline: bool):
     """Put huggingface_hub in offline mode for the block (cached files only, no network, no retries)."""
     from huggingface_hub import constants
 
@@ -80,7 +100,7 @@ def create_timm_model(name: str, pretrained: bool = True, weights_file: str | Pa
         return model
     if pretrained:
         try:
-            with _hub_offline(not _hub_reachable()):
+            with hub_offline(not hub_reachable()):
                 return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as e:  # noqa: BLE001 - any failure to fetch weights falls back to random init
             _say_once(name, f"pretrained weights unavailable ({type(e).__name__}, hub offline or not cached): "

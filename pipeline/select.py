@@ -38,7 +38,6 @@ written to just means no cache (said once).
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -56,7 +55,6 @@ from pipeline.prepared import DataError, PreparedDataset, decode_image, iter_row
 METHODS = ("kmeans", "random")
 FEATURE_LEVEL = -3           # "the 3rd last layer" (see the module docstring)
 RANDOM_INIT_SEED = 0         # torch seed of the random initialisation, so its features are reproducible
-HUB_PROBE_TIMEOUT_S = 3.0
 
 _said: set[str] = set()      # notices already printed in this process
 
@@ -173,39 +171,6 @@ class _Weights:
     note: str          # said once
 
 
-def _hub_reachable() -> bool:
-    """Can the Hugging Face hub be reached?  False at once under HF_HUB_OFFLINE=1."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(constants.ENDPOINT)
-    return _can_connect(url.hostname, url.port or 443)
-
-
-@functools.lru_cache(maxsize=None)
-def _can_connect(host: str, port: int) -> bool:
-    """A TCP connect with a hard timeout, DNS included; asked once per process."""
-    import socket
-    import threading
-
-    reached: list[bool] = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-            reached.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)   # getaddrinfo ignores socket timeouts
-    thread.start()
-    thread.join(HUB_PROBE_TIMEOUT_S + 1)
-    return bool(reached)
-
-
 def _create(backbone: str, features: bool = True, **kwargs):
     """timm.create_model with a seeded initialisation that leaves the caller's torch RNG untouched."""
     import timm
@@ -285,13 +250,12 @@ def load_backbone(backbone: str, weights: str | os.PathLike | None = None):
 
 
 def _pretrained_or_random(backbone: str):
-    from huggingface_hub import constants
+    from models.pretrained import hub_offline, hub_reachable
 
-    reachable = _hub_reachable()
-    saved = constants.HF_HUB_OFFLINE
+    reachable = hub_reachable()
     try:
-        constants.HF_HUB_OFFLINE = saved or not reachable   # offline: only the local cache is tried, no retries
-        model = _create(backbone, pretrained=True)
+        with hub_offline(not reachable):   # offline: only the local cache is tried, no retries
+            model = _create(backbone, pretrained=True)
         cfg = model.pretrained_cfg
         source = cfg.get("hf_hub_id") or cfg.get("url") or backbone
         tag = cfg.get("tag") or "default"
@@ -299,8 +263,6 @@ def _pretrained_or_random(backbone: str):
                                note=f"{backbone}: pretrained weights {source}")
     except Exception as e:   # timm / hub / urllib raise many types; any of them means "not available"
         why = "offline" if not reachable and isinstance(e, OSError) else f"{type(e).__name__}: {_first_line(e, 200)}"
-    finally:
-        constants.HF_HUB_OFFLINE = saved
     note = (f"{backbone}: pretrained weights unavailable ({why}); using random initialisation -- k-means still "
             f"spreads the shots over appearance but less semantically; pass --weights FILE for the paper's setting")
     return _random_model(backbone), _Weights(key=f"random-seed{RANDOM_INIT_SEED}",

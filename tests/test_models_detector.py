@@ -70,7 +70,7 @@ def test_unavailable_pretrained_weights_fall_back_to_random_init_logged_once(mon
     import huggingface_hub.constants as hub
     offline_before = hub.HF_HUB_OFFLINE
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))      # an empty cache
-    monkeypatch.setattr(pretrained, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(pretrained, "hub_reachable", lambda: False)
     monkeypatch.setattr(pretrained, "_reported", set())
     with caplog.at_level(logging.WARNING, logger="models.pretrained"):
         Detector(tiny_config(pretrained=True))
