@@ -120,7 +120,8 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
         files = [f for s in splits for f in ds.files(s)]
         if not files:
             raise ValueError(f"{paths[0]}: no rows in split(s) {', '.join(splits)} to use as the unlabeled pool")
-        return ray.data.read_parquet(files, columns=["id", "image"]).map_batches(
+        # select_columns after the read is projected into the Parquet reader by Ray Data's optimizer
+        return ray.data.read_parquet(files).select_columns(["id", "image"]).map_batches(
             decode_encoded, fn_kwargs={"size": size}, batch_size=64)
 
     files: list[Path] = []
