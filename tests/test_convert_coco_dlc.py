@@ -13,21 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
-from pipeline.card import CardError, load_card
+from pipeline.card import load_card
 from pipeline.converters import convert
 from pipeline.converters import coco, dlc
 from pipeline.prepared import DataError, PreparedDataset, square_crop_box
+from tests.converter_fixtures import assert_nothing_written, write_card, write_image
 
 REAL_DLC = Path("/work/shared/data/dlc-reaching")
-
-
-def write_image(path: Path, w: int, h: int, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def back_to_source(ds: PreparedDataset, arrays: dict) -> np.ndarray:
@@ -36,24 +29,9 @@ def back_to_source(ds: PreparedDataset, arrays: dict) -> np.ndarray:
     return crop[:, None, :2] + arrays["keypoints"] * ((crop[:, 2] - crop[:, 0]) / ds.size)[:, None, None]
 
 
-def assert_no_output(out: Path):
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.partial-*")), "a partial folder was left behind"
-
-
-def minimal_card(tmp_path: Path, name: str, keypoints: list[str]) -> Path:
-    """A stand-in for a card another helper writes (used only while pipeline/cards/<name>.yaml is missing)."""
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "keypoints": keypoints,
-                                    "metric": {"kind": "pck", "normalize": "bbox_max_side"}}))
-    return path
-
-
-def card_or_stand_in(tmp_path: Path, name: str, keypoints: list[str]):
-    try:
-        card = load_card(name)
-    except CardError:
-        return load_card(minimal_card(tmp_path, name, keypoints))
+def shipped_card(name: str, keypoints: list[str]):
+    """pipeline/cards/<name>.yaml, checked to have as many keypoints as the fixture writes."""
+    card = load_card(name)
     assert card.num_keypoints == len(keypoints)
     return card
 
@@ -124,7 +102,7 @@ def test_coco_converts_splits_visibility_and_coordinates(tmp_path):
 def test_coco_with_a_given_card_reorders_keypoints_by_name(tmp_path):
     src = write_coco(tmp_path / "critters")
     order = ["tail", "right_ear", "left_ear", "right_eye", "left_eye", "nose"]
-    ds = PreparedDataset(convert("coco", src, tmp_path / "out", card=minimal_card(tmp_path, "mine", order)))
+    ds = PreparedDataset(convert("coco", src, tmp_path / "out", card=write_card(tmp_path, "mine", order)))
     a = ds.arrays("train")
     assert a["visible"][0].tolist() == [False, True, True, True, True, True]
     np.testing.assert_allclose(back_to_source(ds, a)[0, 5], [10.5, 12.5], atol=0.01)   # nose
@@ -164,7 +142,7 @@ def test_coco_bad_input_names_file_and_row_and_writes_nothing(tmp_path, how, mes
     assert name in str(e.value)
     row = "annotations[0] (id 100)" if how == "missing image" else "annotations[1] (id 101)"
     assert e.value.row == row and row in str(e.value)
-    assert_no_output(out)
+    assert_nothing_written(out)
 
 
 # ---- ATRW --------------------------------------------------------------------------------------------
@@ -191,7 +169,7 @@ def write_atrw(root: Path) -> Path:
 
 def test_atrw_reads_the_official_pose_layout(tmp_path):
     src = write_atrw(tmp_path / "atrw")
-    card = card_or_stand_in(tmp_path, "atrw", ATRW_NAMES)
+    card = shipped_card("atrw", ATRW_NAMES)
     ds = PreparedDataset(convert("atrw", src, tmp_path / "out", card=card))
     assert ds.meta["counts"] == {"train": 1, "val": 1}
     a = ds.arrays("train")
@@ -207,7 +185,7 @@ def test_atrw_reads_the_official_pose_layout(tmp_path):
 def test_atrw_without_annotation_files_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="keypoint_train.json"):
-        convert("atrw", tmp_path / "empty", tmp_path / "out", card=minimal_card(tmp_path, "atrw", ATRW_NAMES))
+        convert("atrw", tmp_path / "empty", tmp_path / "out", card=write_card(tmp_path, "atrw", ATRW_NAMES))
 
 
 # ---- CarFusion ---------------------------------------------------------------------------------------
@@ -230,7 +208,7 @@ def write_carfusion(root: Path) -> Path:
 
 def test_carfusion_one_instance_per_car_fifth_street_split(tmp_path):
     src = write_carfusion(tmp_path / "carfusion")
-    card = card_or_stand_in(tmp_path, "carfusion", CAR_NAMES)
+    card = shipped_card("carfusion", CAR_NAMES)
     ds = PreparedDataset(convert("carfusion", src, tmp_path / "out", card=card))
     assert ds.meta["counts"] == {"train": 2, "test": 1}
     a = ds.arrays("train")
@@ -249,9 +227,9 @@ def test_carfusion_bad_line_names_file_and_line(tmp_path):
     gt.write_text("20,20,14,1,1\n30,25,7\n")
     out = tmp_path / "out"
     with pytest.raises(DataError, match="expected 4 or 5") as e:
-        convert("carfusion", src, out, card=load_card(minimal_card(tmp_path, "carfusion", CAR_NAMES)))
+        convert("carfusion", src, out, card=load_card(write_card(tmp_path, "carfusion", CAR_NAMES)))
     assert e.value.path == str(gt) and e.value.row == 2
-    assert_no_output(out)
+    assert_nothing_written(out)
 
 
 # ---- DeepLabCut --------------------------------------------------------------------------------------
@@ -353,7 +331,7 @@ def test_dlc_bad_input_names_csv_and_row_and_writes_nothing(tmp_path, how, line,
         convert("dlc", src, out)
     assert e.value.path == str(path) and e.value.row == line
     assert f"CollectedData_Ann.csv, row {line}" in str(e.value)
-    assert_no_output(out)
+    assert_nothing_written(out)
 
 
 @pytest.mark.skipif(not REAL_DLC.exists(), reason="shared DeepLabCut example project not present")

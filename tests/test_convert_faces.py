@@ -6,43 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from PIL import Image
 
-from pipeline.card import CARDS_DIR, load_card
+from pipeline.card import load_card
 from pipeline.converters import convert
 from pipeline.prepared import DataError, PreparedDataset, square_crop_box
+from tests.converter_fixtures import assert_bright_at, assert_nothing_written, spot_image, write_card
 
 SIZE = 64
-
-
-# ---- shared fixture helpers --------------------------------------------------------------------------
-def write_card(tmp_path: Path, name: str, k: int) -> Path:
-    """A minimal valid card with k keypoints, standing in for pipeline/cards/<name>.yaml."""
-    path = tmp_path / f"{name}-card.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "keypoints": [f"p{i:02d}" for i in range(k)],
-                                    "metric": {"kind": "pck", "normalize": "bbox_max_side"}}))
-    return path
-
-
-def spot_image(path: Path, width: int, height: int, spots: list[tuple[int, int]]) -> None:
-    """A dark image with a white 3x3 square centred on each (column, row) pixel index in ``spots``."""
-    img = np.full((height, width, 3), 20, np.uint8)
-    for col, row in spots:
-        img[max(row - 1, 0):row + 2, max(col - 1, 0):col + 2] = 255
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(path, quality=95) if path.suffix == ".jpg" else Image.fromarray(img).save(path)
-
-
-def assert_bright_at(image: np.ndarray, xy) -> None:
-    """The prepared image is bright at the pixel containing continuous position ``xy``."""
-    col, row = int(np.floor(xy[0])), int(np.floor(xy[1]))
-    assert image[row, col].mean() > 150, f"expected the white spot at pixel ({col}, {row})"
-
-
-def assert_nothing_written(out: Path) -> None:
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.partial-*"))
 
 
 # ---- WFLW --------------------------------------------------------------------------------------------
@@ -241,9 +211,7 @@ def test_300w_requires_every_protocol_folder(tmp_path, w300_src):
     assert_nothing_written(tmp_path / "out")
 
 
-# ---- the real cards, once they exist -----------------------------------------------------------------
+# ---- the shipped cards ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, k", [("wflw", 98), ("300w", 68)])
 def test_real_card_matches_the_format(name, k):
-    if not (CARDS_DIR / f"{name}.yaml").exists():
-        pytest.skip(f"pipeline/cards/{name}.yaml not written yet")
     assert load_card(name).num_keypoints == k

@@ -11,10 +11,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipeline.card import CARDS_DIR, load_card
+from pipeline.card import load_card
 from pipeline.converters import convert, syntheseyes
 from pipeline.prepared import DataError, PreparedDataset, square_crop_box
-from tests.test_convert_faces import assert_bright_at, assert_nothing_written, spot_image, write_card
+from tests.converter_fixtures import assert_bright_at, assert_nothing_written, spot_image, write_card
 
 SIZE = 32
 
@@ -388,9 +388,7 @@ def test_h36m_bad_input(tmp_path, h36m_src):
     assert_nothing_written(out)
 
 
-# ---- the real cards, once they exist -----------------------------------------------------------------
+# ---- the shipped cards ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, k", [("cub", 15), ("lsp", 14), ("syntheseyes", 17), ("h36m", 32)])
 def test_real_card_matches_the_format(name, k):
-    if not (CARDS_DIR / f"{name}.yaml").exists():
-        pytest.skip(f"pipeline/cards/{name}.yaml not written yet")
     assert load_card(name).num_keypoints == k
