@@ -80,12 +80,8 @@ def main() -> None:
               f"{everyone:.1f} px")
 
 
-def suggestion_check(project: Path, out: Path, top: int = 5) -> tuple[float, float]:
-    """Mean per-frame error of the first ``top`` suggested frames vs of every held-out frame (source px)."""
-    import csv
-
-    import numpy as np
-
+def truth_and_predictions(project: Path, out: Path) -> tuple[dict, dict]:
+    """The project's labeled frames and the machine labels `fskp label` wrote to ``out``, by frame id."""
     from pipeline.converters import dlc
 
     card = dlc.card_for(project)
@@ -93,6 +89,16 @@ def suggestion_check(project: Path, out: Path, top: int = 5) -> tuple[float, flo
              for f in dlc.read_label_file(path, project, card.keypoints)}
     pred_csv = next((out / "predictions").glob("labeled-data_*.csv"))
     pred = {f.id: f for f in dlc.read_label_file(pred_csv, project, card.keypoints, pcutoff=0.0)}
+    return truth, pred
+
+
+def suggestion_check(project: Path, out: Path, top: int = 5) -> tuple[float, float]:
+    """Mean per-frame error of the first ``top`` suggested frames vs of every held-out frame (source px)."""
+    import csv
+
+    import numpy as np
+
+    truth, pred = truth_and_predictions(project, out)
     shots = {Path(line).stem for line in (out / "shots.txt").read_text().split()}
     error = {i: float(np.linalg.norm(t.keypoints - pred[i].keypoints, axis=1)[t.visible].mean())
              for i, t in truth.items() if Path(i).name not in shots and t.visible.any()}
