@@ -295,7 +295,11 @@ def _ray_init(job: TrainJob):
                  configure_logging=True, logging_level="WARNING")
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # The pool's blocks reach the workers in a fixed order, so a seed gives the same run (paper: seeds 0).
+    # Without it, the order in which read tasks finish changed the losses between identical runs.
+    ctx.execution_options.preserve_order = True
 
 
 def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run_id: str | None = None,

@@ -71,6 +71,25 @@ def test_train_records_params_metrics_and_artifacts(ray_local, tiny_data, tmp_pa
     assert Path(run.data.tags["checkpoint_path"], "model.pt").exists()
 
 
+def test_the_same_job_twice_gives_the_same_run(ray_local, tiny_data, tmp_path):
+    """Seeds fix a run (paper: all 0): the pool is read from two Parquet files, whose read tasks may finish in
+    either order, yet both runs log the same losses and the same test error."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.training import run_training
+
+    job = small_job(tiny_data, tmp_path, pool_splits=("train", "test"), threads=2, experiment="same-seed")
+    client = MlflowClient(job.tracking_uri)
+    runs = []
+    for _ in range(2):
+        result = run_training(job)
+        assert result.error is None, result.error
+        runs.append(([m.value for m in client.get_metric_history(result.run_id, "train/loss")],
+                     result.metrics["test/nme"]))
+    assert len(runs[0][0]) == 4
+    assert runs[0] == runs[1]
+
+
 def test_resumes_after_a_worker_failure_in_one_mlflow_run(ray_local, tiny_data, tmp_path, capfd):
     from mlflow.tracking import MlflowClient
 
