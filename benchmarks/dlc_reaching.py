@@ -92,19 +92,23 @@ def truth_and_predictions(project: Path, out: Path) -> tuple[dict, dict]:
     return truth, pred
 
 
-def suggestion_check(project: Path, out: Path, top: int = 5) -> tuple[float, float]:
-    """Mean per-frame error of the first ``top`` suggested frames vs of every held-out frame (source px)."""
+def suggested_frames(out: Path, n: int) -> list[str]:
+    """The first ``n`` frames of the suggestions.csv in ``out``, as frame ids (reachingvideo1/img123)."""
     import csv
 
+    with open(out / "suggestions.csv", newline="") as f:
+        return [Path(r["source"]).parent.name + "/" + Path(r["source"]).stem for r in csv.DictReader(f)][:n]
+
+
+def suggestion_check(project: Path, out: Path, top: int = 5) -> tuple[float, float]:
+    """Mean per-frame error of the first ``top`` suggested frames vs of every held-out frame (source px)."""
     import numpy as np
 
     truth, pred = truth_and_predictions(project, out)
     shots = {Path(line).stem for line in (out / "shots.txt").read_text().split()}
     error = {i: float(np.linalg.norm(t.keypoints - pred[i].keypoints, axis=1)[t.visible].mean())
              for i, t in truth.items() if Path(i).name not in shots and t.visible.any()}
-    with open(out / "suggestions.csv", newline="") as f:
-        suggested = [Path(r["source"]).parent.name + "/" + Path(r["source"]).stem for r in csv.DictReader(f)]
-    picked = [error[i] for i in suggested[:top] if i in error]
+    picked = [error[i] for i in suggested_frames(out, top) if i in error]
     return float(np.mean(picked)), float(np.mean(list(error.values())))
 
 

@@ -11,7 +11,6 @@ rule (benchmarks/dlc_reaching.py).  A round whose `label.json` exists in ``--out
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import time
@@ -19,13 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc_reaching import FRAMES, truth_and_predictions
-
-
-def suggested_frames(out: Path, n: int) -> list[str]:
-    """The first ``n`` frames of a round's suggestions.csv, as frame stems (img123)."""
-    with open(out / "suggestions.csv", newline="") as f:
-        return [Path(row["source"]).stem for row in csv.DictReader(f)][:n]
+from dlc_reaching import FRAMES, suggested_frames, truth_and_predictions
 
 
 def main() -> None:
@@ -58,7 +51,7 @@ def main() -> None:
                 "minutes": float((where / "minutes.txt").read_text()) if (where / "minutes.txt").exists() else None}
 
     rounds = [run("round1", first)]
-    suggested = suggested_frames(out / "round1", args.add)
+    suggested = [Path(i).name for i in suggested_frames(out / "round1", args.add)]   # stems, as FRAMES
     held = sorted({Path(i.id).name for i in inp.labeled} - set(first))
     drawn = [str(f) for f in np.random.default_rng(0).choice(held, size=args.add, replace=False)]
     rounds += [run("round2-suggested", first + suggested), run("round2-random", first + drawn)]
