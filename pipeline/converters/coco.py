@@ -1,13 +1,25 @@
-"""COCO keypoint JSON (Lin et al., ECCV 2014): any dataset distributed in the COCO keypoint layout.
+"""COCO keypoint JSON (Lin et al., ECCV 2014): any dataset distributed in the COCO keypoint layout, and
+the COCO keypoint files that annotation tools export.
 
-Layout::
+Layouts (``--src``)::
 
-    SRC/annotations/person_keypoints_train2017.json     (or any *.json; files with "keypoint" in the
-    SRC/annotations/person_keypoints_val2017.json        name are preferred when there are any)
+    SRC/annotations/person_keypoints_train2017.json     the official layout (or any *.json; files with
+    SRC/annotations/person_keypoints_val2017.json        "keypoint" in the name are preferred)
     SRC/train2017/*.jpg  or  SRC/images/train2017/  or  SRC/images/train/  or  SRC/train/  or  SRC/images/
 
+    SRC/result.json + SRC/images/*.jpg                  a folder holding the JSON next to its images
+                                                        (in SRC itself or in SRC/images/)
+    FILE.json  --images DIR                             one JSON file and a flat folder of images
+
+CVAT's "COCO Keypoints 1.0" export is the first layout (``annotations/person_keypoints_<subset>.json`` +
+``images/<subset>/``); Label Studio's COCO export is the second (``result.json`` + ``images/``, its
+``file_name`` written as ``images/<name>``, on Windows with backslashes).  An image entry's
+``file_name`` may carry a sub-path or just the name: it is looked up as given, then by its last part,
+in each image folder; backslashes count as path separators.
+
 The split comes from the annotation file's name (``train``, ``val``/``valid``/``validation``, ``test``);
-a ``trainval`` file is skipped when separate train or val files exist (it repeats them).
+a file whose name names none (CVAT's ``person_keypoints_default.json``, Label Studio's ``result.json``)
+is ``train``.  A ``trainval`` file is skipped when separate train or val files exist (it repeats them).
 
 Each annotation is ``{"image_id", "category_id", "keypoints": [x1, y1, v1, ...], "bbox": [x, y, w, h],
 "num_keypoints"}``; the ``categories`` entry names the keypoints and gives a 1-based ``skeleton``.
@@ -21,6 +33,10 @@ evaluation and MMPose's target weights, which score every labeled keypoint.
 Coordinates: COCO keypoints are integer pixel indices (pixel centre at the integer, as Detectron2
 notes when it loads them); the prepared format puts pixel centres at integer + 0.5, so
 ``PIXEL_INDEX_OFFSET`` (0.5) is added to x and y.  Boxes are continuous coordinates and kept as is.
+Annotation tools may measure from the image's corner instead (CVAT writes its floats as drawn; Label
+Studio writes ``int(round(x))`` of its percentage position times the image size); their files are read
+the same way, so such a point can sit up to half a pixel (Label Studio: one pixel) from where it was
+clicked.
 
 Without ``--card`` the card is built from the ``categories`` entry (``card_for``): keypoint names,
 links from the skeleton, flip pairs from ``left_``/``right_`` name prefixes, one part per connected
@@ -42,7 +58,8 @@ from pipeline.converters._common import PIXEL_INDEX_OFFSET  # 0.5: 0-based pixel
 from pipeline.prepared import DataError, Instance
 
 CARD = None  # no fixed card: built from the annotation file's categories (card_for) unless --card is given
-HELP = "annotations/*keypoints*_{train,val,test}*.json (COCO keypoint format) + images/ or a folder per split"
+HELP = ("annotations/*keypoints*_<split>.json + images/ (official, CVAT); or a folder with one *.json and its "
+        "images (Label Studio); or FILE.json with --images DIR")
 
 _SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test", "testing": "test", "trainval": "trainval"}
@@ -58,20 +75,42 @@ def split_of(path: Path) -> str:
     return words.pop()
 
 
+def split_or_train(path: Path) -> str:
+    """``split_of``, except that a file whose name names no split (a tool's export) is ``train``."""
+    words = {_SPLIT_WORDS[w] for w in re.findall(r"[a-z]+", path.stem.lower()) if w in _SPLIT_WORDS}
+    return "train" if not words else split_of(path)
+
+
+def _json_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.glob("*.json") if p.is_file())
+    return [f for f in files if "keypoint" in f.name.lower()] or files
+
+
 def annotation_files(src: Path) -> list[tuple[Path, str]]:
-    """(json path, split) for every annotation file under SRC/annotations, trainval dropped if redundant."""
-    ann_dir = src / "annotations"
-    if not ann_dir.is_dir():
-        raise FileNotFoundError(f"{src}: no annotations/ folder (expected annotations/*keypoints*_<split>.json)")
-    files = sorted(ann_dir.glob("*.json"))
-    keypoint_files = [f for f in files if "keypoint" in f.name.lower()]
-    files = keypoint_files or files
-    if not files:
-        raise FileNotFoundError(f"{ann_dir}: no *.json annotation files")
-    pairs = [(f, split_of(f)) for f in files]
+    """(json path, split) for every annotation file: ``src`` itself when it is a file, else the *.json files
+    of SRC/annotations/ (or, without that folder, of SRC), trainval dropped if redundant."""
+    src = Path(src)
+    if src.is_file():
+        files = [src]
+    else:
+        folder = src / "annotations" if (src / "annotations").is_dir() else src
+        files = _json_files(folder)
+        if not files:
+            raise FileNotFoundError(f"{src}: no COCO annotation file (expected annotations/*keypoints*_<split>.json, "
+                                    f"or a *.json next to its images)")
+    pairs = [(f, split_or_train(f)) for f in files]
     if any(s == "trainval" for _, s in pairs) and any(s in ("train", "val") for _, s in pairs):
         pairs = [(f, s) for f, s in pairs if s != "trainval"]
     return [(f, "train" if s == "trainval" else s) for f, s in pairs]
+
+
+def dataset_root(src: Path) -> Path:
+    """The folder the images are looked up from: SRC, or for a JSON file the folder holding it (the one
+    above when the file sits in an ``annotations/`` folder)."""
+    src = Path(src)
+    if not src.is_file():
+        return src
+    return src.parent.parent if src.parent.name == "annotations" else src.parent
 
 
 def image_dirs(src: Path, json_path: Path, split: str) -> list[Path]:
@@ -139,10 +178,11 @@ def _components(k: int, links: list[tuple[int, int]]) -> list[list[int]]:
 
 
 def card_from_keypoints(name: str, title: str, keypoints: list[str], links: list[tuple[int, int]],
-                        origin: str, notes: str = "", min_threshold_px: float = 0.0) -> Card:
-    """A card for a user's own keypoint set: links as given (0-based), flip pairs from left_/right_
-    names, one part per skeleton component with >= 2 keypoints (else one part with all keypoints),
-    PCK@0.1 of the largest side of the visible keypoints' box."""
+                        origin: str, notes: str = "", min_threshold_px: float = 0.0,
+                        flip_pairs: list[tuple[int, int]] | None = None) -> Card:
+    """A card for a user's own keypoint set: links as given (0-based), flip pairs as given (0-based) or
+    else from left_/right_ names, one part per skeleton component with >= 2 keypoints (else one part
+    with all keypoints), PCK@0.1 of the largest side of the visible keypoints' box."""
     comps = [c for c in _components(len(keypoints), links) if len(c) >= 2]
     if not comps and len(keypoints) >= 2:
         comps = [list(range(len(keypoints)))]
@@ -156,11 +196,14 @@ def card_from_keypoints(name: str, title: str, keypoints: list[str], links: list
         metric["min_threshold_px"] = float(min_threshold_px)
     raw = {"name": name, "title": title, "keypoints": list(keypoints),
            "links": [[keypoints[a], keypoints[b]] for a, b in links],
-           "parts": parts, "flip_pairs": _flip_pairs(list(keypoints)), "metric": metric, "notes": notes}
+           "parts": parts, "metric": metric, "notes": notes,
+           "flip_pairs": (_flip_pairs(list(keypoints)) if flip_pairs is None
+                          else [[keypoints[a], keypoints[b]] for a, b in flip_pairs])}
     return parse_card(raw, origin=origin)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A card name from free text: lower case letters and digits, other runs as '-'."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
@@ -170,7 +213,8 @@ def card_for(src: Path) -> Card:
     for path, _ in annotation_files(Path(src)):
         found += [(path, c) for c in keypoint_categories(load_json(path), path)]
     if not found:
-        raise DataError(Path(src) / "annotations", None, "no category with keypoints in any annotation file")
+        where = Path(src) / "annotations" if (Path(src) / "annotations").is_dir() else Path(src)
+        raise DataError(where, None, "no category with keypoints in any annotation file")
     path, cat = found[0]
     names = list(cat["keypoints"])
     for other_path, other in found[1:]:
@@ -186,8 +230,9 @@ def card_for(src: Path) -> Card:
         if edge[0] != edge[1]:
             links.append((edge[0] - 1, edge[1] - 1))
     links = list(dict.fromkeys(tuple(sorted(e)) for e in links))
-    name = _slug(Path(src).resolve().name) or "coco"
-    return card_from_keypoints(name, f"{cat.get('name', 'object')} keypoints ({Path(src).name}, COCO format)",
+    root = dataset_root(Path(src)).resolve()
+    name = slug(root.name) or "coco"
+    return card_from_keypoints(name, f"{cat.get('name', 'object')} keypoints ({root.name}, COCO format)",
                                names, links, origin=str(path),
                                notes=f"Built by `fskp prepare coco` from the categories entry of {path.name}: "
                                      f"links from its 1-based skeleton, flip pairs from left_/right_ names, "
@@ -285,8 +330,9 @@ def read_annotation_file(path: Path, split: str, dirs: list[Path], card: Card, s
         if name is None:
             raise DataError(path, row, f"image_id {ann.get('image_id')!r} is not in the file's images list")
         if name not in found:
-            hits = [d / name for d in dirs if (d / name).is_file()] or \
-                   [d / Path(name).name for d in dirs if (d / Path(name).name).is_file()]
+            rel = Path(name.replace("\\", "/"))              # Windows exports write sub-paths with backslashes
+            hits = [d / rel for d in dirs if (d / rel).is_file()] or \
+                   [d / rel.name for d in dirs if (d / rel.name).is_file()]
             if not hits:
                 raise DataError(path, row, f"image {name!r} not found in any of: "
                                            f"{', '.join(str(d) for d in dirs)}")
@@ -295,7 +341,13 @@ def read_annotation_file(path: Path, split: str, dirs: list[Path], card: Card, s
                        keypoints=kp[order], visible=vis[order], origin=(str(path), row), box=_box(ann, path, row))
 
 
-def instances(src: Path, card: Card, skipped: Counter) -> Iterator[Instance]:
+def instances(src: Path, card: Card, skipped: Counter, images: Path | None = None) -> Iterator[Instance]:
+    """The instances of every annotation file; ``images``: the one folder holding the images (``--images``),
+    instead of the folders ``image_dirs`` lists."""
     src = Path(src)
+    if images is not None and not Path(images).is_dir():
+        raise FileNotFoundError(f"{images}: image folder not found (--images)")
+    root = dataset_root(src)
     for path, split in annotation_files(src):
-        yield from read_annotation_file(path, split, image_dirs(src, path, split), card, skipped)
+        dirs = [Path(images)] if images is not None else image_dirs(root, path, split)
+        yield from read_annotation_file(path, split, dirs, card, skipped)

@@ -7,6 +7,9 @@ Layout (the dataset archive unpacked; SRC holds the subject folders, or one fold
     SRC/f01/f01_36_0.1963_-0.7854.pkl     its data: a pickled dict
     ...                                   one folder per model: f01..f05 (female), m01..m05 (male)
 
+Whichever model folders are present are read (a partial download, or only the test models, is fine); a
+source with none of them is an error listing the folder names looked for.
+
 Each pickle holds ``look_vec`` (3D gaze direction), ``head_pose`` (3x3 rotation) and ``ldmks``, a dict of
 ``ldmks_lids_2d`` (the eyelid interior margin), ``ldmks_iris_2d`` (the iris boundary), ``ldmks_pupil_2d``
 (the pupil boundary) -- closed contours of 2D points in screen space (image pixels, x right, y down) -- and
@@ -42,14 +45,16 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.card import Card
-from pipeline.converters._common import enclosing_square, expect_keypoints, image_size, require_dir
+from pipeline.converters._common import enclosing_square, expect_keypoints, image_size
 from pipeline.prepared import DataError, Instance
 
 CARD = "syntheseyes"
-HELP = "folders f01..f05 and m01..m05 (or SynthEyes_data/ holding them), each with <name>.png + <name>.pkl"
+HELP = ("any of the folders f01..f05, m01..m05 (or SynthEyes_data/ holding them), each with <name>.png + "
+        "<name>.pkl")
 
 TRAIN_MODELS = ("f01", "f02", "f03", "f04", "m01", "m02", "m03", "m04")
 TEST_MODELS = ("f05", "m05")
+MODELS = TRAIN_MODELS + TEST_MODELS
 CONTOURS = ("ldmks_lids_2d", "ldmks_iris_2d", "ldmks_pupil_2d")
 NUM_KEYPOINTS = 17
 LID_FRACTIONS = (0.25, 0.5, 0.75)
@@ -161,17 +166,23 @@ def derive_keypoints(lids: np.ndarray, iris: np.ndarray, pupil: np.ndarray) -> n
 
 
 # ---- the converter -----------------------------------------------------------------------------------
+def _has_models(folder: Path) -> bool:
+    return any((folder / m).is_dir() for m in MODELS)
+
+
 def _root(src: Path) -> Path:
-    if (src / TRAIN_MODELS[0]).is_dir():
+    if _has_models(src):
         return src
-    holders = [p for p in sorted(src.iterdir()) if (p / TRAIN_MODELS[0]).is_dir()] if src.is_dir() else []
+    holders = [p for p in sorted(src.iterdir()) if p.is_dir() and _has_models(p)] if src.is_dir() else []
     return holders[0] if len(holders) == 1 else src
 
 
 def instances(src: Path, card: Card, skipped: Counter) -> Iterator[Instance]:
     expect_keypoints(card, NUM_KEYPOINTS, "the SynthesEyes converter (17 points derived from the contours)")
     root = _root(src)
-    models = {m: require_dir(root / m, f"SynthesEyes layout: {HELP}") for m in TRAIN_MODELS + TEST_MODELS}
+    models = {m: root / m for m in MODELS if (root / m).is_dir()}
+    if not models:
+        raise DataError(root, None, f"no SynthesEyes model folder ({', '.join(MODELS)}); layout: {HELP}")
     for model, folder in models.items():
         split = "train" if model in TRAIN_MODELS else "test"
         for pkl in sorted(folder.glob("*.pkl")):
