@@ -118,7 +118,7 @@ class OptimConfig(_Dict):
     unlabeled_batch: int = 16                     # unlabeled images per step (Supplement A)
     max_labeled_batch: int = 16                   # labeled per step = min(this, n_examples) (Supplement A)
     seed: int = 0                                 # Supplement A fixes every seed to 0
-    precision: str = "auto"                       # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"                       # auto (bf16 where the device runs it natively, models/precision.py) | bf16 | fp32
     tf32: bool = False                            # allow TF32 matmuls on CUDA (suspected to hurt AutoLink)
     compile: bool = False                         # torch.compile detector, UNet and ViT (GPU; slow to start)
 

@@ -21,14 +21,14 @@ import torch
 from models.config import LossConfig, OptimConfig
 from models.losses import LOSS_NAMES  # noqa: F401  (re-exported: the names train_step returns)
 from models.model import KeypointModel
+from models.precision import resolve_precision
 from models.variants import get_variant
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 for ``bf16``, and for ``auto`` on CUDA; None (float32) otherwise."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """The autocast dtype of ``precision`` (auto | bf16 | fp32) on ``device``: bf16, or None for float32.
+    ``auto`` is bf16 only where the device runs it natively and faster (models/precision.py)."""
+    return resolve_precision(precision, device.type).autocast_dtype
 
 
 def prepare_for_training(model: KeypointModel, loss_cfg: LossConfig, optim_cfg: OptimConfig,

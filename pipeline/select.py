@@ -11,7 +11,7 @@ the features of the 3rd last layer of VGG".  Concretely:
    is **relu4_3** (``features.22``, 512 channels, stride 8).  (Counting VGG's classifier as layers, "3rd
    last" could also read as fc6; the paper does not say.  We take the convolutional reading, which works
    at the stored image size.)  For ``resnet18`` it is ``layer2``.  Features are computed under bf16
-   autocast where the hardware supports it natively (see ``_use_bf16``), else in fp32.
+   autocast where ``auto`` precision picks it (see ``_use_bf16``), else in fp32.
 2. ``sklearn.cluster.KMeans(n_clusters=N, random_state=seed, n_init=10)`` on those vectors.
 3. For each centre, in centre order, the nearest training image not already taken (Euclidean distance;
    ties go to the image that comes first in the split), so the N ids are distinct.
@@ -271,7 +271,7 @@ def _pretrained_or_random(backbone: str):
 
 # ---- features -------------------------------------------------------------------------------------------
 def _use_bf16(device) -> bool:
-    """bf16 autocast where the hardware runs it natively.
+    """bf16 autocast where ``auto`` picks it (models/precision.py: native and faster on this device).
 
     Measured on a 2-core AVX512-BF16 CPU, 128 px images: vgg16 ~2x faster (about 55 vs 105 ms per image;
     vgg11 30 vs 50; resnet18 about even); pooled features within 1e-5 cosine of fp32.  The k-means picks
@@ -279,14 +279,9 @@ def _use_bf16(device) -> bool:
     features, and cover the data equally well (mean distance of every image to its nearest pick within
     1 % of fp32's; random picks are 20-50 % worse).  The feature cache pins the result for a dataset.
     """
-    import torch
+    from models.precision import resolve_precision
 
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return resolve_precision("auto", device.type).name == "bf16"
 
 
 def extract_features(dataset: PreparedDataset, model, batch_size: int = 32,
