@@ -47,16 +47,19 @@ def load_checkpoint(path: str | Path, card=None, device="cpu"):
 
 
 def predict_arrays(model, images: np.ndarray, device="cpu", batch_size: int = 64) -> dict[str, np.ndarray]:
-    """images uint8 [N, S, S, 3] → keypoints [N, K, 2] in pixels, uncertainty [N, K], depth [N, K]."""
+    """images uint8 [N, S, S, 3] → keypoints [N, K, 2] in those images' pixels, uncertainty [N, K], depth [N, K].
+
+    A model trained at another resolution sees the images resized to its own (keypoints come back in S px)."""
     import torch
 
+    from jobs.training import _to_batch
     from models.train_step import predict
 
     size = images.shape[1]
     out = {"keypoints": [], "uncertainty": [], "depth": []}
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-        p = predict(model, x.contiguous(memory_format=torch.channels_last))
+        x = _to_batch(torch.from_numpy(images[i:i + batch_size]), device, model.config.image_size)
+        p = predict(model, x)
         out["keypoints"].append(((p["keypoints"].float().cpu().numpy() + 1) / 2 * size))
         out["uncertainty"].append(p["uncertainty"].float().cpu().numpy())
         out["depth"].append(p["depth"].float().cpu().numpy())

@@ -19,7 +19,6 @@ is resumed by running the same command again.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import socket
@@ -398,18 +397,40 @@ def _trial_dirname(trial) -> str:
     return f"{trial.config['cell']}-{trial.trial_id}"
 
 
-def default_concurrency(train_options: dict, driver_cpus: float) -> int:
-    """How many cells fit the cluster as it is now: one CPU is left to Ray Data, GPUs shared by fraction."""
-    import ray
+def size_trials(train_options: dict, max_concurrent: int | None, driver_cpus: float):
+    """Trials at once and the CPUs of each Train worker, from the cluster's nodes (jobs/resources.py): each trial
+    leaves its Ray Data tasks their share, so no trial waits forever for its data.  Returns the
+    ``TrainingPlan`` and the options with ``cpus_per_worker`` set."""
+    from jobs.resources import cluster_nodes, plan_training
 
-    res = ray.cluster_resources()
-    workers = int(train_options.get("workers", 1))
-    per_trial_cpu = driver_cpus + workers * float(train_options.get("cpus_per_worker", 1.0))
-    n = math.floor(max(res.get("CPU", 1) - 1, per_trial_cpu) / per_trial_cpu + 1e-9)
-    if train_options.get("gpu") and res.get("GPU", 0) > 0:
-        per_trial_gpu = workers * float(train_options.get("gpu_fraction", 1.0))
-        n = min(n, math.floor(res["GPU"] / per_trial_gpu + 1e-9))
-    return max(1, n)
+    plan = plan_training(cluster_nodes(), workers=int(train_options.get("workers", 1)),
+                         gpu=bool(train_options.get("gpu")), gpu_fraction=float(train_options.get("gpu_fraction", 1.0)),
+                         cpus_per_worker=train_options.get("cpus_per_worker"), concurrent=max_concurrent,
+                         driver_cpus=driver_cpus)
+    return plan, {**train_options, "cpus_per_worker": plan.cpus_per_worker}
+
+
+def check_cells(cells: list[Cell], train_options: dict) -> None:
+    """Refuse, before Ray starts, every cell whose options cannot train on its dataset: one line per problem."""
+    from jobs.training import TrainJob, check_job
+    from pipeline.prepared import PreparedDataset
+
+    problems: dict[str, list[str]] = {}
+    datasets: dict[str, object] = {}
+    for c in cells:
+        ds = datasets.setdefault(c.data, PreparedDataset(c.data))
+        job = TrainJob(**{**train_options, "data": c.data, "shots": c.shots, "variant": c.variant,
+                          "selection": c.selection, "seed": c.seed})
+        try:
+            check_job(job, ds)
+        except ValueError as e:
+            lines = [line.strip() for line in str(e).splitlines()[1:]] or [str(e).split(": ", 1)[-1]]
+            for line in lines:
+                problems.setdefault(line, []).append(c.name)
+    if problems:
+        raise ValueError(f"{len(problems)} problem(s) found before starting Ray; nothing was trained:\n" + "\n".join(
+            f"  {line}  (cells: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+            for line, names in problems.items()))
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -426,14 +447,15 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 
 def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None = None,
-              tracking_uri: str | None = None, max_concurrent: int | None = None, driver_cpus: float = 0.25,
+              tracking_uri: str | None = None, max_concurrent: int | None = None, driver_cpus: float | None = None,
               num_cpus: int | None = None, log=print) -> SweepResult:
     """Train every cell MLflow does not already hold, as parallel Ray Tune trials; one MLflow run per cell.
 
     cells: with ``data`` set (see ``attach_data``).  train_options: ``TrainJob`` fields shared by every
     cell (``jobs.commands.train.job_kwargs``); ``experiment`` and ``tracking_uri`` override theirs.
-    max_concurrent: trials at once (default: as many as the cluster holds now, ``default_concurrency``).
-    driver_cpus: what each trial's own process asks for (the Train workers ask for theirs).
+    max_concurrent: trials at once (default: as many as the cluster's nodes hold, ``size_trials``).
+    driver_cpus: what each trial's own process asks for (default ``TRIAL_DRIVER_CPUS``; the Train workers and
+    Ray Data tasks ask for theirs).
     num_cpus: CPUs of a local Ray instance started here (ignored when connecting to a cluster).
     The sweep gets a parent MLflow run (the grid as cells.json, the results table as table.md); each
     cell's run is nested under it.
@@ -442,8 +464,12 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
 
     from jobs.tracking import code_version, flat_params, resolve_tracking_uri
 
+    from jobs.resources import TRIAL_DRIVER_CPUS
+
     check_data(cells)
     cells = unique_cells(replace(c, data=str(Path(c.data).resolve())) for c in cells)
+    check_cells(cells, train_options)
+    driver_cpus = TRIAL_DRIVER_CPUS if driver_cpus is None else driver_cpus
     experiment = experiment or train_options.get("experiment") or "fskp"
     tracking_uri = resolve_tracking_uri(tracking_uri or train_options.get("tracking_uri"))
     storage = train_options.get("storage_path") or "runs"
@@ -507,8 +533,9 @@ def _tune(todo: list[Cell], base: dict, parent_id: str, stamp: str, storage: str
     from ray import tune
 
     init_ray(num_cpus)
-    concurrent = max_concurrent or default_concurrency(base, driver_cpus)
-    log(f"running {len(todo)} trials, at most {concurrent} at once")
+    plan, base = size_trials(base, max_concurrent, driver_cpus)
+    concurrent = plan.concurrent
+    log(f"running {len(todo)} trials, at most {concurrent} at once: {plan.note}")
     cells = {c.name: c.to_dict() for c in todo}
     trainable = tune.with_resources(
         tune.with_parameters(_cell_trainable, cells=cells, base=base, parent_run_id=parent_id), {"CPU": driver_cpus})

@@ -27,7 +27,7 @@ class TrainJob:
     variant: str = "full"                   # full | supervised | no-recon | no-2d | no-3d | no-uncertainty
     iterations: int = 20000                 # paper: 20k
     backbone: str = "resnet50"              # any timm backbone with features_only; paper: resnet50
-    size: int = 128                         # working resolution; must match the prepared dataset
+    size: int = 128                         # working resolution; other than the prepared one: resized in the stream
     seed: int = 0                           # paper: all seeds 0
     coefficients: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.1)   # few-shot, recon, 2D, 3D (§3.6)
     lr: float = 1e-4                        # Adam, betas (0.9, 0.99) (Supplement A)
@@ -38,8 +38,8 @@ class TrainJob:
     workers: int = 1                        # Ray Train workers (data-parallel)
     gpu: bool = False                       # one GPU per worker (or gpu_fraction of one)
     gpu_fraction: float = 1.0               # <1 lets several small runs share a GPU
-    cpus_per_worker: float = 1.0
-    precision: str = "auto"                 # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    cpus_per_worker: float | None = None    # logical CPUs per worker; None: the node's CPUs less Ray Data's share
+    precision: str = "auto"                 # auto (bf16 where the device runs it natively: models/precision.py) | bf16 | fp32
     perceptual_vit: str = "vit_small_patch16_224"   # timm ViT of the perceptual loss (Eq. 9)
     pretrained: bool = True                 # pretrained backbone/ViT weights when they can be loaded
     pool: str | tuple[str, ...] | None = None   # unlabeled pool: image folders / videos (default: the train split)
@@ -54,7 +54,8 @@ class TrainJob:
     run_name: str | None = None             # Ray Train run name / MLflow run name (default derived)
     max_failures: int = 2                   # worker failures survived by resuming from the last checkpoint
     fail_at_step: int | None = None         # testing only: kill rank 0 once at this step
-    threads: int | None = None              # torch intra-op threads per worker (default: cpus_per_worker)
+    threads: int | None = None              # torch intra-op threads per worker (default: the CPUs Ray gave it)
+    stall_timeout: float = 600.0            # seconds without an unlabeled batch (or a collective) before stopping
     record_pool_ids: bool = False           # write the pool ids each worker saw to the run folder (sharding check)
 
     def default_name(self, card_name: str) -> str:
@@ -75,6 +76,15 @@ def build_model(card, job: TrainJob):
     optim_cfg = OptimConfig(lr=job.lr, lr_schedule=job.lr_schedule, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
                             seed=job.seed, precision=job.precision)
     return KeypointModel(model_cfg), loss_cfg, optim_cfg
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Rank 0 records what it resolved on its own node (precision, threads) in the driver's MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
 def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, step: int) -> None:
@@ -115,11 +125,15 @@ def gradient_averager(world: int):
     return average
 
 
-def _to_batch(images_uint8, device):
-    """uint8 [B, H, W, 3] → float [B, 3, H, W] in [0, 1], channels-last."""
+def _to_batch(images_uint8, device, size: int | None = None):
+    """uint8 [B, H, W, 3] → float [B, 3, size, size] in [0, 1], channels-last (resized when H != size;
+    keypoints in [-1, 1] are unchanged by the resize)."""
     import torch
 
     x = images_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None and x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                            align_corners=False).clamp_(0.0, 1.0)
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -132,8 +146,12 @@ def _collate_pool(batch: dict) -> dict:
 
 
 def _unlabeled_batches(shard, batch_size: int, seed: int, counters: dict):
-    """Endless stream of unlabeled image batches from this worker's shard; corrupt rows dropped and counted."""
-    epoch = 0
+    """Endless stream of unlabeled image batches from this worker's shard; corrupt rows dropped and counted.
+
+    A batch whose rows are all unreadable is replaced by the last good one, so every worker takes one batch
+    per step and the workers reach the shard's epoch barrier together (a worker that skipped ahead would
+    wait there while the others wait for it in the gradient all-reduce)."""
+    epoch, last = 0, None
     while True:
         seen = 0
         for b in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size,
@@ -146,7 +164,9 @@ def _unlabeled_batches(shard, batch_size: int, seed: int, counters: dict):
                 counters["ids"].update(i for i, good in zip(b["id"], ok.tolist()) if good)
             if ok.any():
                 seen += 1
-                yield b["image"][ok]
+                last = b["image"][ok]
+            if last is not None:
+                yield last
         if seen == 0:
             raise RuntimeError("the unlabeled pool yielded no readable image")
         epoch += 1
@@ -159,23 +179,32 @@ def train_func(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from models.variants import get_variant
-
     from jobs.evaluation import evaluate_model, write_eval_artifacts
+    from jobs.resources import starvation_report, worker_threads
+    from jobs.watchdog import watched
+    from models.precision import resolve_precision
     from models.train_step import make_optimizer, prepare_for_training, train_step
+    from models.variants import get_variant
     from pipeline.prepared import PreparedDataset
 
     job = TrainJob(**{**config["job"], "coefficients": tuple(config["job"]["coefficients"])})
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(job.threads or max(1, int(job.cpus_per_worker)))
+    threads = worker_threads(job.threads)                  # the CPUs Ray gave this worker, on its node
+    torch.set_num_threads(threads)
     torch.manual_seed(job.seed)
     np.random.seed(job.seed)
     device = ray.train.torch.get_device()
+    precision = resolve_precision(job.precision, device.type)
+    if rank == 0:
+        print(f"precision {precision.name} ({precision.reason}); {threads} torch thread(s) per worker", flush=True)
+        set_tags(job.tracking_uri, config["mlflow_run_id"], {
+            "fskp.precision": precision.name, "fskp.precision_reason": precision.reason,
+            "fskp.threads_per_worker": str(threads)})
 
     ds = PreparedDataset(job.data)
     labeled = ds.arrays("train", ids=config["shot_ids"])
-    lab_images = _to_batch(torch.from_numpy(labeled["images"]), device)
+    lab_images = _to_batch(torch.from_numpy(labeled["images"]), device, job.size)
     lab_kp = torch.from_numpy(labeled["keypoints"] / ds.size * 2 - 1).float().to(device)   # pixels → [-1, 1]
     lab_vis = torch.from_numpy(labeled["visible"]).to(device)
 
@@ -197,8 +226,13 @@ def train_func(config: dict) -> None:
 
     counters = {"skipped": 0, "seen": 0, **({"ids": set()} if job.record_pool_ids else {})}
     needs_pool = get_variant(job.variant).unlabeled
-    pool = _unlabeled_batches(ray.train.get_dataset_shard("unlabeled"), job.unlabeled_batch, job.seed + rank,
-                              counters) if needs_pool else None
+    pool = watched(_unlabeled_batches(ray.train.get_dataset_shard("unlabeled"), job.unlabeled_batch,
+                                      job.seed + rank, counters),
+                   timeout_s=job.stall_timeout, what="unlabeled batch",
+                   explain=lambda: f"Ray Data could not deliver the pool ({starvation_report()}). Lower "
+                                   f"--cpus-per-worker or --max-concurrent (or leave them to the default), give Ray "
+                                   f"more CPUs, or raise --stall-timeout if the pool's storage is just slow"
+                   ) if needs_pool else None
     n_lab = min(16, len(config["shot_ids"]))
     gen = torch.Generator().manual_seed(job.seed + 1000 * rank)
 
@@ -229,9 +263,9 @@ def train_func(config: dict) -> None:
         idx = torch.randperm(len(lab_images), generator=gen)[:n_lab]
         batch = {"labeled": lab_images[idx], "keypoints": lab_kp[idx], "visible": lab_vis[idx]}
         if pool is not None:
-            batch["unlabeled"] = _to_batch(next(pool), device)
+            batch["unlabeled"] = _to_batch(next(pool), device, job.size)
         try:
-            losses = train_step(model, optimizer, batch, step, job.iterations, loss_cfg, job.precision,
+            losses = train_step(model, optimizer, batch, step, job.iterations, loss_cfg, precision.name,
                                 after_backward=sync)
         except torch.linalg.LinAlgError as e:       # SVD of the 3D loss meets NaN keypoints first
             raise FloatingPointError(f"non-finite loss at step {step + 1} ({e}); the last good checkpoint is kept") from e
@@ -307,15 +341,13 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
     """Select shots, train on Ray, evaluate, and record everything in one MLflow run."""
     import mlflow
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from jobs.tracking import code_version, flat_params, resolve_tracking_uri
     from pipeline.prepared import PreparedDataset
 
     ds = PreparedDataset(job.data)
-    if job.size != ds.size:
-        raise ValueError(f"--size {job.size} differs from the prepared dataset's {ds.size} px ({job.data}); "
-                         f"prepare it again with --size {job.size}")
+    check_job(job, ds)
     job = replace(job, data=str(Path(job.data).resolve()), tracking_uri=resolve_tracking_uri(job.tracking_uri),
                   storage_path=str(Path(job.storage_path or "runs").resolve()))
     name = job.run_name or job.default_name(ds.card.name)
@@ -338,6 +370,14 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
                            "code_version": code_version()})
         mlflow.log_dict({"ids": shot_ids, **{k: v for k, v in selection_info.items() if k != "ids"}}, "shots.json")
         _ray_init(job)
+        if job.cpus_per_worker is None:                            # a sweep has sized it already
+            from jobs.resources import cluster_nodes, plan_training
+
+            plan = plan_training(cluster_nodes(), workers=job.workers, gpu=job.gpu, gpu_fraction=job.gpu_fraction,
+                                 concurrent=1)
+            job = replace(job, cpus_per_worker=plan.cpus_per_worker)
+            print(f"resources: {plan.note}", flush=True)
+            mlflow.log_param("cpus_per_worker_resolved", plan.cpus_per_worker)
         datasets = {"unlabeled": unlabeled_pool(job)}
         resources = {"CPU": job.cpus_per_worker}
         if job.gpu:
@@ -346,6 +386,7 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
             train_func,
             train_loop_config={"job": asdict(job), "shot_ids": shot_ids, "mlflow_run_id": run.info.run_id, "run_folder": f"{name}-{run.info.run_id[:8]}"},
             scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu, resources_per_worker=resources),
+            torch_config=TorchConfig(timeout_s=int(job.stall_timeout)),      # waits on other workers time out too
             datasets=datasets, dataset_config=DataConfig(datasets_to_split=["unlabeled"]),
             run_config=RunConfig(name=f"{name}-{run.info.run_id[:8]}", storage_path=job.storage_path,
                                  failure_config=FailureConfig(max_failures=job.max_failures),
@@ -372,6 +413,42 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
                 if f.name != CHECKPOINT_FILE:
                     mlflow.log_artifact(str(f), artifact_path="evaluation")
         return TrainResult(run.info.run_id, metrics, ckpt_path, shot_ids)
+
+
+def check_job(job: TrainJob, ds) -> None:
+    """Refuse, before Ray starts, a job that cannot train on prepared dataset ``ds`` (one message per problem)."""
+    from models.config import LossConfig, ModelConfig
+    from models.precision import PRECISIONS
+    from models.variants import get_variant
+
+    problems = []
+    try:
+        ModelConfig.from_card(ds.card, backbone=job.backbone, image_size=job.size)
+    except ValueError as e:
+        problems.append(f"--size {job.size}: {e}")
+    try:
+        LossConfig(variant=job.variant)
+        if get_variant(job.variant).recon and not ds.card.links:
+            problems.append(f"variant {job.variant!r} draws edge maps from the card's links, and card "
+                            f"{ds.card.name!r} has none: give links (--links) or use --variant no-recon/supervised")
+    except ValueError as e:
+        problems.append(str(e))
+    if job.precision not in PRECISIONS:
+        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
+    if job.iterations < 1 or job.unlabeled_batch < 1:
+        problems.append(f"--iterations ({job.iterations}) and the unlabeled batch ({job.unlabeled_batch}) must be positive")
+    if job.cpus_per_worker is not None and job.cpus_per_worker <= 0:
+        problems.append(f"--cpus-per-worker must be positive, got {job.cpus_per_worker}")
+    n_train = ds.count("train")
+    shots = job.shots.strip()
+    if not shots.endswith("%") and shots.isdigit() and int(shots) > n_train:
+        problems.append(f"--shots {shots}: the train split has only {n_train} labeled rows")
+    for source in ([job.pool] if isinstance(job.pool, str) else list(job.pool or ())):
+        if not Path(source).exists():
+            problems.append(f"--pool {source}: not found")
+    if problems:
+        raise ValueError(f"{ds.root}: " + "\n  ".join(problems) if len(problems) == 1 else
+                         f"{ds.root}: {len(problems)} problems:\n  " + "\n  ".join(problems))
 
 
 def unlabeled_pool(job: TrainJob):

@@ -24,7 +24,7 @@ HELP = "label a DeepLabCut project, image folder or video from a few labeled fra
 
 #: CPU-sized defaults of `fskp label` (fskp train keeps the paper's): see README "Labeling"
 LABEL_DEFAULTS = dict(iterations=600, backbone="resnet18", size=192, lr=1e-3, checkpoint_every=300, log_every=50,
-                      perceptual_vit="vit_tiny_patch16_224", precision="bf16", lr_schedule="cosine",
+                      perceptual_vit="vit_tiny_patch16_224", precision="auto", lr_schedule="cosine",
                       rotation_deg=15.0, flip_p=0.0)
 
 
@@ -80,7 +80,6 @@ def parse_crop(text: str | None):
 
 
 def run(args) -> int:
-    import os
     from pathlib import Path
 
     from jobs.commands.train import job_kwargs
@@ -96,8 +95,7 @@ def run(args) -> int:
         inp = read_images(args.images, args.labels, card, args.links) if args.images else \
             read_video(args.video, args.labels, Path(args.out) / "work", card, args.links)
     options = {**job_kwargs(args), "variant": args.variant, "unlabeled_batch": args.unlabeled_batch,
-               "rotation_deg": args.rotation, "flip_p": args.flip, "lr_schedule": LABEL_DEFAULTS["lr_schedule"],
-               "threads": args.threads or os.cpu_count()}       # one training: every core (not --cpus-per-worker)
+               "rotation_deg": args.rotation, "flip_p": args.flip, "lr_schedule": LABEL_DEFAULTS["lr_schedule"]}
     result = label(inp, args.out, shots=args.shots, frames=parse_frames(args.frames), crop=parse_crop(args.crop),
                    margin=args.margin, job_options=options, overlay=not args.no_overlay,
                    suggestions=args.suggestions)

@@ -32,7 +32,7 @@ HELP = "run a grid of trainings (or a paper table's grid) as parallel Ray Tune t
 
 #: --smoke-test: the same code, tiny (Ray examples' convention); explicit options still win
 SMOKE_TEST = dict(iterations=4, backbone="resnet18", size=64, log_every=2, checkpoint_every=4,
-                  perceptual_vit="vit_tiny_patch16_224", pretrained=False, unlabeled_batch=4, threads=1)
+                  perceptual_vit="vit_tiny_patch16_224", pretrained=False, unlabeled_batch=4)
 
 
 def add_grid_options(p) -> None:
@@ -40,8 +40,10 @@ def add_grid_options(p) -> None:
     p.add_argument("--data-root", default="data",
                    help="folder of prepared datasets: a card name NAME means DATA_ROOT/NAME (default ./data)")
     p.add_argument("--max-concurrent", type=int,
-                   help="trials running at once (default: as many as the cluster holds now)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all; ignored on a cluster)")
+                   help="trials running at once (default: as many as the cluster's nodes hold, each trial leaving "
+                        "its Ray Data tasks their share)")
+    p.add_argument("--num-cpus", type=int, help="logical CPUs of a local Ray instance (default: this machine's; "
+                                                "ignored on a cluster); never needed to make progress")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny settings for a quick check: 4 iterations, resnet18, 64 px, a tiny ViT, no pretrained "
                         "weights (options given explicitly still apply)")

@@ -27,14 +27,20 @@ def add_train_options(p) -> None:
                    help="loss coefficients: few-shot, reconstruction, 2D, 3D (paper §3.6: 1,1,1,0.1)")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 also pays on CPUs with AMX")
+                   help="auto (default): bf16 autocast where the device runs it natively and faster (GPUs with bf16, "
+                        "CPUs with AMX or a measured gain), else float32; printed and recorded in MLflow")
     g.add_argument("--perceptual-vit", default="vit_small_patch16_224",
                    help="timm ViT of the perceptual loss (Eq. 9; vit_tiny_patch16_224 is ~4x cheaper)")
     g.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
-    g.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16 autocast)")
+    g.add_argument("--gpu", action="store_true", help="one GPU per worker")
     g.add_argument("--gpu-fraction", type=float, default=1.0, help="share of a GPU per worker (<1 shares GPUs)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (also its torch threads)")
-    g.add_argument("--threads", type=int, help="torch threads per worker (default: --cpus-per-worker)")
+    g.add_argument("--cpus-per-worker", type=float,
+                   help="logical CPUs per worker (default: the node's CPUs, less Ray Data's share, split among the "
+                        "jobs that run at once; see jobs/resources.py)")
+    g.add_argument("--threads", type=int, help="torch threads per worker (default: the CPUs Ray gave it, rounded up)")
+    g.add_argument("--stall-timeout", type=float, default=600.0,
+                   help="seconds without an unlabeled batch (or a collective between workers) before the run stops "
+                        "with an error saying what is starved (default 600)")
     g.add_argument("--checkpoint-every", type=int, default=1000, help="iterations between checkpoints")
     g.add_argument("--log-every", type=int, default=50, help="iterations between progress lines")
     g.add_argument("--experiment", default="fskp", help="MLflow experiment name")
@@ -50,6 +56,7 @@ def job_kwargs(args) -> dict:
                 coefficients=coefficients, lr=args.lr, precision=args.precision,
                 perceptual_vit=args.perceptual_vit, workers=args.workers, gpu=args.gpu,
                 gpu_fraction=args.gpu_fraction, cpus_per_worker=args.cpus_per_worker, threads=args.threads,
+                stall_timeout=args.stall_timeout,
                 checkpoint_every=args.checkpoint_every, log_every=args.log_every, experiment=args.experiment,
                 tracking_uri=args.tracking_uri, storage_path=args.storage_path)
 

@@ -86,7 +86,9 @@ def run(args) -> int:
     from ray import tune
 
     from jobs.commands.reproduce import train_options
-    from jobs.sweep import Cell, check_data, check_shots, default_concurrency, init_ray, parse_list, resolve_dataset
+    from jobs.resources import TRIAL_DRIVER_CPUS
+    from jobs.sweep import (Cell, check_cells, check_data, check_shots, init_ray, parse_list, resolve_dataset,
+                            size_trials)
     from jobs.tracking import resolve_tracking_uri
     from pipeline.prepared import PreparedDataset
 
@@ -99,6 +101,7 @@ def run(args) -> int:
     if not datasets:
         raise ValueError("--datasets names no dataset")
     check_data([Cell(card, shots, data=data) for card, data in datasets])
+    check_cells([Cell(card, shots, data=data) for card, data in datasets], options)    # before Ray starts
     for card, data in datasets:
         if PreparedDataset(data).count("val") == 0:
             raise ValueError(f"{data}: the prepared dataset of {card!r} has no val split; the coefficient search "
@@ -120,15 +123,17 @@ def run(args) -> int:
         client.log_param(parent, k, str(v))
 
     init_ray(args.num_cpus)
+    plan, base = size_trials(base, args.max_concurrent, TRIAL_DRIVER_CPUS)
+    print(f"at most {plan.concurrent} trials at once: {plan.note}", flush=True)
     space = {name: tune.loguniform(low, high) for name in ("recon", "geo2d", "geo3d")}
     search = tune.search.BasicVariantGenerator(
         points_to_evaluate=[dict(zip(("recon", "geo2d", "geo3d"), PAPER_COEFFICIENTS[1:]))],
         random_state=args.search_seed)
     trainable = tune.with_resources(tune.with_parameters(_trial, base=base, datasets=datasets, shots=shots,
-                                                         parent_run_id=parent), {"CPU": 0.25})
+                                                         parent_run_id=parent), {"CPU": TRIAL_DRIVER_CPUS})
     tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
         search_alg=search, num_samples=args.num_samples,
-        max_concurrent_trials=args.max_concurrent or default_concurrency(base, 0.25)),
+        max_concurrent_trials=plan.concurrent),
         run_config=tune.RunConfig(name=f"coefficients-{stamp}", storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=1))
     try:
