@@ -10,9 +10,10 @@ method roughly halves the supervised baseline's error (WFLW: 9.19 vs 21.9 NME).
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
+
+from models.precision import machine_summary
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--out", default="benchmarks/out/accuracy")
-    p.add_argument("--max-concurrent", type=int, default=2)
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit, jobs/resources.py)")
     args = p.parse_args()
 
     from jobs.sweep import Cell, run_sweep
@@ -39,11 +40,10 @@ def main() -> None:
             generate(cat, data, args.n, seed=0, size=args.size)
         cells += [Cell(card=f"synth_{cat}", shots=args.shots, variant=v, data=str(data)) for v in ("full", "supervised")]
     options = dict(iterations=args.iterations, backbone=args.backbone, size=args.size, log_every=100,
-                   checkpoint_every=args.iterations, perceptual_vit="vit_tiny_patch16_224", threads=1,
+                   checkpoint_every=args.iterations, perceptual_vit="vit_tiny_patch16_224",
                    experiment="accuracy", tracking_uri=f"sqlite:///{out}/mlflow.db", storage_path=str(out / "runs"))
     t0 = time.time()
-    # logical CPUs: single-threaded trainings plus Ray Data decoding share the physical cores (see quickstart)
-    result = run_sweep(cells, options, max_concurrent=args.max_concurrent, num_cpus=2 * args.max_concurrent)
+    result = run_sweep(cells, options, max_concurrent=args.max_concurrent)
     took = time.time() - t0
 
     client = MlflowClient(options["tracking_uri"])
@@ -52,7 +52,7 @@ def main() -> None:
         m = client.get_run(o.run_id).data.metrics if o.run_id else {}
         rows[(o.cell.card, o.cell.variant)] = m
     print(f"\naccuracy benchmark: {args.shots} k-means shots, {args.iterations} iterations, {args.size}px, "
-          f"{args.backbone}, seed 0; {platform.processor() or platform.machine()}, {took / 60:.1f} min")
+          f"{args.backbone}, seed 0; {machine_summary()}; {took / 60:.1f} min")
     print("| category | metric | supervised | full | full / supervised |")
     print("| --- | --- | ---: | ---: | ---: |")
     for cat in args.categories.split(","):

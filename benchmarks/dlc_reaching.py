@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
+
+from models.precision import machine_summary
 
 FRAMES = "img023,img068,img077,img103,img108,img116,img142,img145,img228,img245"
 #: ../shared/data/README.md, measured by the task's authors on a 2-core CPU of this kind (one thread)
@@ -31,8 +32,9 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=LABEL_DEFAULTS["iterations"])
     p.add_argument("--size", type=int, default=LABEL_DEFAULTS["size"])
     p.add_argument("--backbone", default=LABEL_DEFAULTS["backbone"])
-    p.add_argument("--precision", default="bf16", help="bf16 autocast pays on CPUs with AMX (see README)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default=LABEL_DEFAULTS["precision"],
+                   help="auto (fskp label's default: bf16 only where the CPU runs it natively and faster) | bf16 | fp32")
+    p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
     p.add_argument("--margin", type=float, default=0.1, help="crop margin per side (fskp label --margin)")
     p.add_argument("--out", default="benchmarks/out/dlc_reaching")
     p.add_argument("--report-only", action="store_true", help="print the table from an earlier run's --out")
@@ -69,8 +71,8 @@ def main() -> None:
                                                                    "held_out": r}, indent=2))
         checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
     print(f"\ndlc-reaching, 10 labeled frames, 45 held out (190 keypoints); {args.iterations} iterations, "
-          f"{args.size} px, crop margin {args.margin}, {args.backbone}, {args.precision}, {args.threads} threads; "
-          f"{platform.processor() or platform.machine()}")
+          f"{args.size} px, crop margin {args.margin}, {args.backbone}, precision {args.precision}, "
+          f"threads {args.threads or 'auto'}; {machine_summary()}")
     print("| system | mean error | median | PCK | time |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, mean, median, pck, took in REFERENCE + rows:

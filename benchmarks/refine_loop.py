@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from dlc_reaching import FRAMES, suggested_frames, truth_and_predictions
+from models.precision import machine_summary
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--add", type=int, default=5, help="frames labeled in round 2")
     p.add_argument("--variant", default="full")
     p.add_argument("--iterations", type=int, default=LABEL_DEFAULTS["iterations"])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
     p.add_argument("--out", default="benchmarks/out/refine_loop")
     args = p.parse_args()
 
@@ -57,8 +57,8 @@ def main() -> None:
     rounds += [run("round2-suggested", first + suggested), run("round2-random", first + drawn)]
 
     scored = sorted(set(held) - set(suggested) - set(drawn))
-    print(f"\nrefine loop on dlc-reaching ({args.variant}, {args.iterations} iterations, {args.threads} threads, "
-          f"{platform.processor() or platform.machine()}); scored on the {len(scored)} held-out frames no round "
+    print(f"\nrefine loop on dlc-reaching ({args.variant}, {args.iterations} iterations, threads {args.threads or 'auto'}, "
+          f"{machine_summary()}); scored on the {len(scored)} held-out frames no round "
           f"trained on")
     print(f"suggested by round 1: {', '.join(suggested)}; drawn at random: {', '.join(drawn)}")
     print("| round | training frames | mean error | median | PCK | time |")

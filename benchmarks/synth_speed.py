@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.synth import CATEGORIES  # noqa: E402
 from pipeline.synth.dataset import default_workers, generate, resolve_device  # noqa: E402
+from models.precision import machine_summary  # noqa: E402
 
 TARGET = 10_000
 
@@ -46,7 +47,7 @@ def main() -> int:
     args = p.parse_args()
     device = resolve_device(args.device)
     print(f"synth speed: {args.n} images per category at {args.size}px, device {device}, {args.workers} worker(s); "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"load average {os.getloadavg()[0]:.1f}; {machine_summary()}")
     with tempfile.TemporaryDirectory() as tmp:
         generate(args.categories[0], Path(tmp) / "burn-in", 5, size=args.size, workers=1, device=device,
                  progress=False)

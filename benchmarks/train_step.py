@@ -5,36 +5,26 @@ resnet50 detector, 16 unlabeled + 10 labeled images per step, every loss of the 
 random tensors already in memory, so the figure is the step's compute alone (no data loading).  Burn-in
 steps first, then timed steps with device synchronisation; prints figures, asserts nothing.
 
-    .venv/bin/python benchmarks/train_step.py                      # both settings, auto (+ bf16 on CPU)
+    .venv/bin/python benchmarks/train_step.py                      # both settings, fp32 and bf16 on a CPU
     .venv/bin/python benchmarks/train_step.py --settings paper --precision bf16 --steps 5
 
-The last line is ``paper-settings: <seconds> s/step`` for the first precision given (default: auto, which
-is float32 on a CPU and bf16 autocast on CUDA).
+The last line is ``paper-settings: <seconds> s/step`` for the first precision given (default: fp32 on a CPU,
+auto on CUDA); the line before the figures says what ``auto`` picks on this machine and why.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import statistics
 import time
 
 import torch
 
+from models.precision import machine_summary, resolve_precision
 from models.config import LossConfig, ModelConfig, OptimConfig
 from models.model import KeypointModel
 from models.train_step import make_optimizer, train_step
 from pipeline.card import load_card
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def settings(name: str) -> tuple[ModelConfig, int, int, str]:
@@ -93,9 +83,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    precisions = args.precision or (["auto"] if device.type == "cuda" else ["auto", "bf16"])
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    print(f"machine: {where}; {torch.get_num_threads()} CPU threads; torch {torch.__version__}")
+    precisions = args.precision or (["auto"] if device.type == "cuda" else ["fp32", "bf16"])
+    auto = resolve_precision("auto", device.type)
+    print(f"auto precision here: {auto.name} ({auto.reason})")
+    print(f"machine: {machine_summary()}; {torch.get_num_threads()} CPU threads")
     paper_figure = None
     for name in args.settings:
         cfg, n_unlabeled, n_labeled, description = settings(name)

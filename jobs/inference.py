@@ -8,7 +8,6 @@ mapped through the crop each row carries.
 """
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -18,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+#: cores per CPU model actor (torch scales well to about this many threads on a batch of 32 frames)
+CPUS_PER_CPU_ACTOR = 4
 #: embeddings wider than this are reduced by a fixed random projection (Johnson-Lindenstrauss), so a
 #: long video's embeddings stay small on the driver
 EMBED_DIMS = 128
@@ -26,25 +27,25 @@ EMBED_DIMS = 128
 class Predictor:
     """Ray Data callable class: pool rows {id, image, ok, crop} -> predictions in source pixels."""
 
-    def __init__(self, checkpoint: str, device: str = "cpu", threads: int | None = None):
+    def __init__(self, checkpoint: str, device: str = "cpu", threads: int | None = None, precision: str = "auto"):
         import torch
 
         from jobs.evaluation import load_checkpoint
+        from jobs.resources import worker_threads
+        from models.precision import resolve_precision
 
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(worker_threads(threads))          # the CPUs Ray gave this actor, on its node
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device.type)
         self.model, _ = load_checkpoint(checkpoint, device=self.device)
         self.size = self.model.config.image_size
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from models.train_step import autocast_dtype
-
         x = torch.from_numpy(np.array(batch["image"])).to(self.device)      # a writable copy of Ray's block
         x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
-        dtype = autocast_dtype(self.device, "auto")
+        dtype = self.precision.autocast_dtype
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
             det, embedding = self.model.detector.detect_and_embed(x)
@@ -98,18 +99,43 @@ def count_frames(sources: Sequence[str | Path], frame_step: int = 1) -> int:
     return n
 
 
+def plan_actors(nodes, gpu: bool, actors: int | None = None) -> tuple[int, float]:
+    """(actors, CPUs per actor) for batch inference on ``nodes`` (jobs.resources.NodeShape): one actor per GPU
+    with ``gpu``; else per node one actor per ``CPUS_PER_CPU_ACTOR`` cores, leaving Ray Data's decoding its
+    share, so an actor's threads are the cores it was given."""
+    from jobs.resources import DATA_RESERVE_CPUS
+
+    if gpu:
+        gpus = int(sum(n.gpus for n in nodes))
+        if gpus < 1 and not actors:
+            raise ValueError("--gpu: the Ray cluster has no GPU")
+        return actors or gpus, 1.0
+    cpu_nodes = [n for n in nodes if n.cpus > 0]
+    if not cpu_nodes:
+        raise ValueError("the Ray cluster has no node with CPUs")
+    node = max(cpu_nodes, key=lambda n: n.cpus)
+    usable = max(node.cpus - DATA_RESERVE_CPUS, 0.25)
+    per_node = actors and max(1, -(-actors // len(cpu_nodes))) or max(1, round(usable / CPUS_PER_CPU_ACTOR))
+    return actors or per_node * len(cpu_nodes), round(usable / per_node, 3)
+
+
 def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_box: Sequence[float] | None,
-                   *, batch_size: int = 32, actors: int = 1, gpu: bool = False, frame_step: int = 1,
-                   progress: bool = True) -> Predictions:
+                   *, batch_size: int | None = None, actors: int | None = None, gpu: bool = False, frame_step: int = 1,
+                   progress: bool = True, stall_timeout: float = 600.0) -> Predictions:
     """Predict every frame of ``sources`` (image files, image folders, videos) with a checkpoint.
 
     crop_box: (x0, y0, x1, y1) source pixels cut from every frame before resizing to the model's
     resolution (None: each frame's centred square).  Runs on the current Ray instance (started if needed).
+    actors: model replicas (default ``plan_actors``: one per GPU, or one per few cores of each node);
+    batch_size: frames per model call (default 128 on a GPU, 32 on a CPU).  No prediction for
+    ``stall_timeout`` seconds is an error that says what Ray has free.
     """
     import ray
     import ray.data
     import torch
 
+    from jobs.resources import cluster_nodes, starvation_report
+    from jobs.watchdog import watched
     from pipeline.pool import pool_dataset
 
     state = torch.load(Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else checkpoint,
@@ -119,15 +145,22 @@ def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_b
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     total = count_frames(sources, frame_step)
+    actors, actor_cpus = plan_actors(cluster_nodes(), gpu, actors)
+    batch_size = batch_size or (128 if gpu else 32)
+    if progress:
+        print(f"inference: {actors} model actor(s), {actor_cpus:g} CPU{' + 1 GPU' if gpu else ''} each, batches of "
+              f"{batch_size}", file=sys.stderr, flush=True)
     rows = pool_dataset([str(s) for s in sources], size, crop_box=crop_box, frame_step=frame_step)
     preds = rows.map_batches(
-        Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": "cuda" if gpu else "cpu",
-                                          "threads": None if gpu else max(1, (os.cpu_count() or 1) // actors)},
+        Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": "cuda" if gpu else "cpu"},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
-        num_cpus=1)
+        num_cpus=actor_cpus)
     ids, kps, unc, emb, ok = [], [], [], [], []
     t0, last = time.time(), 0.0
-    for b in preds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+    batches = watched(preds.iter_batches(batch_size=batch_size, batch_format="numpy"), timeout_s=stall_timeout,
+                      what="prediction", explain=lambda: f"the model actors or the frame decoding could not run "
+                                                         f"({starvation_report()}); lower --actors or give Ray more CPUs")
+    for b in batches:
         ids += [str(i) for i in b["id"]]
         kps.append(b["keypoints"]), unc.append(b["uncertainty"]), emb.append(b["embedding"])
         ok.append(b["ok"].astype(bool))

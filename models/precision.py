@@ -78,13 +78,17 @@ def _cpu_flags() -> tuple[str, set[str]]:
     return model or platform.machine(), flags
 
 
+def _onednn_bf16() -> bool:
+    """Whether oneDNN (PyTorch's CPU kernels) has native bf16 here (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def cpu_features() -> CpuFeatures:
     model, flags = _cpu_flags()
-    try:
-        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        onednn = False
-    return CpuFeatures(model=model, capability=torch.backends.cpu.get_cpu_capability(), onednn_bf16=onednn,
+    return CpuFeatures(model=model, capability=torch.backends.cpu.get_cpu_capability(), onednn_bf16=_onednn_bf16(),
                        amx="amx_bf16" in flags)
 
 

@@ -69,6 +69,11 @@ def test_train_records_params_metrics_and_artifacts(ray_local, tiny_data, tmp_pa
     evaluation = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/predictions.png"} <= evaluation
     assert Path(run.data.tags["checkpoint_path"], "model.pt").exists()
+    from models.precision import resolve_precision
+
+    assert run.data.tags["fskp.precision"] == resolve_precision("auto", "cpu").name     # what auto chose here
+    assert run.data.tags["fskp.precision_reason"].startswith("auto: ")
+    assert run.data.tags["fskp.threads_per_worker"] == "1"
 
 
 def test_the_same_job_twice_gives_the_same_run(ray_local, tiny_data, tmp_path):

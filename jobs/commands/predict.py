@@ -24,8 +24,9 @@ def register(p):
     p.add_argument("--pcutoff", type=float, default=0.6, help="likelihood under which a keypoint counts as not "
                                                               "visible in COCO and overlays (default 0.6)")
     p.add_argument("--frame-step", type=int, default=1, help="predict every n-th video frame")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--actors", type=int, default=1, help="parallel model replicas (Ray Data actors)")
+    p.add_argument("--batch-size", type=int, help="frames per model call (default 128 on a GPU, 32 on a CPU)")
+    p.add_argument("--actors", type=int, help="model replicas (Ray Data actors; default: one per GPU, or one per 4 cores "
+                                              "of each node after Ray Data's share)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--suggestions", type=int, default=20, help="frames to suggest for labeling next (0: none)")
     p.add_argument("--no-overlay", action="store_true")
