@@ -49,6 +49,7 @@ class LabelingInput:
     root: Path | None = None                # paths in the DeepLabCut CSV are written relative to this
     scorer: str = "fskp"
     pcutoff: float = DEFAULT_PCUTOFF
+    iteration: int = 0                      # a DeepLabCut project's refinement iteration (machinelabels-iter<N>)
 
     def relative(self, path: str | Path) -> str:
         p = Path(path)
@@ -61,14 +62,17 @@ class LabelingInput:
 
 
 # ---- reading the inputs ------------------------------------------------------------------------------
-def read_dlc_project(project: str | Path) -> LabelingInput:
+def read_dlc_project(project: str | Path, links: str | None = None) -> LabelingInput:
     """A DeepLabCut project: its labeled frames, its other extracted frames, and its videos
-    (config.yaml's video_sets, else videos/ -- see pipeline.converters.dlc.pool_videos)."""
+    (config.yaml's video_sets, else videos/ -- see pipeline.converters.dlc.pool_videos).
+
+    links: ``--links a-b,b-c`` (names or 0-based indices), used instead of config.yaml's skeleton.  With
+    neither, ``label`` derives links from the training frames' labels (``derive_links``)."""
     from pipeline.converters import dlc
 
     project = Path(project)
     cfg = dlc.read_config(project)
-    card = dlc.card_for(project)
+    card = dlc.card_for(project, links=parse_links(cfg["bodyparts"], links) if links else None)
     frames = [f for path in dlc.label_files(project, cfg.get("scorer"))
               for f in dlc.read_label_file(path, project, card.keypoints)]
     if not frames:
@@ -77,13 +81,12 @@ def read_dlc_project(project: str | Path) -> LabelingInput:
                         origin=(str(f.csv), f.line)) for f in frames]
     return LabelingInput(card=card, labeled=labeled, unlabeled=dlc.unlabeled_frames(project, frames),
                          videos=dlc.pool_videos(project), root=project, scorer=str(cfg.get("scorer") or "fskp"),
-                         pcutoff=dlc.pcutoff_of(project, cfg))
+                         pcutoff=dlc.pcutoff_of(project, cfg), iteration=dlc.iteration_of(project, cfg))
 
 
-def card_from_options(names: Sequence[str], links: str | None, origin: str) -> Card:
-    """A card from keypoint names and ``--links a-b,b-c`` (names or 0-based indices)."""
-    from pipeline.converters.coco import card_from_keypoints
-
+def parse_links(names: Sequence[str], links: str | None) -> list[tuple[int, int]]:
+    """``--links a-b,b-c`` (keypoint names or 0-based indices) -> distinct sorted index pairs."""
+    names = list(names)
     pairs = []
     for item in filter(None, (links or "").split(",")):
         ends = item.strip().split("-")
@@ -92,12 +95,94 @@ def card_from_options(names: Sequence[str], links: str | None, origin: str) -> C
         idx = [names.index(e) if e in names else int(e) if e.isdigit() and int(e) < len(names) else None
                for e in ends]
         if None in idx:
-            raise ValueError(f"--links: {item!r} names a keypoint not in {list(names)}")
+            raise ValueError(f"--links: {item!r} names a keypoint not in {names}")
         if idx[0] != idx[1]:
             pairs.append(tuple(sorted(idx)))
+    return list(dict.fromkeys(pairs))
+
+
+def card_from_options(names: Sequence[str], links: str | None, origin: str) -> Card:
+    """A card from keypoint names and ``--links a-b,b-c`` (names or 0-based indices)."""
+    from pipeline.converters.coco import card_from_keypoints
+
     return card_from_keypoints(re.sub(r"[^a-z0-9]+", "-", Path(origin).stem.lower()).strip("-") or "labels",
-                               f"keypoints of {Path(origin).name}", list(names), list(dict.fromkeys(pairs)),
+                               f"keypoints of {Path(origin).name}", list(names), parse_links(names, links),
                                origin=origin)
+
+
+# ---- links when the labels come without a skeleton ---------------------------------------------------
+def derive_links(keypoints: np.ndarray, visible: np.ndarray) -> list[tuple[int, int]]:
+    """Links for keypoints that come without a skeleton: the minimum spanning tree of the keypoints
+    under their mean pairwise distance in the labeled frames.
+
+    keypoints [N, K, 2] (any pixels), visible [N, K].  The distance of a pair is its mean over the frames
+    that label both; a pair never labeled in the same frame gets the distance of the two keypoints' mean
+    positions, so every keypoint labeled at least once is linked into one tree.  Keypoints never labeled
+    get no link.  Returns sorted index pairs, in order; [] when fewer than two keypoints are labeled.
+    """
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    kp, vis = np.asarray(keypoints, np.float64), np.asarray(visible, bool)
+    labeled = np.flatnonzero(vis.any(0))
+    if len(labeled) < 2:
+        return []
+    both = vis[:, :, None] & vis[:, None, :]                                        # [N, K, K]
+    dist = np.linalg.norm(kp[:, :, None] - kp[:, None, :], axis=-1)                 # [N, K, K]
+    together = both.sum(0)
+    mean = np.where(together > 0, np.where(both, dist, 0.0).sum(0) / np.maximum(together, 1), np.nan)
+    centre = np.array([kp[vis[:, k], k].mean(0) if vis[:, k].any() else (np.nan, np.nan)
+                       for k in range(kp.shape[1])])
+    apart = np.linalg.norm(centre[:, None] - centre[None, :], axis=-1)
+    weights = np.where(np.isnan(mean), apart, mean)[np.ix_(labeled, labeled)]
+    # csgraph reads 0 (and tiny weights) as "no edge"; every spanning tree has the same number of edges, so
+    # adding 1 px to every weight keeps the minimum tree and links keypoints labeled on the same spot
+    weights = weights + 1.0
+    np.fill_diagonal(weights, 0.0)
+    tree = minimum_spanning_tree(weights).tocoo()
+    return sorted(tuple(sorted((int(labeled[a]), int(labeled[b])))) for a, b in zip(tree.row, tree.col))
+
+
+def with_links(card: Card, links: list[tuple[int, int]], note: str) -> Card:
+    """``card`` with ``links`` (index pairs) as its links and ``note`` added to its notes."""
+    from pipeline.card import parse_card
+
+    raw = {**card.raw, "links": [[card.keypoints[a], card.keypoints[b]] for a, b in links],
+           "notes": " ".join(filter(None, [card.raw.get("notes", ""), note]))}
+    return parse_card(raw, origin=f"card {card.name}")
+
+
+def check_trainable(inp: LabelingInput) -> None:
+    """Refuse inputs `fskp label` cannot train on, before anything starts (ValueError / DataError)."""
+    card, where = inp.card, (inp.labeled[0].origin[0] if inp.labeled else inp.root or inp.card.name)
+    if card.num_keypoints < 2:
+        raise DataError(where, None, f"only {card.num_keypoints} keypoint ({', '.join(card.keypoints)}): fskp "
+                                     f"label needs at least two, since its edge maps draw links between keypoints")
+    if not inp.labeled:
+        raise DataError(where, None, "no labeled frame to train on")
+    if not any(i.visible.any() for i in inp.labeled):
+        raise DataError(where, None, f"none of the {len(inp.labeled)} labeled frames labels a keypoint "
+                                     f"(every x / y is empty): nothing to train on")
+
+
+def links_for_training(inp: LabelingInput, train: list[Instance]) -> LabelingInput:
+    """``inp`` as is when its card has links; else with links derived from the training frames' labels
+    (``derive_links``), printed; refused when the training frames label fewer than two keypoints."""
+    if inp.card.links:
+        return inp
+    links = derive_links(np.stack([i.keypoints for i in train]), np.stack([i.visible for i in train]))
+    if not links:
+        named = sorted({inp.card.keypoints[k] for i in train for k in np.flatnonzero(i.visible)})
+        raise DataError(train[0].origin[0], None,
+                        f"no skeleton and the {len(train)} training frames label only {named or 'no keypoint'}: "
+                        f"links cannot be derived from fewer than two labeled keypoints; pass --links a-b,...")
+    names = ", ".join(f"{inp.card.keypoints[a]}-{inp.card.keypoints[b]}" for a, b in links)
+    print(f"no skeleton given: links derived from the {len(train)} training frames' labels (minimum spanning "
+          f"tree of mean keypoint distances): {names}; pass --links to choose them", flush=True)
+    unlinked = [inp.card.keypoints[k] for k in range(inp.card.num_keypoints) if not any(k in l for l in links)]
+    if unlinked:
+        print(f"  not labeled in any training frame, so without a link: {', '.join(unlinked)}", flush=True)
+    return replace(inp, card=with_links(inp.card, links, f"Links derived by fskp label from {len(train)} "
+                                                         f"training frames (minimum spanning tree): {names}."))
 
 
 def _dlc_csv_bodyparts(path: Path) -> list[str]:
@@ -346,10 +431,15 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     opts = dict(job_options or {})
+    check_trainable(inp)
     shot_ids = choose_shots(inp, work, shots, frames, seed=opts.get("seed", 0))
     chosen = set(shot_ids)
     train = [i for i in inp.labeled if i.id in chosen]
     held = [i for i in inp.labeled if i.id not in chosen]
+    if not any(i.visible.any() for i in train):
+        raise DataError(train[0].origin[0], None, f"the {len(train)} training frames label no keypoint: "
+                                                  f"nothing to train on (choose other --frames or more --shots)")
+    inp = links_for_training(inp, train)
     crop = tuple(float(c) for c in crop) if crop else shots_crop(train, margin)
     (out / "shots.txt").write_text("".join(f"{inp.relative(i.source)}\n" for i in train))
     print(f"{len(train)} labeled frames for training, {len(held)} held out; crop {tuple(round(c, 1) for c in crop)} "
@@ -382,7 +472,9 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     outputs = write_outputs(inp, preds, out, overlay=overlay, exclude={str(Path(i.source)) for i in train},
                             labeled_ids=[str(Path(i.source)) for i in train], n_suggestions=suggestions)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
-               "keypoints": list(inp.card.keypoints), "crop_box": list(crop), "size": size,
+               "keypoints": list(inp.card.keypoints),
+               "links": [[inp.card.keypoints[a], inp.card.keypoints[b]] for a, b in inp.card.links],
+               "crop_box": list(crop), "size": size,
                "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs}
     _log_to_run(job, result.run_id, report, out, crop)
     write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
@@ -412,7 +504,9 @@ def _log_to_run(job, run_id: str, report: dict | None, out: Path, crop) -> None:
 def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclude: set[str] = frozenset(),
                   labeled_ids: Sequence[str] = (), n_suggestions: int = 20, pcutoff: float | None = None,
                   relative=None) -> dict[str, str]:
-    """DeepLabCut CSVs (one per frame folder and per video), a COCO JSON, overlays and suggestions."""
+    """DeepLabCut CSVs (one per frame folder and per video), a COCO JSON, overlays and suggestions; with the
+    ``lab`` extra installed also DeepLabCut HDF5 files and an NWB file per frame folder and video
+    (``_lab_outputs``)."""
     from pipeline import exports
     from jobs.inference import frame_order
 
@@ -423,6 +517,9 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     else:
         relative, scorer = relative or (lambda p: Path(p).as_posix()), "fskp"
     pcutoff = DEFAULT_PCUTOFF if pcutoff is None else pcutoff
+    iteration = inp_or_card.iteration if isinstance(inp_or_card, LabelingInput) else 0
+    lab = _lab_packages()
+    machine_folders: set[str] = set()       # labeled-data/<folder> names given to frame folders so far
     likelihood = exports.likelihood_from_uncertainty(preds.uncertainty)
     outputs: dict[str, str] = {}
     groups: dict[str, list[int]] = {}
@@ -441,6 +538,10 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
         exports.write_dlc_csv(path, f"fskp_{scorer}", list(card.keypoints), index, preds.keypoints[rows],
                               likelihood[rows])
         outputs[f"dlc_csv:{stem}"] = str(path)
+        if lab:
+            outputs.update(_lab_outputs(card, key, stem, is_video, index, [preds.ids[n] for n in rows],
+                                        preds.keypoints[rows], likelihood[rows], pred_dir, f"fskp_{scorer}",
+                                        iteration, machine_folders))
         if overlay:
             if is_video:
                 frames = {frame_order(preds.ids[n])[1]: (preds.keypoints[n], likelihood[n]) for n in rows}
@@ -461,6 +562,71 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     outputs["coco_json"] = str(coco_path)
     outputs.update(write_suggestions(preds, out, exclude, labeled_ids, n_suggestions, relative))
     return outputs
+
+
+def _lab_packages() -> bool:
+    """Whether the ``lab`` extra (PyTables, pynwb, ndx-pose) is installed; says what is skipped when not."""
+    import importlib.util
+
+    missing = [m for m in ("tables", "pynwb", "ndx_pose") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"DeepLabCut .h5 and NWB outputs skipped: {', '.join(missing)} not installed "
+              f"(pip install 'fskp[lab]')", flush=True)
+    return not missing
+
+
+def _lab_outputs(card: Card, key: str, stem: str, is_video: bool, index: list, frame_ids: list[str],
+                 keypoints: np.ndarray, likelihood: np.ndarray, pred_dir: Path, scorer: str,
+                 iteration: int, machine_folders: set[str]) -> dict[str, str]:
+    """The files labs load into DeepLabCut and NWB tools, beside a group's CSV (pipeline/exports.py).
+
+    A video: ``<stem>DLC_<scorer>.h5`` (analysed-video layout, rows = frame numbers) and ``<stem>.nwb``
+    (time = frame number / the video's frame rate).  A frame folder: ``labeled-data/<folder>/
+    machinelabels-iter<iteration>.h5`` for DeepLabCut's refine GUI (<folder>: the frames' folder name, as
+    in a DeepLabCut project; ``-2``, ``-3`` ... appended when two frame folders share a name, recorded in
+    ``machine_folders``) and ``<stem>.nwb`` (frame i of the folder at i seconds: images carry no time; each
+    frame's file is in the NWB file's source_video).
+    """
+    from pipeline import exports
+
+    out: dict[str, str] = {}
+    if is_video:
+        rate, frames = _video_timing(key)
+        out[f"dlc_h5:{stem}"] = str(exports.write_dlc_video_h5(pred_dir, key, scorer, list(card.keypoints), index,
+                                                               keypoints, likelihood))
+        timing = {"rate": rate} if index == list(range(len(index))) else \
+            {"timestamps": [float(i / rate) for i in index]}
+        out[f"nwb:{stem}"] = str(exports.write_nwb(
+            pred_dir / f"{stem}.nwb", card, keypoints, likelihood, **timing, source=[key], source_rate=rate,
+            source_frames=frames, scorer=exports.dlc_scorer(scorer),
+            description=f"keypoints of {Path(key).name} predicted by fskp ({card.name})"))
+    else:
+        folder, n = Path(key).name, 1
+        while folder in machine_folders:
+            n += 1
+            folder = f"{Path(key).name}-{n}"
+        machine_folders.add(folder)
+        images = [f"labeled-data/{folder}/{Path(f).name}" for f in frame_ids]
+        out[f"dlc_machinelabels:{stem}"] = str(exports.write_dlc_machinelabels(
+            pred_dir, iteration, scorer, list(card.keypoints), images, keypoints, likelihood))
+        out[f"nwb:{stem}"] = str(exports.write_nwb(
+            pred_dir / f"{stem}.nwb", card, keypoints, likelihood, rate=1.0, source=frame_ids,
+            scorer=exports.dlc_scorer(scorer),
+            description=f"keypoints of the images in {Path(key).name} predicted by fskp ({card.name}); frame i "
+                        f"(source_video's file i) at i seconds, since images carry no time"))
+    return out
+
+
+def _video_timing(video: str) -> tuple[float, int]:
+    """(frames per second, number of frames) of a video (30 fps when the container does not say)."""
+    import av
+
+    from pipeline.pool import video_length
+
+    with av.open(video) as c:
+        s = c.streams.video[0]
+        rate = float(s.average_rate or s.guessed_rate or 30)
+    return rate, video_length(video)
 
 
 def _every_few_seconds(what: str, seconds: float = 10.0):

@@ -1,4 +1,5 @@
-"""Exports of predicted keypoints: DeepLabCut machine-label CSV, COCO keypoint JSON, overlay images and video.
+"""Exports of predicted keypoints: DeepLabCut machine-label CSV and HDF5 files, NWB (ndx-pose), COCO keypoint
+JSON, overlay images and video.
 
 Likelihood.  The model gives each keypoint an uncertainty ``u = 1 - sigmoid(v)`` in (0, 1), where
 ``sigmoid(v)`` is the keypoint's edge strength (paper Eq. 7); 0 means certain.  The exports write
@@ -19,6 +20,19 @@ Thresholds.  Each export takes a cutoff on that likelihood and applies it the sa
 Coordinates.  Inputs use the prepared convention (pixel centres at integer + 0.5, pipeline/prepared.py);
 DeepLabCut and COCO files get pixel-index coordinates (``- PIXEL_INDEX_OFFSET``), so the project's
 readers (pipeline/converters/dlc.py, coco.py) read back the same positions.
+
+DeepLabCut HDF5 (``write_dlc_video_h5``, ``write_dlc_machinelabels``): the pandas layout DeepLabCut's own
+tools read (``pandas.read_hdf(path, "df_with_missing")``): columns a MultiIndex with levels ``scorer`` /
+``bodyparts`` / ``coords`` (x, y, likelihood per body part), values float64, NaN where no keypoint.
+Analysed videos: ``<video stem><scorer>.h5``, the scorer starting with ``DLC`` as DeepLabCut's do (its
+tools find a video's file by that prefix), rows indexed by frame number, PyTables "table" format.
+Machine labels for DeepLabCut's refine GUI: ``labeled-data/<video>/machinelabels-iter<N>.h5`` (N the
+project's refinement ``iteration``), rows indexed by the three-level ``("labeled-data", <video>, <image>)``
+MultiIndex DeepLabCut 2.2+ uses for labeled frames, PyTables "fixed" format.
+
+NWB (``write_nwb``): a Neurodata Without Borders file with an ndx-pose ``PoseEstimation`` in the
+``behavior`` processing module: one ``PoseEstimationSeries`` per body part (x, y in the DeepLabCut
+pixel-index coordinates, confidence = likelihood) and a ``Skeleton`` with the card's links as edges.
 
 Every file is written under a temporary name in its folder and renamed when complete, so a failed export
 never leaves a file that looks finished.
@@ -123,6 +137,173 @@ def write_dlc_csv(path: str | Path, scorer: str, bodyparts: list[str], index: li
             for (x, y), l, known in zip(xy, p, ok):
                 cells += [_number(x), _number(y), _number(l)] if known else ["", "", _number(l)]
             out.writerow(cells)
+    return path
+
+
+#: the HDF5 table layout version pandas 1-2 write and need to read a table back (pandas 3 omits it)
+PANDAS_TABLE_VERSION = "0.15.2"
+
+
+def dlc_scorer(scorer: str) -> str:
+    """The scorer name of DeepLabCut's analysis files: ``DLC_<scorer>`` (DeepLabCut's own start with ``DLC``,
+    and its tools find ``<video stem><scorer>*.h5`` by that prefix)."""
+    if not scorer or not isinstance(scorer, str):
+        raise ValueError(f"scorer must be a non-empty name, got {scorer!r}")
+    return scorer if scorer.startswith("DLC") else f"DLC_{scorer}"
+
+
+def _dlc_frame(scorer: str, bodyparts: list[str], index, keypoints: np.ndarray, likelihood: np.ndarray):
+    """DeepLabCut's single-animal DataFrame: columns (scorer, bodyparts, coords), pixel-index x, y."""
+    import pandas as pd
+
+    kp, lk = _predictions(keypoints, likelihood, len(bodyparts))
+    if len(set(bodyparts)) != len(bodyparts) or not all(isinstance(b, str) and b for b in bodyparts):
+        raise ValueError(f"body parts must be distinct non-empty names, got {bodyparts}")
+    if len(index) != len(kp):
+        raise ValueError(f"{len(index)} index entries for {len(kp)} frames")
+    xy = np.where(np.isfinite(kp).all(2, keepdims=True), kp - PIXEL_INDEX_OFFSET, np.nan)
+    values = np.concatenate([xy, lk[..., None]], axis=2).reshape(len(kp), 3 * len(bodyparts))
+    columns = pd.MultiIndex.from_product([[scorer], list(bodyparts), ["x", "y", "likelihood"]],
+                                         names=["scorer", "bodyparts", "coords"])
+    return pd.DataFrame(values, columns=columns, index=index)
+
+
+def write_dlc_video_h5(folder: str | Path, video: str | Path, scorer: str, bodyparts: list[str],
+                       frames: Sequence[int], keypoints: np.ndarray, likelihood: np.ndarray) -> Path:
+    """Write ``folder/<video stem><DLC scorer>.h5``, the file DeepLabCut's ``analyze_videos`` writes.
+
+    frames: the frame number of each row (the index); keypoints [N, K, 2] prepared convention, written as
+    pixel indices; likelihood [N, K].  Key ``df_with_missing``, PyTables "table" format, as DeepLabCut
+    writes it.  The scorer is ``dlc_scorer(scorer)``.  Written atomically; returns the path.
+    """
+    import pandas as pd
+
+    name = dlc_scorer(scorer)
+    if any(isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0 for f in frames):
+        raise ValueError("frames must be frame numbers (whole numbers >= 0)")
+    df = _dlc_frame(name, bodyparts, pd.Index(np.asarray(frames, np.int64)), keypoints, likelihood)
+    path = Path(folder) / f"{Path(video).stem}{name}.h5"
+    with atomic_path(path) as tmp, pd.HDFStore(tmp, mode="w") as store:
+        store.put("df_with_missing", df, format="table", track_times=False)
+        # pandas < 3 (DeepLabCut's) reads a table only with the layout version pandas 3 no longer writes
+        store.get_storer("df_with_missing").attrs.pandas_version = PANDAS_TABLE_VERSION
+    return path
+
+
+def write_dlc_machinelabels(folder: str | Path, iteration: int, scorer: str, bodyparts: list[str],
+                            images: Sequence[str], keypoints: np.ndarray, likelihood: np.ndarray) -> Path:
+    """Write ``folder/labeled-data/<video>/machinelabels-iter<iteration>.h5`` for DeepLabCut's refine GUI.
+
+    images: each row's project-relative image path ``labeled-data/<video>/<image>`` (one ``<video>`` per
+    call, as DeepLabCut keeps one file per labeled-data folder); the index is DeepLabCut's three-level
+    ``("labeled-data", <video>, <image>)``.  Copy the file into the project's ``labeled-data/<video>/``
+    (beside the images) to refine the labels there.  Key ``df_with_missing``, PyTables "fixed" format, as
+    DeepLabCut's ``extract_outlier_frames`` writes it; scorer ``dlc_scorer(scorer)``.  Written atomically.
+    """
+    import pandas as pd
+
+    if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
+        raise ValueError(f"iteration must be a whole number >= 0, got {iteration!r}")
+    rows = []
+    for n, image in enumerate(images):
+        parts = tuple(Path(str(image).replace("\\", "/")).parts)
+        if len(parts) != 3 or parts[0] != "labeled-data":
+            raise ValueError(f"images[{n}]: expected labeled-data/<video>/<image>, got {image!r}")
+        rows.append(parts)
+    videos = sorted({r[1] for r in rows})
+    if len(videos) != 1:
+        raise ValueError(f"machine labels are written per labeled-data folder; got frames of {videos or 'none'}")
+    df = _dlc_frame(dlc_scorer(scorer), bodyparts, pd.MultiIndex.from_tuples(rows), keypoints, likelihood)
+    path = Path(folder) / "labeled-data" / videos[0] / f"machinelabels-iter{int(iteration)}.h5"
+    with atomic_path(path) as tmp, pd.HDFStore(tmp, mode="w") as store:
+        store.put("df_with_missing", df, format="fixed", track_times=False)
+    return path
+
+
+# ---- NWB ---------------------------------------------------------------------------------------------
+#: what the NWB files' confidence is (see the module docstring's "Likelihood")
+NWB_CONFIDENCE = ("likelihood = sigmoid(v), the edge strength fskp's detector gives the keypoint (He et al. 2023, "
+                  "Eq. 7): the model's own confidence in [0, 1], not a calibrated probability")
+NWB_REFERENCE_FRAME = ("(0, 0) is the centre of the top-left pixel of the frame, x to the right and y down, in "
+                       "pixels of the source frame (DeepLabCut's pixel-index convention)")
+
+
+def write_nwb(path: str | Path, card: Card, keypoints: np.ndarray, likelihood: np.ndarray, *,
+              timestamps: Sequence[float] | None = None, rate: float | None = None,
+              source: Sequence[str | Path] = (), source_rate: float | None = None,
+              source_frames: int | None = None, scorer: str = "fskp", description: str = "", session_start=None) -> Path:
+    """Write the predictions as an NWB file with ndx-pose: ``processing/behavior`` holds a ``PoseEstimation``
+    with one ``PoseEstimationSeries`` per keypoint and a ``Skeletons`` container with the card's skeleton.
+
+    keypoints [N, K, 2] prepared convention (written as pixel indices, NaN where not finite); likelihood
+    [N, K] is each series' ``confidence``.  Time: ``timestamps`` (seconds, one per row) or ``rate`` (rows
+    are consecutive frames from t = 0).  source: the video (one file) or the image files (one per row)
+    the predictions were made on, stored as an external ``ImageSeries`` linked as ``source_video``
+    (paths relative to the NWB file's folder) of ``source_frames`` frames (default N) at ``source_rate``
+    frames per second (default ``rate``, else 1).  session_start: a timezone-aware datetime (default: the first source file's modification time;
+    fskp does not know when the recording started).  Validated by pynwb's validator in the tests.
+    """
+    import datetime
+    import os
+    import uuid
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ndx_pose import PoseEstimation, PoseEstimationSeries, Skeleton, Skeletons
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.image import ImageSeries
+
+    kp, lk = _predictions(keypoints, likelihood, card.num_keypoints)
+    if (timestamps is None) == (rate is None):
+        raise ValueError("give exactly one of timestamps and rate")
+    if timestamps is not None and len(timestamps) != len(kp):
+        raise ValueError(f"{len(timestamps)} timestamps for {len(kp)} frames")
+    if rate is not None and not rate > 0:
+        raise ValueError(f"rate must be positive, got {rate!r}")
+    if card.num_keypoints > 256:
+        raise ValueError(f"ndx-pose stores skeleton edges as uint8: at most 256 keypoints, card {card.name} has "
+                         f"{card.num_keypoints}")
+    path = Path(path)
+    sources = [Path(s) for s in source]
+    if session_start is None:
+        stamp = min((s.stat().st_mtime for s in sources if s.exists()), default=0.0)
+        session_start = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+    try:
+        fskp_version = version("fskp")
+    except PackageNotFoundError:
+        fskp_version = "unknown"
+    nwb = NWBFile(session_description=description or f"keypoints predicted by fskp ({card.name})",
+                  identifier=str(uuid.uuid4()), session_start_time=session_start)
+    source_video = None
+    if sources:
+        rel = [os.path.relpath(s.resolve(), path.parent.resolve()) for s in sources]
+        frames_per_file = [0] if len(rel) == 1 else list(range(len(rel)))
+        source_video = ImageSeries(name="source_video", description="the frames the keypoints were predicted on",
+                                   unit="n.a.", external_file=rel, format="external",
+                                   starting_frame=frames_per_file, rate=float(source_rate or rate or 1.0),
+                                   num_samples=int(source_frames if source_frames is not None else len(kp)))
+        nwb.add_acquisition(source_video)
+    skeleton = Skeleton(name=card.name, nodes=list(card.keypoints),
+                        edges=np.asarray(card.links, np.uint8).reshape(-1, 2))
+    xy = np.where(np.isfinite(kp).all(2, keepdims=True), kp - PIXEL_INDEX_OFFSET, np.nan)
+    series = []
+    for k, name in enumerate(card.keypoints):
+        if timestamps is None:
+            time = {"rate": float(rate), "starting_time": 0.0}
+        else:               # stored once: the other series link to the first one's timestamps
+            time = {"timestamps": series[0] if series else np.asarray(timestamps, np.float64)}
+        series.append(PoseEstimationSeries(name=name, description=f"estimated position of {name}", data=xy[:, k],
+                                           unit="pixels", reference_frame=NWB_REFERENCE_FRAME,
+                                           confidence=lk[:, k], confidence_definition=NWB_CONFIDENCE, **time))
+    pose = PoseEstimation(name="PoseEstimation", pose_estimation_series=series,
+                          description=description or f"keypoints predicted by fskp ({card.name})",
+                          scorer=scorer, source_software="fskp", source_software_version=fskp_version,
+                          skeleton=skeleton, source_video=source_video)
+    behavior = nwb.create_processing_module(name="behavior", description="keypoints predicted by fskp")
+    behavior.add(Skeletons(skeletons=[skeleton]))
+    behavior.add(pose)
+    with atomic_path(path) as tmp:
+        with NWBHDF5IO(str(tmp), "w") as io:
+            io.write(nwb)
     return path
 
 

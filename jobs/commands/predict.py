@@ -2,7 +2,9 @@
 
 The crop is the one the model was trained with (the MLflow run's crop_box tag, written by fskp label),
 or --crop, or each frame's centred square.  Writes predictions/<folder or video>.csv (DeepLabCut x, y,
-likelihood), predictions/keypoints_coco.json, overlay/ and suggestions, as fskp label does.
+likelihood), predictions/keypoints_coco.json, overlay/ and suggestions, as fskp label does; with the lab
+extra also DeepLabCut's HDF5 files (predictions/<video>DLC_fskp_fskp.h5, predictions/labeled-data/<folder>/
+machinelabels-iter0.h5) and an NWB file (ndx-pose) per folder or video (predictions/<name>.nwb).
 
   fskp predict --run RUN_ID --video session2.mp4 --out out/session2
   fskp predict --checkpoint out/reaching/runs/.../checkpoint_000001 --images frames/ --out out/frames

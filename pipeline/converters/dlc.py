@@ -113,13 +113,26 @@ def pcutoff_of(src: Path, cfg: dict) -> float:
     return float(value)
 
 
-def card_for(src: Path) -> Card:
-    """A card from config.yaml: bodyparts as keypoints, the skeleton as links (see coco.card_from_keypoints)."""
+def iteration_of(src: Path, cfg: dict) -> int:
+    """config.yaml's refinement ``iteration`` (0 when absent): DeepLabCut names machine labels by it."""
+    value = cfg.get("iteration", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(Path(src) / "config.yaml", "iteration", f"expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def card_for(src: Path, links: list[tuple[int, int]] | None = None) -> Card:
+    """A card from config.yaml: bodyparts as keypoints, the skeleton as links (see coco.card_from_keypoints).
+
+    links: index pairs to use instead of the skeleton (``fskp label --links``).  A project without a
+    skeleton (``skeleton: []`` or no key, as many labs have) gets a card without links; ``fskp label``
+    then derives them from the labeled frames (jobs/labeling.py ``derive_links``)."""
     path = Path(src) / "config.yaml"
     cfg = read_config(src)
     names = cfg["bodyparts"]
-    links = []
-    for i, edge in enumerate(cfg.get("skeleton") or []):
+    given = links is not None
+    links = [tuple(sorted(link)) for link in links] if given else []
+    for i, edge in enumerate([] if given else cfg.get("skeleton") or []):
         if not isinstance(edge, (list, tuple)) or len(edge) != 2 or any(e not in names for e in edge):
             raise DataError(path, f"skeleton[{i}]", f"expected two body parts from {names}, got {edge!r}")
         if edge[0] != edge[1]:
@@ -129,7 +142,8 @@ def card_for(src: Path) -> Card:
     return card_from_keypoints(
         name, f"DeepLabCut project {task} ({cfg.get('scorer', '?')}, {cfg.get('date', '?')})", names,
         list(dict.fromkeys(links)), origin=str(path),
-        notes="Built by `fskp prepare dlc` from config.yaml: bodyparts, skeleton as links, flip pairs from "
+        notes=("Links from --links (config.yaml's skeleton not used). " if given else "") +
+              "Built by `fskp prepare dlc` from config.yaml: bodyparts, skeleton as links, flip pairs from "
               "left_/right_ names, parts from the skeleton's connected components.  All frames share one "
               "square crop around the project's labeled keypoints.")
 
