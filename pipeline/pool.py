@@ -18,8 +18,10 @@ loop drops it and counts it, and the count is recorded with the run.
 from __future__ import annotations
 
 import io
+import itertools
+from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -67,18 +69,70 @@ def decode_encoded(batch: dict, size: int, crop_box: Sequence[float] | None = No
     return {"id": np.asarray([str(x) for x in ids], dtype=object), "image": images, "ok": ok, "crop": crops}
 
 
+def _decoded(container, stream):
+    """Frames of ``stream`` decoded from the container's current position (every pool decode goes through here)."""
+    return container.decode(stream)
+
+
+def _frame_rate(stream) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise ValueError("the video stream has no frame rate, so its frames cannot be numbered by time")
+    return Fraction(rate)
+
+
+def _frame_number(frame, stream, rate: Fraction) -> int:
+    """A decoded frame's index from its presentation time: (pts - stream start) * time_base * frame rate."""
+    if frame.pts is None:
+        raise ValueError("a decoded frame has no presentation time")
+    return round((frame.pts - (stream.start_time or 0)) * stream.time_base * rate)
+
+
+def _numbered_frames(container, stream, start: int) -> Iterator[tuple[int, object]]:
+    """(frame index, frame) in presentation order, from the keyframe at or before frame ``start``.
+
+    Seeks by time to that keyframe, so reaching frame ``start`` costs at most one group of pictures.
+    Falls back to decoding from the beginning when the seek lands after ``start`` (a container with a
+    poor index) or the frames carry no presentation time (then they are numbered by counting).
+    """
+    rate = _frame_rate(stream)
+    origin = stream.start_time or 0
+    if start > 0:
+        container.seek(origin + round(Fraction(start) / rate / stream.time_base), stream=stream, backward=True,
+                       any_frame=False)
+        frames = iter(_decoded(container, stream))
+        first = next(frames, None)
+        if first is None:
+            return                                  # nothing at or after the seek point: past the end
+        if first.pts is not None and _frame_number(first, stream, rate) <= start:
+            for frame in itertools.chain([first], frames):
+                yield _frame_number(frame, stream, rate), frame
+            return
+        container.seek(origin, stream=stream, backward=True, any_frame=False)
+    for n, frame in enumerate(_decoded(container, stream)):
+        yield (n if frame.pts is None else _frame_number(frame, stream, rate)), frame
+
+
 def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None) -> list[dict]:
-    """Ray Data flat_map fn: decode frames [start, start + count) of one video with PyAV."""
+    """Ray Data flat_map fn: decode frames [start, start + count) of one video with PyAV.
+
+    Each chunk seeks to the keyframe at or before its first frame and decodes forward
+    (``_numbered_frames``): a long video's chunks cost about one decode of every frame plus one group of
+    pictures each, not a decode from frame 0 per chunk.  Frames are named by their presentation time
+    (a constant frame rate, as DeepLabCut and the exports number frames), not by counting from the seek
+    point.  With ``step``, only frames whose index is a multiple of ``step`` are kept (frames 0, step,
+    2 step, ... of the video, whatever the chunking).
+    """
     import av
 
     path, start, count, step = row["video"], int(row["start"]), int(row["count"]), int(row.get("step", 1))
     out = []
     try:
         with av.open(path) as container:
-            for i, frame in enumerate(container.decode(video=0)):
+            for i, frame in _numbered_frames(container, container.streams.video[0], start):
                 if i >= start + count:
                     break
-                if i >= start and (i - start) % step == 0:
+                if i >= start and i % step == 0:
                     rgb = frame.to_ndarray(format="rgb24")
                     crop = np.asarray(crop_for(rgb.shape, crop_box))
                     out.append({"id": f"{path}#{i}", "image": _resize_square(rgb, size, crop), "ok": True,
@@ -90,14 +144,15 @@ def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None) 
 
 
 def video_length(path: str | Path) -> int:
-    """Number of frames of a video (container metadata, or a decode pass when it has none)."""
+    """Number of frames of a video: the container's frame count, else a count of its video packets (read
+    without decoding; one frame per packet)."""
     import av
 
     with av.open(str(path)) as c:
-        n = c.streams.video[0].frames
-        if n:
-            return int(n)
-        return sum(1 for _ in c.decode(video=0))
+        stream = c.streams.video[0]
+        if stream.frames:
+            return int(stream.frames)
+        return sum(1 for packet in c.demux(stream) if packet.size > 0)
 
 
 def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split: str | Sequence[str] = "train",
