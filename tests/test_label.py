@@ -51,9 +51,13 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
+    return write_project(tmp_path_factory.mktemp("label") / "mouse-project")
+
+
+def write_project(root: Path) -> Path:
+    """The tiny DeepLabCut project described above, written to ``root``."""
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("label") / "mouse-project"
     folder = root / "labeled-data" / "session1"
     folder.mkdir(parents=True)
     (root / "videos").mkdir()
@@ -79,7 +83,7 @@ def project(tmp_path_factory) -> Path:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    ray.init(include_dashboard=False, logging_level="ERROR")        # this machine's real CPU count, as a user's Ray
     yield
     ray.shutdown()
 

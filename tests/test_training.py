@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(900)
 def ray_local():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    ray.init(include_dashboard=False, logging_level="ERROR")        # this machine's real CPU count, as a user's Ray
     yield
     ray.shutdown()
 
@@ -38,7 +38,7 @@ def small_job(data: Path, tmp: Path, **kw):
     base = TrainJob(data=str(data), shots="4", selection="random", variant="full", iterations=8, backbone="resnet18",
                     size=64, unlabeled_batch=4, checkpoint_every=4, log_every=2, experiment="tests",
                     tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage_path=str(tmp / "runs"),
-                    perceptual_vit="vit_tiny_patch16_224", pretrained=False, cpus_per_worker=1, threads=1)
+                    perceptual_vit="vit_tiny_patch16_224", pretrained=False, threads=1)
     return replace(base, **kw)
 
 
