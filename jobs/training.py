@@ -137,12 +137,16 @@ def _to_batch(images_uint8, device, size: int | None = None):
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _collate_pool(batch: dict) -> dict:
+def _pool_collate():
     """Ray Data numpy batch → tensors (images, ok) plus the ids as a list (strings stay on the host)."""
     import torch
+    from ray.data.collate_fn import NumpyBatchCollateFn
 
-    return {"image": torch.from_numpy(batch["image"]), "ok": torch.from_numpy(batch["ok"].astype(bool)),
-            "id": [str(i) for i in batch["id"]]}
+    class PoolCollate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict) -> dict:
+            return {"image": torch.from_numpy(batch["image"]), "ok": torch.from_numpy(batch["ok"].astype(bool)),
+                    "id": [str(i) for i in batch["id"]]}
+    return PoolCollate()
 
 
 def _unlabeled_batches(shard, batch_size: int, seed: int, counters: dict):
@@ -156,7 +160,7 @@ def _unlabeled_batches(shard, batch_size: int, seed: int, counters: dict):
         seen = 0
         for b in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size,
                                           local_shuffle_seed=seed + epoch, drop_last=False,
-                                          collate_fn=_collate_pool):
+                                          collate_fn=_pool_collate()):
             ok = b["ok"].bool()
             counters["skipped"] += int((~ok).sum())
             counters["seen"] += int(ok.sum())
