@@ -25,6 +25,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+#: logical CPUs each Ray Data read/decode task asks for: short work, so a training worker holding most of a
+#: node's CPUs never starves its own data stream (jobs/resources.py sizes the rest around it)
+DATA_TASK_CPUS = 0.25
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
@@ -175,9 +178,15 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
         files = [f for s in splits for f in ds.files(s)]
         if not files:
             raise ValueError(f"{paths[0]}: no rows in split(s) {', '.join(splits)} to use as the unlabeled pool")
+        # Ray 2.60's default Parquet path (datasource V2) lists files in a "ListFiles" task that always asks for
+        # a whole CPU (ray/data/_internal/planner/plan_list_files_op.py, no option): with the Train worker
+        # holding the rest of a 2-CPU node it never starts and training waits forever.  The V1 reader's tasks
+        # take our DATA_TASK_CPUS.  (Set on the current context: read_parquet snapshots it.)
+        ray.data.DataContext.get_current().use_datasource_v2 = False
         # select_columns after the read is projected into the Parquet reader by Ray Data's optimizer
-        return ray.data.read_parquet(files).select_columns(["id", "image"]).map_batches(
-            decode_encoded, fn_kwargs={"size": size}, batch_size=64)
+        return ray.data.read_parquet(files, num_cpus=DATA_TASK_CPUS).select_columns(
+            ["id", "image"]).map_batches(decode_encoded, fn_kwargs={"size": size}, batch_size=64,
+                                         num_cpus=DATA_TASK_CPUS)
 
     files: list[Path] = []
     for p in paths:
@@ -191,15 +200,17 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
     images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
     parts = []
     if images:
-        parts.append(ray.data.read_binary_files([str(f) for f in images], include_paths=True).map_batches(
-            decode_encoded, fn_kwargs={"size": size, "crop_box": crop_box}, batch_size=64))
+        parts.append(ray.data.read_binary_files([str(f) for f in images], include_paths=True,
+                                                num_cpus=DATA_TASK_CPUS).map_batches(
+            decode_encoded, fn_kwargs={"size": size, "crop_box": crop_box}, batch_size=64, num_cpus=DATA_TASK_CPUS))
     if videos:
         chunks = []
         for v in videos:
             n = video_length(v)
             chunks += [{"video": str(v), "start": s, "count": min(frames_per_task, n - s), "step": frame_step}
                        for s in range(0, n, frames_per_task)]
-        parts.append(ray.data.from_items(chunks).flat_map(video_frames, fn_kwargs={"size": size, "crop_box": crop_box}))
+        parts.append(ray.data.from_items(chunks).flat_map(video_frames, fn_kwargs={"size": size, "crop_box": crop_box},
+                                                          num_cpus=DATA_TASK_CPUS))
     if not parts:
         raise ValueError(f"{', '.join(map(str, paths))}: no images or videos found for the unlabeled pool")
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
