@@ -283,6 +283,42 @@ def read_video(video: str | Path, labels: str | Path, work: Path, card: Card | N
                          videos=[video], root=folder)
 
 
+def read_slp_project(slp: str | Path, work: Path, links: str | None = None) -> LabelingInput:
+    """A SLEAP project (``.slp``, read with sleap-io: pipeline/converters/slp.py): its user-labeled frames, its
+    skeleton (edges as links, or ``--links`` instead) and its media videos as the unlabeled pool.  Labeled
+    frames of a media video are saved as PNGs under ``work`` (so they are scored like any labeled image);
+    the videos are predicted whole.  One animal per frame: a frame with several user instances is refused."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from pipeline.converters import slp as slp_format
+
+    slp = Path(slp)
+    card = slp_format.card_for(slp)
+    if links:
+        card = with_links(card, parse_links(card.keypoints, links), f"Links given with --links: {links}")
+    skipped: Counter = Counter()
+    labeled = []
+    for inst in slp_format.instances(slp, card, skipped):
+        if inst.id.count("/") > 1:
+            raise DataError(slp, inst.origin[1], "several user instances in one frame: fskp label labels one animal "
+                                                 "per frame (multi-animal projects are planned, not supported yet)")
+        if inst.image is not None:                          # a decoded video frame: saved as a PNG
+            video, number = inst.source.rsplit("#", 1)
+            path = work / "frames" / Path(video).stem / f"img{int(number):06d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(inst.image).save(path)
+            inst = replace(inst, source=str(path), image=None)
+        labeled.append(replace(inst, crop_box=None))
+    for what, n in skipped.items():
+        print(f"{slp.name}: skipped {n} {what}", flush=True)
+    if not labeled:
+        raise DataError(slp, None, "no user-labeled frame in the project")
+    return LabelingInput(card=card, labeled=labeled, videos=slp_format.pool_videos(slp), root=slp.parent,
+                         scorer="sleap")
+
+
 def _label_image_names(labels: Path) -> list[tuple[object, str]]:
     """(row, image name) of every labeled frame of a COCO JSON or DeepLabCut CSV."""
     import csv
@@ -506,7 +542,9 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
                   relative=None) -> dict[str, str]:
     """DeepLabCut CSVs (one per frame folder and per video), a COCO JSON, overlays and suggestions; with the
     ``lab`` extra installed also DeepLabCut HDF5 files and an NWB file per frame folder and video
-    (``_lab_outputs``)."""
+    (``_lab_outputs``); with the ``sleap`` extra a SLEAP predictions file (``<stem>.predictions.slp``) each."""
+    import importlib.util
+
     from pipeline import exports
     from jobs.inference import frame_order
 
@@ -519,6 +557,7 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     pcutoff = DEFAULT_PCUTOFF if pcutoff is None else pcutoff
     iteration = inp_or_card.iteration if isinstance(inp_or_card, LabelingInput) else 0
     lab = _lab_packages()
+    sleap = importlib.util.find_spec("sleap_io") is not None      # the ``sleap`` extra: SLEAP predictions files
     machine_folders: set[str] = set()       # labeled-data/<folder> names given to frame folders so far
     likelihood = exports.likelihood_from_uncertainty(preds.uncertainty)
     outputs: dict[str, str] = {}
@@ -542,6 +581,14 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
             outputs.update(_lab_outputs(card, key, stem, is_video, index, [preds.ids[n] for n in rows],
                                         preds.keypoints[rows], likelihood[rows], pred_dir, f"fskp_{scorer}",
                                         iteration, machine_folders))
+        if sleap:
+            from pipeline.converters.slp import write_slp_predictions
+
+            target = pred_dir / f"{stem}.predictions.slp"          # SLEAP's name for a predictions file
+            write_slp_predictions(target, card.keypoints, card.links,
+                                  key if is_video else [preds.ids[n] for n in rows],
+                                  index if is_video else range(len(rows)), preds.keypoints[rows], likelihood[rows])
+            outputs[f"slp:{stem}"] = str(target)
         if overlay:
             if is_video:
                 frames = {frame_order(preds.ids[n])[1]: (preds.keypoints[n], likelihood[n]) for n in rows}

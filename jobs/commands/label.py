@@ -3,20 +3,24 @@ frames and videos are its pool), predict every frame, and write DeepLabCut/COCO 
 suggestions of what to label next.
 
 Inputs: a DeepLabCut project (--project; its videos come from config.yaml's video_sets, else videos/),
+a SLEAP project (--slp FILE.slp: user-labeled frames, skeleton, videos; pip install 'fskp[sleap]'),
 or --images DIR / --video FILE with --labels (COCO keypoints JSON or DeepLabCut CSV; video frames named
-by number, img0123.png = frame 123) and --card or --links.
+by number, img0123.png = frame 123) and --card or --links.  --links replaces a project's skeleton; a
+project without one gets links derived from the training frames' labels (printed).
 
 With --shots N only N labeled frames (k-means choice; or --frames to name them) train the model; the other
 labeled frames are held out and scored in source pixels (PCK: within 10 % of the largest side of the frame's
 labeled-keypoint box, never under 20 px).
 
 Outputs in --out: predictions/<folder or video>.csv (DeepLabCut x, y, likelihood), predictions/
-keypoints_coco.json, overlay/, suggestions.csv + suggestions.png, shots.txt, held_out.json, label.json.
+keypoints_coco.json, overlay/, suggestions.csv + suggestions.png, shots.txt, held_out.json, label.json;
+with the lab extra DeepLabCut .h5 files and NWB, with the sleap extra predictions/<video>.predictions.slp.
 Refine loop: label the suggested frames in DeepLabCut, run the same command again.
 
 Examples:
   fskp label --project ../shared/data/dlc-reaching --out out/reaching --shots 10
   fskp label --video mouse.mp4 --labels CollectedData.csv --links nose-head,head-tail --out out/mouse
+  fskp label --slp mouse.slp --out out/mouse --shots 10
 """
 from __future__ import annotations
 
@@ -35,9 +39,11 @@ def register(p):
     src.add_argument("--project", help="DeepLabCut project folder (config.yaml, labeled-data/, videos/)")
     src.add_argument("--images", help="folder of images, some labeled in --labels")
     src.add_argument("--video", help="a video, some of its frames labeled in --labels")
+    src.add_argument("--slp", help="a SLEAP project (.slp: labeled frames, skeleton, videos; needs fskp[sleap])")
     p.add_argument("--labels", help="COCO keypoints JSON or DeepLabCut CSV (with --images / --video)")
     p.add_argument("--card", help="card name or YAML for --labels (default: keypoints from the label file)")
-    p.add_argument("--links", help="links between keypoints for the edge maps, e.g. nose-head,head-tail")
+    p.add_argument("--links", help="links between keypoints for the edge maps, e.g. nose-head,head-tail (replaces a "
+                                    "project's skeleton; without either, derived from the labels)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--shots", type=int, help="train on N labeled frames (k-means choice), hold out the rest")
     p.add_argument("--frames", help="train on these labeled frames (comma list of names, or a file, one per line)")
@@ -83,12 +89,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from jobs.commands.train import job_kwargs
-    from jobs.labeling import label, read_dlc_project, read_images, read_video
+    from jobs.labeling import label, read_dlc_project, read_images, read_slp_project, read_video
     from pipeline.card import load_card
 
     card = load_card(args.card) if args.card else None
     if args.project:
-        inp = read_dlc_project(args.project)
+        inp = read_dlc_project(args.project, links=args.links)
+    elif args.slp:
+        inp = read_slp_project(args.slp, Path(args.out) / "work", links=args.links)
     else:
         if not args.labels:
             raise ValueError("--images and --video need --labels (COCO keypoints JSON or DeepLabCut CSV)")
