@@ -87,6 +87,15 @@ def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
         client.set_tag(run_id, key, value)
 
 
+def say(message: str) -> None:
+    """A progress line from a Train worker, once: Ray Train patches ``print`` on workers to both echo and log
+    the line, and the driver showed every progress line twice."""
+    import sys
+
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
 def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, step: int) -> None:
     """Rank 0 logs the losses along training straight into the driver's MLflow run."""
     import mlflow.entities
@@ -201,7 +210,7 @@ def train_func(config: dict) -> None:
     device = ray.train.torch.get_device()
     precision = resolve_precision(job.precision, device.type)
     if rank == 0:
-        print(f"precision {precision.name} ({precision.reason}); {threads} torch thread(s) per worker", flush=True)
+        say(f"precision {precision.name} ({precision.reason}); {threads} torch thread(s) per worker")
         set_tags(job.tracking_uri, config["mlflow_run_id"], {
             "fskp.precision": precision.name, "fskp.precision_reason": precision.reason,
             "fskp.threads_per_worker": str(threads)})
@@ -224,7 +233,7 @@ def train_func(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         if rank == 0:
-            print(f"resumed from checkpoint at step {start}", flush=True)
+            say(f"resumed from checkpoint at step {start}")
     resumed_from = start
     sync = gradient_averager(world)
 
@@ -260,7 +269,7 @@ def train_func(config: dict) -> None:
     check_every_step = device.type == "cpu"
     for step in range(start, job.iterations):
         if job.fail_at_step is not None and step == job.fail_at_step and rank == 0 and not ckpt:
-            print(f"injected failure at step {step} (--fail-at-step)", flush=True)
+            say(f"injected failure at step {step} (--fail-at-step)")
             os._exit(1)
         for group in optimizer.param_groups:
             group["lr"] = optim_cfg.lr_at(step)
@@ -287,8 +296,8 @@ def train_func(config: dict) -> None:
             metrics = {**{f"train/{k}": v for k, v in values.items()}, "step": done, "it_per_s": rate,
                        "pool_skipped": counters["skipped"]}
             if rank == 0:
-                print(f"step {done}/{job.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-                      + f"  {rate:.2f} it/s", flush=True)
+                say(f"step {done}/{job.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+                    + f"  {rate:.2f} it/s")
                 log_to_mlflow(job.tracking_uri, config["mlflow_run_id"], metrics, done)
             if done % job.checkpoint_every == 0 and done < job.iterations:
                 save_and_report(done, metrics)

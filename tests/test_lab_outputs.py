@@ -266,9 +266,10 @@ def test_export_resolves_an_mlflow_run_and_keeps_its_crop(trained_checkpoint, tm
     from jobs.cli import main
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
-        mlflow.set_tags({"checkpoint_path": str(trained_checkpoint), "crop_box": json.dumps([10.0, 20.0, 74.0, 84.0])})
+    client = mlflow.MlflowClient(tracking_uri=uri)     # no global state: earlier tests leave an active experiment
+    run = client.create_run(client.create_experiment("export"))
+    client.set_tag(run.info.run_id, "checkpoint_path", str(trained_checkpoint))
+    client.set_tag(run.info.run_id, "crop_box", json.dumps([10.0, 20.0, 74.0, 84.0]))
     out = tmp_path / "from-run.onnx"
     assert main(["export", "--run", run.info.run_id, "--out", str(out), "--tracking-uri", uri]) == 0
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
