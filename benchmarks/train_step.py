@@ -31,14 +31,14 @@ def settings(name: str) -> tuple[ModelConfig, int, int, str]:
     """(model config, unlabeled per step, labeled per step, description)."""
     if name == "paper":
         card = load_card("wflw")
-        cfg = ModelConfig.from_card(card, backbone="resnet50", image_size=128, pretrained=False,
-                                    perceptual_pretrained=False)
+        cfg = ModelConfig.from_card(card, backbone="resnet50", image_size=128, backbone_weights="none",
+                                    perceptual_weights="none")
         return cfg, 16, 10, (f"resnet50, 128 px, K={card.num_keypoints} ({len(card.links)} links, "
                              f"{len(card.parts)} parts), 16 unlabeled + 10 labeled, full method")
     cfg = ModelConfig(num_keypoints=5, links=((0, 1), (1, 2), (2, 3), (3, 4)), parts=((0, 1, 2), (2, 3, 4)),
                       flip_permutation=(4, 3, 2, 1, 0), smoothing_groups=((0, 1, 2, 3, 4),), backbone="resnet18",
-                      image_size=64, head_channels=64, unet_width=16, pretrained=False,
-                      perceptual_vit="vit_tiny_patch16_224", perceptual_pretrained=False)
+                      image_size=64, head_channels=64, unet_width=16, backbone_weights="none",
+                      perceptual_vit="vit_tiny_patch16_224", perceptual_weights="none")
     return cfg, 8, 4, "resnet18, 64 px, K=5, 8 unlabeled + 4 labeled, full method"
 
 

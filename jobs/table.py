@@ -35,6 +35,7 @@ class Entry:
     expected_seeds: int = 0
     paper: float | None = None
     state: str = "not run"                                 # when there is no value: a key of MISSING
+    random_weights: int = 0                                # runs among values trained from random weights
 
     @property
     def mean(self) -> float | None:
@@ -178,6 +179,7 @@ def collect(experiment: str, tracking_uri: str | None = None, metric: str = "mai
                     latest = max(finished, key=lambda r: r.info.start_time)
                     if key in latest.data.metrics:
                         entry.values.append(float(latest.data.metrics[key]))
+                        entry.random_weights += trained_from_random_weights(latest.data.tags, variant)
                     else:
                         states.add("no metric")
                 elif rs:
@@ -190,6 +192,22 @@ def collect(experiment: str, tracking_uri: str | None = None, metric: str = "mai
         columns = sorted({s for _, s in cells}, key=shots_order)
         blocks.append(Block(name, card.title if card else name, kind, key, columns, rows, entries))
     return blocks
+
+
+def trained_from_random_weights(tags: dict, variant: str) -> bool:
+    """Did the run start its backbone (or, where the variant uses it, its perceptual network) from random
+    weights?  Runs from before weights were recorded count as unknown, not random."""
+    networks = ["fskp.backbone_weights"] + (["fskp.perceptual_weights"] if _uses_perceptual(variant) else [])
+    return any(tags.get(n, "").startswith("random") for n in networks)
+
+
+def _uses_perceptual(variant: str) -> bool:
+    from models.variants import get_variant
+
+    try:
+        return bool(get_variant(variant).recon)
+    except ValueError:
+        return True
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------
@@ -205,6 +223,8 @@ def _cell_parts(block: Block, row, column) -> tuple[str, bool, str]:
     if entry is None:
         return "", False, ""                  # not part of the grid (another row's shot count)
     note = ""
+    if entry.random_weights:
+        note += " †"
     if entry.values and len(entry.values) < entry.expected_seeds:
         note += f" [{len(entry.values)}/{entry.expected_seeds} seeds]"
     if entry.paper is not None:
@@ -219,7 +239,8 @@ def _cell_parts(block: Block, row, column) -> tuple[str, bool, str]:
 def _legend(experiment: str) -> str:
     return (f"Experiment {experiment}: the test-split metric of each cell, mean ± std over seeds (the mean "
             f"alone for one seed); the paper's number in parentheses; best of each column in bold; "
-            f"— not run yet, running, failed: the cell's state.")
+            f"— not run yet, running, failed: the cell's state; † trained from random weights (the detector's "
+            f"backbone, or the perceptual network where the variant uses it), not the paper's pretrained ones.")
 
 
 def _arrow(block: Block) -> str:

@@ -41,7 +41,8 @@ class TrainJob:
     cpus_per_worker: float | None = None    # logical CPUs per worker; None: the node's CPUs less Ray Data's share
     precision: str = "auto"                 # auto (bf16 where the device runs it natively: models/precision.py) | bf16 | fp32
     perceptual_vit: str = "vit_small_patch16_224"   # timm ViT of the perceptual loss (Eq. 9)
-    pretrained: bool = True                 # pretrained backbone/ViT weights when they can be loaded
+    backbone_weights: str = "auto"          # auto | hub | package | none | a file (models/pretrained.py)
+    perceptual_weights: str = "auto"        # the perceptual ViT's weights, chosen the same way
     pool: str | tuple[str, ...] | None = None   # unlabeled pool: image folders / videos (default: the train split)
     pool_splits: tuple[str, ...] | None = None  # prepared splits in the pool (default: train, or none with --pool)
     pool_crop: tuple[float, float, float, float] | None = None   # crop of raw pool images/frames (source px)
@@ -69,8 +70,9 @@ def build_model(card, job: TrainJob):
     from models.model import KeypointModel
 
     few_shot, recon, geo2d, geo3d = job.coefficients
-    model_cfg = ModelConfig.from_card(card, backbone=job.backbone, pretrained=job.pretrained, image_size=job.size,
-                                      perceptual_vit=job.perceptual_vit, perceptual_pretrained=job.pretrained)
+    model_cfg = ModelConfig.from_card(card, backbone=job.backbone, backbone_weights=job.backbone_weights,
+                                      image_size=job.size, perceptual_vit=job.perceptual_vit,
+                                      perceptual_weights=job.perceptual_weights)
     loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d,
                           rotation_deg=job.rotation_deg, flip_p=job.flip_p)
     optim_cfg = OptimConfig(lr=job.lr, lr_schedule=job.lr_schedule, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
@@ -222,6 +224,8 @@ def train_func(config: dict) -> None:
     lab_vis = torch.from_numpy(labeled["visible"]).to(device)
 
     model, loss_cfg, optim_cfg = build_model(ds.card, job)
+    if rank == 0:
+        set_tags(job.tracking_uri, config["mlflow_run_id"], model.weights_sources())
     model = prepare_for_training(model, loss_cfg, optim_cfg, device)   # freezes what the variant never uses
     optimizer = make_optimizer(model, optim_cfg)
     start = 0
@@ -446,6 +450,13 @@ def check_job(job: TrainJob, ds) -> None:
                             f"{ds.card.name!r} has none: give links (--links) or use --variant no-recon/supervised")
     except ValueError as e:
         problems.append(str(e))
+    from models.pretrained import check_weights_choice
+
+    for option, network, choice in (("--backbone-weights", job.backbone, job.backbone_weights),
+                                    ("--perceptual-weights", job.perceptual_vit, job.perceptual_weights)):
+        problem = check_weights_choice(network, choice)
+        if problem:
+            problems.append(f"{option} {choice}: {problem}")
     if job.precision not in PRECISIONS:
         problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
     if job.iterations < 1 or job.unlabeled_batch < 1:

@@ -45,8 +45,7 @@ class ModelConfig(_Dict):
     smoothing_groups: tuple[tuple[int, ...], ...] = ()  # chains smoothed in Supplement A ("jaws and noses")
     # --- detector (§3.1: Xiao et al.'s simple baseline) ---
     backbone: str = "resnet50"                          # any timm CNN with features_only; paper: resnet50
-    pretrained: bool = True                             # ImageNet weights when the hub or its cache has them
-    weights_file: str | None = None                     # local backbone state dict; overrides `pretrained`
+    backbone_weights: str = "auto"                      # auto | hub | package | none | a file (models/pretrained.py)
     image_size: int = 128                               # square input side in pixels (Supplement A: 128)
     heatmap_stride: int = 4                             # heatmaps at image_size / stride (Xiao: 4 -> 32x32)
     head_channels: int = 256                            # width of each deconvolution layer (Xiao: 256)
@@ -56,8 +55,7 @@ class ModelConfig(_Dict):
     unet_width: int = 16                                # channels of the UNet's first level, doubled per level
     unet_levels: int = 5                                # resolutions (128 px: 128 down to 8); 2**(l-1) | size
     perceptual_vit: str = "vit_small_patch16_224"       # timm ViT for Eq. 9's features, run at image_size
-    perceptual_pretrained: bool = True                  # pretrained ViT when available (else random, logged)
-    perceptual_weights_file: str | None = None          # local ViT state dict; overrides perceptual_pretrained
+    perceptual_weights: str = "auto"                    # the ViT's weights, chosen the same way
 
     def __post_init__(self):
         K = self.num_keypoints
@@ -72,6 +70,17 @@ class ModelConfig(_Dict):
         if self.image_size % self.heatmap_stride or self.image_size % 2 ** (self.unet_levels - 1):
             raise ValueError(f"image_size {self.image_size} must be divisible by heatmap_stride "
                              f"{self.heatmap_stride} and by 2**(unet_levels-1) = {2 ** (self.unet_levels - 1)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Also reads checkpoints written before weights were a choice (pretrained / weights_file flags)."""
+        d = dict(d)
+        for flag, file, field in (("pretrained", "weights_file", "backbone_weights"),
+                                  ("perceptual_pretrained", "perceptual_weights_file", "perceptual_weights")):
+            if flag in d or file in d:
+                pretrained, path = d.pop(flag, True), d.pop(file, None)
+                d.setdefault(field, path or ("auto" if pretrained else "none"))
+        return super().from_dict(d)
 
     @property
     def flip_perm(self) -> tuple[int, ...]:

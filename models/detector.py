@@ -61,8 +61,8 @@ class Detector(nn.Module):
         super().__init__()
         self.num_keypoints = cfg.num_keypoints
         self.depth_scale = cfg.depth_scale
-        self.backbone = create_timm_model(cfg.backbone, cfg.pretrained, cfg.weights_file,
-                                          features_only=True, out_indices=(-1,))
+        self.backbone, self.weights_source = create_timm_model(cfg.backbone, cfg.backbone_weights,
+                                                               features_only=True, out_indices=(-1,))
         channels = self.backbone.feature_info.channels()[-1]
         reduction = self.backbone.feature_info.reduction()[-1]
         n_up = math.log2(reduction / cfg.heatmap_stride)

@@ -27,8 +27,7 @@ class KeypointModel(nn.Module):
         self.detector = Detector(config)
         self.edges = EdgeMap(config.links, config.edge_resolution or config.image_size)
         self.unet = UNet(in_channels=4, out_channels=3, width=config.unet_width, levels=config.unet_levels)
-        self.perceptual = VitPerceptual(config.perceptual_vit, config.image_size, config.perceptual_pretrained,
-                                        config.perceptual_weights_file)
+        self.perceptual = VitPerceptual(config.perceptual_vit, config.image_size, config.perceptual_weights)
         # index tensors derived from the card (not saved: they follow from the config)
         self.register_buffer("flip_perm", torch.tensor(config.flip_perm, dtype=torch.long), persistent=False)
         self.register_buffer("smoothing_triples", smoothing_triples(config.smoothing_groups), persistent=False)
@@ -42,6 +41,11 @@ class KeypointModel(nn.Module):
         if isinstance(images_or_batch, dict):
             return compute_losses(self, images_or_batch, step, total_steps, cfg or LossConfig())
         return self.detector(images_or_batch)
+
+    def weights_sources(self) -> dict[str, str]:
+        """Where each pretrained network's weights came from, as MLflow tags."""
+        return {"fskp.backbone_weights": self.detector.weights_source.loaded,
+                "fskp.perceptual_weights": self.perceptual.weights_source.loaded}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Detector, edge thickness/weight, UNet (the perceptual ViT is frozen)."""
@@ -59,8 +63,7 @@ class KeypointModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], map_location: str | torch.device = "cpu") -> "KeypointModel":
         config = ModelConfig.from_dict(checkpoint["config"])
-        offline = dataclasses.replace(config, pretrained=False, weights_file=None, perceptual_pretrained=False,
-                                      perceptual_weights_file=None)
+        offline = dataclasses.replace(config, backbone_weights="none", perceptual_weights="none")
         model = cls(offline)
         model.config = config
         model.load_state_dict(checkpoint["state_dict"])

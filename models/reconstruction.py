@@ -66,9 +66,9 @@ class UNet(nn.Module):
 class VitPerceptual(nn.Module):
     """Frozen timm ViT giving Eq. 9's features Gamma(I): (last-layer attention keys, final [CLS] token)."""
 
-    def __init__(self, name: str, image_size: int, pretrained: bool, weights_file: str | None = None):
+    def __init__(self, name: str, image_size: int, weights: str = "auto"):
         super().__init__()
-        self.vit = create_timm_model(name, pretrained, weights_file, img_size=image_size, num_classes=0)
+        self.vit, self.weights_source = create_timm_model(name, weights, img_size=image_size, num_classes=0)
         if getattr(self.vit, "cls_token", None) is None:
             raise ValueError(f"{name}: the perceptual loss needs a ViT with a [CLS] token")
         data = timm.data.resolve_model_data_config(self.vit)

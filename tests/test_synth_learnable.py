@@ -28,8 +28,8 @@ def test_supervised_detector_beats_the_mean_shape(category, tmp_path):
     target = torch.from_numpy(train["keypoints"] / 64 * 2 - 1).float()
     visible = torch.from_numpy(train["visible"])
 
-    model = KeypointModel(ModelConfig.from_card(ds.card, backbone="resnet18", image_size=64, pretrained=False,
-                                                perceptual_vit="vit_tiny_patch16_224", perceptual_pretrained=False))
+    model = KeypointModel(ModelConfig.from_card(ds.card, backbone="resnet18", image_size=64, backbone_weights="none",
+                                                perceptual_vit="vit_tiny_patch16_224", perceptual_weights="none"))
     # milder augmentation than the baseline's full range: this checks the data is learnable, not the baseline
     loss_cfg = LossConfig(variant="supervised", rotation_deg=15.0, translation=0.05, colour=0.2)
     optim_cfg = OptimConfig(lr=1e-3, iterations=400)

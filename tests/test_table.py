@@ -130,3 +130,23 @@ def test_unknown_experiment_is_a_clean_error(experiment, capsys):
 
     assert main(["table", "--experiment", "nope", "--tracking-uri", experiment]) == 2
     assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
+
+
+def test_cells_trained_from_random_weights_are_marked(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from jobs.table import build_table
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("weights", artifact_location=str(tmp_path / "artifacts"))
+    t = 1_700_000_000_000
+    random_run = _run(client, exp_id, Cell("wflw", "10", "full"), "FINISHED", {"test/nme": 12.0}, t)
+    client.set_tag(random_run, "fskp.backbone_weights", "random (auto: hub: OSError, offline; no offline package for resnet50)")
+    hub_run = _run(client, exp_id, Cell("wflw", "10", "supervised"), "FINISHED", {"test/nme": 20.0}, t + 1)
+    client.set_tag(hub_run, "fskp.backbone_weights", "hub timm/resnet50.a1_in1k")
+    client.set_tag(hub_run, "fskp.perceptual_weights", "random (asked: none)")   # unused by supervised
+    text = build_table("weights", uri)
+    assert _row(text, "ours (full)", "WFLW")[0].startswith("**12.0** †")
+    assert "†" not in _row(text, "supervised baseline (Xiao et al.)", "WFLW")[0]
+    assert "† trained from random weights" in text

@@ -38,7 +38,7 @@ def small_job(data: Path, tmp: Path, **kw):
     base = TrainJob(data=str(data), shots="4", selection="random", variant="full", iterations=8, backbone="resnet18",
                     size=64, unlabeled_batch=4, checkpoint_every=4, log_every=2, experiment="tests",
                     tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage_path=str(tmp / "runs"),
-                    perceptual_vit="vit_tiny_patch16_224", pretrained=False, threads=1)
+                    perceptual_vit="vit_tiny_patch16_224", backbone_weights="none", perceptual_weights="none", threads=1)
     return replace(base, **kw)
 
 
@@ -73,6 +73,8 @@ def test_train_records_params_metrics_and_artifacts(ray_local, tiny_data, tmp_pa
 
     assert run.data.tags["fskp.precision"] == resolve_precision("auto", "cpu").name     # what auto chose here
     assert run.data.tags["fskp.precision_reason"].startswith("auto: ")
+    assert run.data.tags["fskp.backbone_weights"] == "random (asked: none)"           # where weights came from
+    assert run.data.tags["fskp.perceptual_weights"] == "random (asked: none)"
     assert run.data.tags["fskp.threads_per_worker"] == "1"
 
 

@@ -63,7 +63,7 @@ def run(args) -> int:
     cells = [Cell(card=card, shots=s, variant=v, selection="kmeans", seed=0, data=str(data))
              for s in shots for v in variants]
     options = {**QUICK, "iterations": args.iterations, "backbone": args.backbone, "size": args.size,
-               "pretrained": True, "experiment": "quickstart", "tracking_uri": f"sqlite:///{out}/mlflow.db",
+               "backbone_weights": "auto", "perceptual_weights": "auto", "experiment": "quickstart", "tracking_uri": f"sqlite:///{out}/mlflow.db",
                "storage_path": str(out / "runs")}
     print(f"[2/3] {len(cells)} trainings ({', '.join(shots)} shots x {', '.join(variants)}), "
           f"{args.iterations} iterations each, on local Ray", flush=True)

@@ -32,7 +32,7 @@ HELP = "run a grid of trainings (or a paper table's grid) as parallel Ray Tune t
 
 #: --smoke-test: the same code, tiny (Ray examples' convention); explicit options still win
 SMOKE_TEST = dict(iterations=4, backbone="resnet18", size=64, log_every=2, checkpoint_every=4,
-                  perceptual_vit="vit_tiny_patch16_224", pretrained=False, unlabeled_batch=4)
+                  perceptual_vit="vit_tiny_patch16_224", backbone_weights="none", perceptual_weights="none", unlabeled_batch=4)
 
 
 def add_grid_options(p) -> None:

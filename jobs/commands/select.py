@@ -30,8 +30,10 @@ def register(p):
     p.add_argument("--seed", type=int, default=0, help="KMeans random_state / random draw seed (default 0)")
     p.add_argument("--backbone", default="vgg16",
                    help="timm model whose third-from-last feature level is clustered (default vgg16, as the paper)")
-    p.add_argument("--weights", help="local state dict for the backbone (.pth/.safetensors); "
-                                     "default: timm's pretrained weights if they load, else random initialisation")
+    p.add_argument("--weights", default="auto", metavar="auto|hub|package|none|FILE",
+                   help="the backbone's weights: a local state dict (.pth/.safetensors), hub, package (offline, "
+                        "efficientnet_lite0 with fskp[offline-weights]), none; default auto: timm's pretrained "
+                        "weights if they load, else an installed package's, else random initialisation (said)")
     p.add_argument("--out", help="JSON file to write (default DIR/shots/<method>-<N>-seed<S>.json)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
 

@@ -31,6 +31,13 @@ def add_train_options(p) -> None:
                         "CPUs with AMX or a measured gain), else float32; printed and recorded in MLflow")
     g.add_argument("--perceptual-vit", default="vit_small_patch16_224",
                    help="timm ViT of the perceptual loss (Eq. 9; vit_tiny_patch16_224 is ~4x cheaper)")
+    g.add_argument("--backbone-weights", default="auto", metavar="auto|hub|package|none|FILE",
+                   help="the detector backbone's weights: hub (timm's pretrained, error if they cannot be had), "
+                        "package (a registry package's, offline: efficientnet_lite0 with fskp[offline-weights]), "
+                        "none (random), a state-dict file, or auto (hub, else package, else random with a "
+                        "warning); recorded in MLflow")
+    g.add_argument("--perceptual-weights", default="auto", metavar="auto|hub|none|FILE",
+                   help="the perceptual ViT's weights (Eq. 9), chosen the same way")
     g.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker")
     g.add_argument("--gpu-fraction", type=float, default=1.0, help="share of a GPU per worker (<1 shares GPUs)")
@@ -54,7 +61,8 @@ def job_kwargs(args) -> dict:
         raise ValueError(f"--coefficients needs 4 numbers (few-shot, recon, 2D, 3D), got {args.coefficients!r}")
     return dict(iterations=args.iterations, backbone=args.backbone, size=args.size, seed=args.seed,
                 coefficients=coefficients, lr=args.lr, precision=args.precision,
-                perceptual_vit=args.perceptual_vit, workers=args.workers, gpu=args.gpu,
+                perceptual_vit=args.perceptual_vit, backbone_weights=args.backbone_weights,
+                perceptual_weights=args.perceptual_weights, workers=args.workers, gpu=args.gpu,
                 gpu_fraction=args.gpu_fraction, cpus_per_worker=args.cpus_per_worker, threads=args.threads,
                 stall_timeout=args.stall_timeout,
                 checkpoint_every=args.checkpoint_every, log_every=args.log_every, experiment=args.experiment,
