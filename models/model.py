@@ -17,7 +17,7 @@ from models.detector import Detection, Detector
 from models.edges import EdgeMap
 from models.geometry import part_masks, smoothing_triples
 from models.losses import compute_losses
-from models.reconstruction import UNet, VitPerceptual
+from models.reconstruction import UNet, perceptual_network
 
 
 class KeypointModel(nn.Module):
@@ -27,7 +27,7 @@ class KeypointModel(nn.Module):
         self.detector = Detector(config)
         self.edges = EdgeMap(config.links, config.edge_resolution or config.image_size)
         self.unet = UNet(in_channels=4, out_channels=3, width=config.unet_width, levels=config.unet_levels)
-        self.perceptual = VitPerceptual(config.perceptual_vit, config.image_size, config.perceptual_weights)
+        self.perceptual = perceptual_network(config.perceptual_vit, config.image_size, config.perceptual_weights)
         # index tensors derived from the card (not saved: they follow from the config)
         self.register_buffer("flip_perm", torch.tensor(config.flip_perm, dtype=torch.long), persistent=False)
         self.register_buffer("smoothing_triples", smoothing_triples(config.smoothing_groups), persistent=False)

