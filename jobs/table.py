@@ -21,7 +21,8 @@ from jobs.sweep import (CELLS_ARTIFACT, KIND_TAG, SELECTIONS, VARIANTS, Cell, _a
 
 FORMATS = ("md", "tex", "html")
 METRICS = ("main", "other", "nme", "pck")
-ROW_LABELS = {"full": "ours (full)", "supervised": "supervised baseline (Xiao et al.)",
+ROW_LABELS = {"full": "ours (full)", "supervised": "supervised baseline (same detector, Eq. 2)",
+              "xiao": "Xiao et al. (heatmap regression)",
               "no-recon": "− image reconstruction", "no-2d": "− 2D geometry", "no-3d": "− 3D geometry",
               "no-uncertainty": "− uncertainty"}
 MISSING = {"not run": "—", "running": "running", "failed": "failed", "no metric": "n/a"}

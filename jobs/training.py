@@ -68,9 +68,12 @@ def build_model(card, job: TrainJob):
     """The model, loss and optimiser settings of a job (paper defaults unless the job says otherwise)."""
     from models.config import LossConfig, ModelConfig, OptimConfig
     from models.model import KeypointModel
+    from models.variants import get_variant
 
     few_shot, recon, geo2d, geo3d = job.coefficients
+    decoding = "argmax" if get_variant(job.variant).heatmap_regression else "soft-argmax"
     model_cfg = ModelConfig.from_card(card, backbone=job.backbone, backbone_weights=job.backbone_weights,
+                                      keypoint_decoding=decoding,
                                       image_size=job.size, perceptual_vit=job.perceptual_vit,
                                       perceptual_weights=job.perceptual_weights)
     loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d,

@@ -48,6 +48,7 @@ class ModelConfig(_Dict):
     backbone_weights: str = "auto"                      # auto | hub | package | none | a file (models/pretrained.py)
     image_size: int = 128                               # square input side in pixels (Supplement A: 128)
     heatmap_stride: int = 4                             # heatmaps at image_size / stride (Xiao: 4 -> 32x32)
+    keypoint_decoding: str = "soft-argmax"              # soft-argmax (Eq. 1) | argmax (Xiao et al.'s baseline)
     head_channels: int = 256                            # width of each deconvolution layer (Xiao: 256)
     depth_scale: float = 1.0                            # multiplies Eq. 4's depth; the head starts near 0 anyway
     # --- edge map and reconstruction (§3.5) ---
@@ -109,7 +110,8 @@ class LossConfig(_Dict):
     random_pairing_steps: int = 200       # Eq. 5 pairs at random before this iteration (§3.4)
     rotation_deg: float = 60.0            # Eq. 3 / supervised augmentation: rotation in +-deg (Supplement A)
     translation: float = 0.1              # translation in +- fraction of the image side
-    scale_min: float = 0.9                # scale drawn in [scale_min, 1]
+    scale_min: float = 0.9                # scale drawn in [scale_min, scale_max]
+    scale_max: float = 1.0                # (Supplement A: no enlargement; Xiao et al.'s baseline: 1.35)
     flip_p: float = 0.5                   # probability of a horizontal flip (flip pairs swapped)
     colour: float = 0.5                   # brightness/contrast/saturation factor 1 +- colour; hue shift +- colour turns
 

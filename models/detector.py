@@ -41,6 +41,32 @@ def pixel_centres(height: int, width: int, device=None) -> torch.Tensor:
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
 
 
+def argmax_decode(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Xiao et al.'s decoding: the heatmap's arg-max, moved a quarter pixel toward the higher neighbour.
+    heatmaps [N, K, h, w] -> keypoints [N, K, 2] in [-1, 1] (pixel centres as in ``pixel_centres``)."""
+    N, K, h, w = heatmaps.shape
+    with torch.autocast(heatmaps.device.type, enabled=False):
+        hm = heatmaps.float()
+        index = hm.reshape(N, K, h * w).argmax(-1)
+        row, col = index // w, index % w
+        flat = hm.reshape(N * K, h, w)
+        i, r, c = torch.arange(N * K, device=hm.device), row.reshape(-1), col.reshape(-1)
+        dx = flat[i, r, (c + 1).clamp(max=w - 1)] - flat[i, r, (c - 1).clamp(min=0)]
+        dy = flat[i, (r + 1).clamp(max=h - 1), c] - flat[i, (r - 1).clamp(min=0), c]
+        x = c.float() + 0.25 * torch.sign(dx)
+        y = r.float() + 0.25 * torch.sign(dy)
+        return torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).reshape(N, K, 2)
+
+
+def gaussian_heatmaps(keypoints: torch.Tensor, h: int, w: int, sigma: float) -> torch.Tensor:
+    """Xiao et al.'s targets: [N, K, 2] in [-1, 1] -> [N, K, h, w], a Gaussian of peak 1 and ``sigma``
+    heatmap pixels around each keypoint."""
+    centres = pixel_centres(h, w, keypoints.device)                        # [h*w, 2] in [-1, 1]
+    scale = torch.tensor([w / 2.0, h / 2.0], device=keypoints.device)      # [-1, 1] -> heatmap pixels
+    d2 = (((centres[None, None] - keypoints.float()[:, :, None]) * scale) ** 2).sum(-1)
+    return torch.exp(-d2 / (2.0 * sigma ** 2)).reshape(*keypoints.shape[:2], h, w)
+
+
 def soft_argmax(heatmaps: torch.Tensor, *maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Eq. 1 and 4.  heatmaps [N, K, h, w]; each of ``maps`` [N, K, h, w].
 
@@ -60,6 +86,9 @@ class Detector(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.num_keypoints = cfg.num_keypoints
+        if cfg.keypoint_decoding not in ("soft-argmax", "argmax"):
+            raise ValueError(f"keypoint_decoding must be soft-argmax or argmax, got {cfg.keypoint_decoding!r}")
+        self.argmax = cfg.keypoint_decoding == "argmax"
         self.depth_scale = cfg.depth_scale
         self.backbone, self.weights_source = create_timm_model(cfg.backbone, cfg.backbone_weights,
                                                                features_only=True, out_indices=(-1,))
@@ -104,4 +133,6 @@ class Detector(nn.Module):
     def _detect(self, maps: torch.Tensor) -> Detection:
         heatmaps, uncertainty_maps, depth_maps = maps.chunk(3, dim=1)
         keypoints, certainty, depth = soft_argmax(heatmaps, uncertainty_maps, depth_maps)
+        if self.argmax:
+            keypoints = argmax_decode(heatmaps)
         return Detection(keypoints, certainty, depth * self.depth_scale, heatmaps)

@@ -135,12 +135,13 @@ class Transform2D(NamedTuple):
 def sample_transforms(n: int, strength: float, cfg, device=None) -> Transform2D:
     """Random transformations with every range multiplied by ``strength`` in [0, 1] (Supplement A: the
     ranges grow linearly from 0 at the first iteration to full at the last).  ``cfg`` is a LossConfig:
-    rotation +-rotation_deg, translation +-translation of the side, scale in [scale_min, 1], flip with
+    rotation +-rotation_deg, translation +-translation of the side, scale in [scale_min, scale_max], flip with
     probability flip_p, brightness/contrast/saturation factor 1 +- colour, hue +- colour turns (torchvision's
     ColorJitter(0.5, 0.5, 0.5, 0.5) at full strength).  The flip probability is scaled like the ranges."""
     u = lambda *shape: torch.rand(*shape, device=device) * 2.0 - 1.0  # noqa: E731  uniform in [-1, 1]
     angle = u(n) * math.radians(cfg.rotation_deg) * strength
-    scale = 1.0 - torch.rand(n, device=device) * (1.0 - cfg.scale_min) * strength
+    low, high = 1.0 - (1.0 - cfg.scale_min) * strength, 1.0 + (cfg.scale_max - 1.0) * strength
+    scale = high - torch.rand(n, device=device) * (high - low)
     shift = u(n, 2) * (2.0 * cfg.translation) * strength        # fraction of the side -> units of [-1, 1]
     flip = torch.rand(n, device=device) < cfg.flip_p * strength
     cos, sin = torch.cos(angle), torch.sin(angle)

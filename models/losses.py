@@ -5,16 +5,17 @@ DistributedDataParallel wrapper sees the whole computation.  Batch layout: see m
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
 
 from models.config import LossConfig
-from models.detector import Detection
+from models.detector import Detection, gaussian_heatmaps
 from models.geometry import (equivariance_loss, inside, part_weights, permute_flipped, sample_transforms,
                              similarity_loss_3d, smoothing_loss, transform_keypoints, warp_images)
 from models.reconstruction import reconstruction_loss
-from models.variants import get_variant
+from models.variants import XIAO_AUGMENTATION, get_variant
 
 if TYPE_CHECKING:
     from models.model import KeypointModel
@@ -28,6 +29,17 @@ def few_shot_loss(predicted: torch.Tensor, target: torch.Tensor, visible: torch.
     return ((predicted.float() - target).abs().sum(-1) * v).sum() / v.sum().clamp_min(1.0)
 
 
+def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Xiao et al.'s loss (the ``xiao`` variant's few-shot term): half the mean squared error between the
+    heatmaps [L, K, h, w] and Gaussians around the labels [L, K, 2] (sigma = h / 32 heatmap pixels: their 2 at
+    64 x 48), over the annotated (visible [L, K]) keypoints."""
+    L, K, h, w = heatmaps.shape
+    wanted = gaussian_heatmaps(target, h, w, sigma=max(1.0, h / 32.0))
+    v = visible.float()
+    per_keypoint = ((heatmaps.float() - wanted) ** 2).mean(dim=(2, 3))
+    return 0.5 * (per_keypoint * v).sum() / v.sum().clamp_min(1.0)
+
+
 def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: int,
                    cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Forward pass and every loss of the variant ``cfg.variant``; the others are 0."""
@@ -35,8 +47,9 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
     labeled, target, visible = batch["labeled"], batch["keypoints"], batch["visible"]
     unlabeled = batch.get("unlabeled", labeled[:0])
     perm, zero = model.flip_perm, labeled.new_zeros(())
-    if variant.augment_labeled:               # Xiao et al.'s baseline: standard augmentation at full range
-        T = sample_transforms(len(labeled), 1.0, cfg, labeled.device)
+    if variant.augment_labeled:               # the baselines: standard augmentation at full range
+        ranges = dataclasses.replace(cfg, **XIAO_AUGMENTATION) if variant.heatmap_regression else cfg
+        T = sample_transforms(len(labeled), 1.0, ranges, labeled.device)
         labeled, target = warp_images(labeled, T), transform_keypoints(target, T, perm)
         visible = permute_flipped(visible, T.flip, perm) & inside(target)
     images = torch.cat([unlabeled, labeled]) if variant.unlabeled else labeled
@@ -49,7 +62,10 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
     else:
         det = model(images)
 
-    losses = {"few_shot": few_shot_loss(det.keypoints[n_unlabeled:], target, visible)}           # Eq. 2
+    if variant.heatmap_regression:                                                                # Xiao et al.
+        losses = {"few_shot": heatmap_loss(det.heatmaps[n_unlabeled:], target, visible)}
+    else:                                                                                         # Eq. 2
+        losses = {"few_shot": few_shot_loss(det.keypoints[n_unlabeled:], target, visible)}
     if variant.recon:                                                                             # Eq. 6-9
         edges = model.edges(det.keypoints, det.certainty if variant.uncertainty else None)
         losses["recon"] = reconstruction_loss(model.unet, model.perceptual, images, edges,

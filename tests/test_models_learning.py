@@ -63,3 +63,35 @@ def test_a_few_hundred_steps_learn_the_keypoints():
     assert last["recon"] < 0.8 * first["recon"], (first, last)
     error = (predict(model, labeled)["keypoints"] - labels).norm(dim=-1).mean().item()
     assert error < 0.08, error                                  # < 2 px at 48 px (normalised units: 2 px = 0.083)
+
+
+def test_xiao_baseline_learns_from_the_labeled_images():
+    """Xiao et al.'s recipe (the ``xiao`` variant): heatmap regression with arg-max decoding learns the labeled
+    keypoints and generalises to unseen images of the same shape better than the untrained network."""
+    from models.detector import argmax_decode, gaussian_heatmaps
+
+    # decoding inverts the targets to within the quarter-pixel step (heatmap pixels at 48 / 4 = 12 px side)
+    kp = torch.tensor([[[0.1, -0.3], [-0.55, 0.42]]])
+    assert (argmax_decode(gaussian_heatmaps(kp, 12, 12, 1.0)) - kp).abs().max() < 2 / 12 * 0.5
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    labeled, labels = synthetic(16, g)
+    unseen, unseen_labels = synthetic(32, g)
+    visible = torch.ones(16, K, dtype=torch.bool)
+    cfg = ModelConfig(num_keypoints=K, links=LINKS, flip_permutation=(1, 0, 3, 2), backbone="resnet18",
+                      backbone_weights="none", image_size=SIZE, head_channels=32, unet_width=8, unet_levels=3,
+                      perceptual_vit="vit_tiny_patch16_224", perceptual_weights="none", keypoint_decoding="argmax")
+    model = KeypointModel(cfg)
+    before = (predict(model, unseen)["keypoints"] - unseen_labels).norm(dim=-1).mean().item()
+    optimizer = make_optimizer(model, OptimConfig(lr=1e-3))
+    loss_cfg = LossConfig(variant="xiao", flip_p=0.0)
+    history = []
+    steps = 250
+    for step in range(steps):
+        batch = {"labeled": labeled, "keypoints": labels, "visible": visible}
+        history.append(train_step(model, optimizer, batch, step, steps, loss_cfg)["few_shot"].item())
+    assert sum(history[-10:]) < 0.5 * sum(history[:10]), history[::25]
+    fit = (predict(model, labeled)["keypoints"] - labels).norm(dim=-1).mean().item()
+    after = (predict(model, unseen)["keypoints"] - unseen_labels).norm(dim=-1).mean().item()
+    assert fit < 0.1 and after < 0.35 * before, (fit, after, before)        # measured: 0.040, 0.090 vs 0.545

@@ -68,14 +68,14 @@ def test_markdown_grid_with_paper_numbers_states_and_best(experiment):
     assert header == "| method | 10 shots | 20 shots | 50 shots | 5% shots |"
     full = _row(md, "ours (full)", "## WFLW")
     assert full == ["**9.50** (paper 9.19)", "**8.00** (paper 8.62)", "failed (paper 7.90)", "**6.50** (paper 6.22)"]
-    supervised = _row(md, "supervised baseline (Xiao et al.)", "## WFLW")
+    supervised = _row(md, "supervised baseline (same detector, Eq. 2)", "## WFLW")
     assert supervised[:2] == ["20.0 (paper 21.9)", "running (paper 19.3)"]
     assert supervised[2:] == ["", ""]                                 # not part of the grid: blank
     random = _row(md, "− k-means selection (random shots)", "## WFLW")
     assert random[0] == "15.0 ± 1.4 [2/3 seeds] (paper 14.5)"      # mean ± sample std of 14 and 16
     atrw = _row(md, "ours (full)", "## ATRW")
     assert atrw == ["**40.0** (paper 36.3)", "— (paper 78.8)"]        # PCK: higher is better; 20: not run yet
-    assert _row(md, "supervised baseline (Xiao et al.)", "## ATRW") == ["25.0 (paper 21.5)", ""]
+    assert _row(md, "supervised baseline (same detector, Eq. 2)", "## ATRW") == ["25.0 (paper 21.5)", ""]
 
 
 def test_other_metric_for_table_7(experiment):
@@ -148,5 +148,5 @@ def test_cells_trained_from_random_weights_are_marked(tmp_path):
     client.set_tag(hub_run, "fskp.perceptual_weights", "random (asked: none)")   # unused by supervised
     text = build_table("weights", uri)
     assert _row(text, "ours (full)", "WFLW")[0].startswith("**12.0** †")
-    assert "†" not in _row(text, "supervised baseline (Xiao et al.)", "WFLW")[0]
+    assert "†" not in _row(text, "supervised baseline (same detector, Eq. 2)", "WFLW")[0]
     assert "† trained from random weights" in text

@@ -24,6 +24,8 @@ Examples:
 """
 from __future__ import annotations
 
+from models.variants import VARIANTS
+
 HELP = "label a DeepLabCut project, image folder or video from a few labeled frames"
 
 #: CPU-sized defaults of `fskp label` (fskp train keeps the paper's): see README "Labeling"
@@ -47,8 +49,8 @@ def register(p):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--shots", type=int, help="train on N labeled frames (k-means choice), hold out the rest")
     p.add_argument("--frames", help="train on these labeled frames (comma list of names, or a file, one per line)")
-    p.add_argument("--variant", default="full", choices=["full", "supervised", "no-recon", "no-2d", "no-3d",
-                                                          "no-uncertainty"], help="method (default full)")
+    p.add_argument("--variant", default="full", choices=list(VARIANTS),
+                   help="method (default full); supervised / xiao: baselines on the labeled frames alone")
     p.add_argument("--crop", help="fixed crop x0,y0,x1,y1 in frame pixels (default: around the shots' labels)")
     p.add_argument("--margin", type=float, default=0.1,
                    help="crop margin per side, share of the box's larger side (raise it when the animal moves beyond "

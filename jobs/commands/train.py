@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from models.variants import VARIANTS
+
 HELP = "train and evaluate one model (Ray Train; one MLflow run)"
 
 
@@ -76,8 +78,10 @@ def register(p):
     p.add_argument("--shots", default="10", help="labeled examples: a count or a share of the train split (5%%)")
     p.add_argument("--selection", choices=["kmeans", "random"], default="kmeans", help="how shots are chosen")
     p.add_argument("--variant", default="full",
-                   choices=["full", "supervised", "no-recon", "no-2d", "no-3d", "no-uncertainty"],
-                   help="the method or one of its ablations (paper Table 3)")
+                   choices=list(VARIANTS),
+                   help="the method, one of its ablations (paper Table 3), or a baseline: supervised (the same "
+                        "detector and few-shot loss on the labeled images alone) or xiao (Xiao et al.'s heatmap "
+                        "regression recipe)")
     p.add_argument("--pool", help="unlabeled pool: folder of images or a video (default: the train split)")
     p.add_argument("--fail-at-step", type=int, help=argparse.SUPPRESS)   # tests only: kill rank 0 once
     add_train_options(p)
