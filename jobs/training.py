@@ -40,7 +40,7 @@ class TrainJob:
     gpu_fraction: float = 1.0               # <1 lets several small runs share a GPU
     cpus_per_worker: float | None = None    # logical CPUs per worker; None: the node's CPUs less Ray Data's share
     precision: str = "auto"                 # auto (bf16 where the device runs it natively: models/precision.py) | bf16 | fp32
-    perceptual_vit: str = "vit_small_patch16_224"   # timm ViT of the perceptual loss (Eq. 9)
+    perceptual_vit: str = "vit_small_patch8_224.dino"   # perceptual network (Eq. 9): [75]'s self-supervised DINO ViT
     backbone_weights: str = "auto"          # auto | hub | package | none | a file (models/pretrained.py)
     perceptual_weights: str = "auto"        # the perceptual ViT's weights, chosen the same way
     pool: str | tuple[str, ...] | None = None   # unlabeled pool: image folders / videos (default: the train split)

@@ -55,7 +55,7 @@ class ModelConfig(_Dict):
     edge_resolution: int = 0                            # side at which edge maps are drawn; 0 = image_size
     unet_width: int = 16                                # channels of the UNet's first level, doubled per level
     unet_levels: int = 5                                # resolutions (128 px: 128 down to 8); 2**(l-1) | size
-    perceptual_vit: str = "vit_small_patch16_224"       # timm network of Eq. 9's features, run at image_size:
+    perceptual_vit: str = "vit_small_patch8_224.dino"   # timm network of Eq. 9's features, run at image_size:
                                                         # a ViT (paper: keys + [CLS]) or a CNN (offline variant)
     perceptual_weights: str = "auto"                    # the ViT's weights, chosen the same way
 

@@ -11,9 +11,10 @@ alternative (``CnnPerceptual``: L1 between channel-normalised feature maps of ev
 learned weights), which a registry package's pretrained weights can serve where no hub is reachable
 (``--perceptual-network efficientnet_lite0 --perceptual-weights package``).
 
-Speed choice: the ViT runs at the working resolution (128 px: 8x8 = 64 patch tokens) with its position
-embedding resampled by timm, instead of upsampling images to 224 px (196 tokens): same features in
-spirit, about 3x fewer tokens.
+The paper's network is [75]'s: a self-supervised DINO ViT (``vit_small_patch8_224.dino``, the default of
+``fskp train``), its last layer's keys and its global token.  It runs at the working resolution with its
+position embedding resampled by timm (128 px, patch 8: a 16 x 16 token grid), instead of upsampling images
+to 224 px.
 """
 from __future__ import annotations
 

@@ -167,13 +167,13 @@ def test_smoke_test_settings_yield_to_explicit_options():
 
     parse = build_parser().parse_args
     tiny = train_options(parse(["reproduce", "--table", "1", "--smoke-test"]))
-    assert (tiny["iterations"], tiny["backbone"], tiny["size"], tiny["pretrained"]) == (4, "resnet18", 64, False)
+    assert (tiny["iterations"], tiny["backbone"], tiny["size"], tiny["backbone_weights"]) == (4, "resnet18", 64, "none")
     assert tiny["perceptual_vit"] == "vit_tiny_patch16_224" and tiny["unlabeled_batch"] == 4
     mine = train_options(parse(["reproduce", "--table", "1", "--smoke-test", "--iterations", "30"]))
     assert mine["iterations"] == 30 and mine["backbone"] == "resnet18"
     full = train_options(parse(["reproduce", "--table", "1"]))
     assert (full["iterations"], full["backbone"], full["size"]) == (20000, "resnet50", 128)
-    assert full["perceptual_vit"] == "vit_small_patch16_224" and full["precision"] == "auto"   # the paper's
+    assert full["perceptual_vit"] == "vit_small_patch8_224.dino" and full["precision"] == "auto"   # the paper's
 
 
 # ---- resuming from MLflow (runs made through the MLflow API) ------------------------------------------------

@@ -31,9 +31,10 @@ def add_train_options(p) -> None:
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto (default): bf16 autocast where the device runs it natively and faster (GPUs with bf16, "
                         "CPUs with AMX or a measured gain), else float32; printed and recorded in MLflow")
-    g.add_argument("--perceptual-network", "--perceptual-vit", dest="perceptual_vit", default="vit_small_patch16_224",
+    g.add_argument("--perceptual-network", "--perceptual-vit", dest="perceptual_vit", default="vit_small_patch8_224.dino",
                    help="timm network of the perceptual loss (Eq. 9): a ViT, the paper's keys + [CLS] term "
-                        "(vit_tiny_patch16_224 is ~4x cheaper than the default), or a CNN, the offline variant "
+                        "(default: [75]'s self-supervised DINO ViT-S/8, a 16x16 token grid at 128 px; "
+                        "vit_tiny_patch16_224 is far cheaper on a CPU), or a CNN, the offline variant "
                         "(efficientnet_lite0 with --perceptual-weights package)")
     g.add_argument("--backbone-weights", default="auto", metavar="auto|hub|package|none|FILE",
                    help="the detector backbone's weights: hub (timm's pretrained, error if they cannot be had), "
