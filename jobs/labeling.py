@@ -364,7 +364,7 @@ def _renamed_labels(labels: Path, names: list[tuple[object, str]], folder: Path)
 
 # ---- shots and crop --------------------------------------------------------------------------------------
 def choose_shots(inp: LabelingInput, work: Path, shots: int | None, frames: Sequence[str] | None,
-                 seed: int = 0) -> list[str]:
+                 seed: int = 0, backbone: str = "vgg16", weights: str = "auto") -> list[str]:
     """Ids of the labeled frames to train on: ``frames`` by id or file stem, else ``shots`` chosen by
     k-means over image features (paper §3.6; pipeline/select.py) among the labeled frames, else all."""
     ids = [i.id for i in inp.labeled]
@@ -391,7 +391,7 @@ def choose_shots(inp: LabelingInput, work: Path, shots: int | None, frames: Sequ
                 w, h = im.size
             yield replace(inst, crop_box=enclosing_square(w, h))
     data = write_prepared(work / "selection", inp.card, whole_frames(), size=128, overwrite=True, progress=False)
-    return list(select_shots(data, shots, method="kmeans", seed=seed).ids)
+    return list(select_shots(data, shots, method="kmeans", seed=seed, backbone=backbone, weights=weights).ids)
 
 
 def shots_crop(labeled: list[Instance], margin: float) -> tuple[float, float, float, float]:
@@ -468,7 +468,9 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     work.mkdir(parents=True, exist_ok=True)
     opts = dict(job_options or {})
     check_trainable(inp)
-    shot_ids = choose_shots(inp, work, shots, frames, seed=opts.get("seed", 0))
+    shot_ids = choose_shots(inp, work, shots, frames, seed=opts.get("seed", 0),
+                            backbone=opts.get("selection_backbone") or "vgg16",
+                            weights=opts.get("selection_weights") or "auto")
     chosen = set(shot_ids)
     train = [i for i in inp.labeled if i.id in chosen]
     held = [i for i in inp.labeled if i.id not in chosen]

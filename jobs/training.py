@@ -43,6 +43,8 @@ class TrainJob:
     perceptual_vit: str = "vit_small_patch8_224.dino"   # perceptual network (Eq. 9): [75]'s self-supervised DINO ViT
     backbone_weights: str = "auto"          # auto | hub | package | none | a file (models/pretrained.py)
     perceptual_weights: str = "auto"        # the perceptual ViT's weights, chosen the same way
+    selection_backbone: str = "vgg16"       # k-means shot selection's features (§3.6: VGG-16)
+    selection_weights: str = "auto"         # its weights, chosen the same way
     pool: str | tuple[str, ...] | None = None   # unlabeled pool: image folders / videos (default: the train split)
     pool_splits: tuple[str, ...] | None = None  # prepared splits in the pool (default: train, or none with --pool)
     pool_crop: tuple[float, float, float, float] | None = None   # crop of raw pool images/frames (source px)
@@ -375,7 +377,8 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
     if shot_ids is None:
         from pipeline.select import select_shots
 
-        sel = select_shots(ds, job.shots, method=job.selection, seed=job.seed)
+        sel = select_shots(ds, job.shots, method=job.selection, seed=job.seed, backbone=job.selection_backbone,
+                           weights=job.selection_weights)
         shot_ids, selection_info = list(sel.ids), asdict(sel)
     mlflow.set_tracking_uri(job.tracking_uri)
     mlflow.set_experiment(job.experiment)
@@ -456,7 +459,8 @@ def check_job(job: TrainJob, ds) -> None:
     from models.pretrained import check_weights_choice
 
     for option, network, choice in (("--backbone-weights", job.backbone, job.backbone_weights),
-                                    ("--perceptual-weights", job.perceptual_vit, job.perceptual_weights)):
+                                    ("--perceptual-weights", job.perceptual_vit, job.perceptual_weights),
+                                    ("--selection-weights", job.selection_backbone, job.selection_weights)):
         problem = check_weights_choice(network, choice)
         if problem:
             problems.append(f"{option} {choice}: {problem}")

@@ -43,6 +43,11 @@ def add_train_options(p) -> None:
                         "warning); recorded in MLflow")
     g.add_argument("--perceptual-weights", default="auto", metavar="auto|hub|package|none|FILE",
                    help="the perceptual network's weights (Eq. 9), chosen the same way")
+    g.add_argument("--selection-backbone", default="vgg16",
+                   help="timm network whose features k-means clusters to choose the shots (paper §3.6: vgg16)")
+    g.add_argument("--selection-weights", default="auto", metavar="auto|hub|package|none|FILE",
+                   help="its weights, chosen the same way (offline: --selection-backbone efficientnet_lite0 "
+                        "--selection-weights package)")
     g.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker")
     g.add_argument("--gpu-fraction", type=float, default=1.0, help="share of a GPU per worker (<1 shares GPUs)")
@@ -67,7 +72,8 @@ def job_kwargs(args) -> dict:
     return dict(iterations=args.iterations, backbone=args.backbone, size=args.size, seed=args.seed,
                 coefficients=coefficients, lr=args.lr, precision=args.precision,
                 perceptual_vit=args.perceptual_vit, backbone_weights=args.backbone_weights,
-                perceptual_weights=args.perceptual_weights, workers=args.workers, gpu=args.gpu,
+                perceptual_weights=args.perceptual_weights, selection_backbone=args.selection_backbone,
+                selection_weights=args.selection_weights, workers=args.workers, gpu=args.gpu,
                 gpu_fraction=args.gpu_fraction, cpus_per_worker=args.cpus_per_worker, threads=args.threads,
                 stall_timeout=args.stall_timeout,
                 checkpoint_every=args.checkpoint_every, log_every=args.log_every, experiment=args.experiment,
