@@ -61,7 +61,8 @@ def expected_table_cells(table: int) -> set[tuple]:
                         if row.variant == "random-shots":
                             out |= {(name, shots, "full", "random", seed) for seed in (0, 1, 2)}
                         else:
-                            out.add((name, shots, row.variant, "kmeans", 0))
+                            out.add((name, shots, "xiao" if row.variant == "supervised" else row.variant,
+                                     "kmeans", 0))
     return out
 
 
@@ -75,7 +76,8 @@ def test_table_preset_lists_exactly_the_papers_cells(table, capsys, tmp_path):
     assert len(cells) == len(set(cells)) == TABLE_SIZES[table]
     assert set(cells) == expected_table_cells(table)
     for r in rows:
-        paper_variant = "random-shots" if r["selection"] == "random" else r["variant"]
+        paper_variant = ("random-shots" if r["selection"] == "random" else
+                         "supervised" if r["variant"] == "xiao" else r["variant"])
         assert float(r["paper"]) == load_card(r["card"]).paper_value(paper_variant, r["shots"])
         assert r["state"] == "data missing" and r["data"] == str(tmp_path / r["card"])
     assert not (tmp_path / "absent.db").exists()          # a dry run creates no tracking store
@@ -91,6 +93,7 @@ def test_table_presets_use_the_papers_rows():
     assert {c.key for c in table_cells(7)} == {c.key for c in table_cells(1)}
     assert {c.shots for c in table_cells(6) if c.card == "300w"} == {"1", "10", "20", "50", "500", "100%"}
     assert {(c.card, c.variant) for c in table_cells(4)} == {("ffhq_dlib68", "full")}
+    assert {c.variant for c in table_cells(1)} == {"full", "xiao"}      # the paper's baseline row: Xiao's recipe
     with pytest.raises(ValueError, match="no card has paper table 9"):
         table_cells(9)
 
