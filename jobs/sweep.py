@@ -394,6 +394,36 @@ def _cell_trainable(config: dict, cells: dict, base: dict, parent_run_id: str | 
     tune.report({**final, "mlflow_run_id": result.run_id})
 
 
+def cell_progress(log, total: int):
+    """A Tune callback saying one line per cell event: started, finished (time, test metrics), failed."""
+    from ray.tune import Callback
+
+    class CellProgress(Callback):
+        def __init__(self):
+            self.started: dict[str, float] = {}
+            self.ended = 0
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started[trial.trial_id] = time.time()
+            log(f"  started  {_trial_name(trial)}")
+
+        def _end(self, trial, what: str, extra: str = ""):
+            self.ended += 1
+            minutes = (time.time() - self.started.get(trial.trial_id, time.time())) / 60
+            log(f"  {what:8} {_trial_name(trial)} in {minutes:.1f} min{extra} [{self.ended}/{total}]")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            shown = sorted((k, v) for k, v in result.items() if k.count("/") == 1 and k.startswith("test/")
+                           and isinstance(v, (int, float)))[:3]
+            self._end(trial, "finished", "".join(f", {k} {v:.2f}" for k, v in shown))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._end(trial, "FAILED")
+
+    return CellProgress()
+
+
 def _trial_name(trial) -> str:
     return trial.config["cell"]
 
@@ -438,14 +468,15 @@ def check_cells(cells: list[Cell], train_options: dict) -> None:
             for line, names in problems.items()))
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster ($RAY_ADDRESS, e.g. under `ray job submit`) or start a local one."""
+def init_ray(num_cpus: int | None = None, worker_output: bool = True) -> None:
+    """Connect to the cluster ($RAY_ADDRESS, e.g. under `ray job submit`) or start a local one.
+    ``worker_output=False``: the workers' output stays in Ray's log files instead of the console."""
     import ray
 
     if ray.is_initialized():
         return
     kwargs = {} if os.environ.get("RAY_ADDRESS") or num_cpus is None else {"num_cpus": num_cpus}
-    ray.init(include_dashboard=False, logging_level="WARNING", **kwargs)
+    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=worker_output, **kwargs)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -453,7 +484,7 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None = None,
               tracking_uri: str | None = None, max_concurrent: int | None = None, driver_cpus: float | None = None,
-              num_cpus: int | None = None, log=print) -> SweepResult:
+              num_cpus: int | None = None, log=print, quiet: bool = False) -> SweepResult:
     """Train every cell MLflow does not already hold, as parallel Ray Tune trials; one MLflow run per cell.
 
     cells: with ``data`` set (see ``attach_data``).  train_options: ``TrainJob`` fields shared by every
@@ -462,6 +493,8 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     driver_cpus: what each trial's own process asks for (default ``TRIAL_DRIVER_CPUS``; the Train workers and
     Ray Data tasks ask for theirs).
     num_cpus: CPUs of a local Ray instance started here (ignored when connecting to a cluster).
+    quiet: one line per cell event (started, finished with its test metric, failed) instead of Ray's and
+    the workers' output, which stays in Ray's log files.
     The sweep gets a parent MLflow run (the grid as cells.json, the results table as table.md); each
     cell's run is nested under it.
     """
@@ -507,7 +540,8 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     client.log_text(parent_id, json.dumps([c.to_dict() for c in cells], indent=1), CELLS_ARTIFACT)
 
     try:
-        outcomes += _tune(plan.todo, base, parent_id, stamp, storage, max_concurrent, driver_cpus, num_cpus, log)
+        outcomes += _tune(plan.todo, base, parent_id, stamp, storage, max_concurrent, driver_cpus, num_cpus, log,
+                          quiet)
     except BaseException:
         client.set_terminated(parent_id, status="KILLED")
         raise
@@ -534,10 +568,10 @@ def _ordered(outcomes: list[CellOutcome]) -> list[CellOutcome]:
 
 
 def _tune(todo: list[Cell], base: dict, parent_id: str, stamp: str, storage: str, max_concurrent: int | None,
-          driver_cpus: float, num_cpus: int | None, log) -> list[CellOutcome]:
+          driver_cpus: float, num_cpus: int | None, log, quiet: bool = False) -> list[CellOutcome]:
     from ray import tune
 
-    init_ray(num_cpus)
+    init_ray(num_cpus, worker_output=not quiet)
     plan, base = size_trials(base, max_concurrent, driver_cpus)
     concurrent = plan.concurrent
     log(f"running {len(todo)} trials, at most {concurrent} at once: {plan.note}")
@@ -550,7 +584,8 @@ def _tune(todo: list[Cell], base: dict, parent_id: str, stamp: str, storage: str
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_name_creator=_trial_name,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=f"sweep-{stamp}", storage_path=storage,
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1))
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0 if quiet else 1,
+                                  callbacks=[cell_progress(log, len(todo))] if quiet else None))
     grid = tuner.fit()
     outcomes = []
     for r in grid:

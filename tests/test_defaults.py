@@ -61,3 +61,22 @@ def test_label_with_the_default_resources_completes(tmp_path):
     text = out.stdout + out.stderr
     assert "1 job(s) at once" in text and "precision " in text      # sized and chosen on this machine, and said
     assert (tmp_path / "out" / "label.json").exists()
+
+
+def test_quickstart_says_one_line_per_cell_and_resumes(tmp_path):
+    """`fskp quickstart` (tiny grid): a legible display -- one line per cell event and the table, Ray's and the
+    workers' output left in Ray's log files -- and a second run trains nothing."""
+    args = ["quickstart", "--out", str(tmp_path / "qs"), "--n", "40", "--shots", "2", "--variants", "full,xiao",
+            "--iterations", "4"]
+    out, took = fskp(args, tmp_path, bound_s=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert sum(line.strip().startswith("finished") for line in lines) == 2, out.stdout
+    assert sum(line.strip().startswith("started") for line in lines) == 2, out.stdout
+    assert not [line for line in lines if "RayTrainWorker" in line or "PlacementGroupCleaner" in line], out.stdout
+    assert len(lines) < 40, out.stdout                   # was 1,267 lines for the default grid
+    table = (tmp_path / "qs" / "table.md").read_text()
+    assert "| ours (full) |" in table and "| Xiao et al. (heatmap regression) |" in table
+    again, _ = fskp(args, tmp_path, bound_s=300)
+    assert again.returncode == 0 and "2 already finished in MLflow" in again.stdout, again.stdout[-2000:]
+    assert not any(line.strip().startswith("started") for line in again.stdout.splitlines())

@@ -30,6 +30,9 @@ def register(p):
     p.add_argument("--iterations", type=int, default=QUICK["iterations"], help="training iterations per cell")
     p.add_argument("--backbone", default=QUICK["backbone"], help="timm backbone")
     p.add_argument("--size", type=int, default=QUICK["size"], help="working resolution")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and the training workers' output (default: one line per cell; the rest is in "
+                        "Ray's log files, /tmp/ray/session_latest/logs)")
     p.add_argument("--max-concurrent", type=int,
                    help="trials at once (default: one per CPU core, each leaving its Ray Data tasks their share)")
 
@@ -67,7 +70,9 @@ def run(args) -> int:
                "storage_path": str(out / "runs")}
     print(f"[2/3] {len(cells)} trainings ({', '.join(shots)} shots x {', '.join(variants)}), "
           f"{args.iterations} iterations each, on local Ray", flush=True)
-    result = run_sweep(cells, options, max_concurrent=args.max_concurrent)
+    result = run_sweep(cells, options, max_concurrent=args.max_concurrent, quiet=not args.verbose)
+    for o in result.failed:
+        print(f"      {o.cell.name} failed: {o.error}")
 
     print(f"[3/3] results ({time.time() - t0:.0f}s in all)\n", flush=True)
     table = build_table("quickstart", options["tracking_uri"], "md")
