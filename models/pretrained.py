@@ -90,9 +90,6 @@ def _say_once(name: str, message: str, level: int = logging.WARNING) -> None:
         log.log(level, "%s: %s", name, message)
 
 
-KEYWORDS = ("auto", "hub", "package", "none")
-
-
 @dataclass(frozen=True)
 class OfflinePackage:
     """A registry package that ships one network's pretrained weights."""
@@ -144,7 +141,7 @@ def check_weights_choice(name: str, choice: str) -> str | None:
             with hub_offline(True):
                 timm.create_model(name, pretrained=True)
         except Exception as e:  # noqa: BLE001 - any failure means "not in the local cache"
-            return _hub_error(name, e)
+            return hub_error(name, e)
         return None
     if not Path(choice).is_file():
         return f"{choice}: weights file not found (for {name})"
@@ -163,7 +160,7 @@ def create_timm_model(name: str, weights: str = "auto", **kwargs) -> tuple[nn.Mo
         try:
             model, loaded = _from_hub(name, **kwargs)
         except Exception as e:  # noqa: BLE001 - timm / hub / urllib raise many types
-            raise RuntimeError(_hub_error(name, e)) from None
+            raise RuntimeError(hub_error(name, e)) from None
         return model, WeightsSource(weights, loaded)
     if weights == "auto":
         try:
@@ -266,6 +263,6 @@ def _how_to_get(name: str) -> str:
             f"ImageNet weights; --*-weights none starts from random weights on purpose")
 
 
-def _hub_error(name: str, error: Exception) -> str:
+def hub_error(name: str, error: Exception) -> str:
     why = "the hub cannot be reached and nothing is cached" if not hub_reachable() else f"{type(error).__name__}"
     return f"{name}: pretrained weights from the hub could not be loaded ({why}). {_how_to_get(name)}"

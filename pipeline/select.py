@@ -285,9 +285,9 @@ def _pretrained_or_random(backbone: str, strict: bool = False):
     except Exception as e:   # timm / hub / urllib raise many types; any of them means "not available"
         why = "offline" if not reachable and isinstance(e, OSError) else f"{type(e).__name__}: {_first_line(e, 200)}"
         if strict:
-            from models.pretrained import _hub_error
+            from models.pretrained import hub_error
 
-            raise RuntimeError(_hub_error(backbone, e)) from None
+            raise RuntimeError(hub_error(backbone, e)) from None
     if backbone in OFFLINE_PACKAGES:
         try:
             return _model_from_package(backbone)
