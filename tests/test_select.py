@@ -202,7 +202,7 @@ def test_random_init_is_said_once(dataset, monkeypatch, capsys):
     select_shots(dataset, 3, backbone=BACKBONE, cache=False)
     err = capsys.readouterr().err
     assert err.count("resnet18: pretrained weights unavailable (offline); using random initialisation") == 1
-    assert "pass --weights FILE" in err
+    assert "give a weights file" in err and "--selection-weights package" in err
 
 
 def test_selection_round_trips_through_json(dataset, tmp_path):
