@@ -414,8 +414,8 @@ def cell_progress(log, total: int):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
-            shown = sorted((k, v) for k, v in result.items() if k.count("/") == 1 and k.startswith("test/")
-                           and isinstance(v, (int, float)))[:3]
+            shown = [(k, result[k]) for k in ("test/nme", "test/pck_0.1", "test/aligned_3d_error", "test/mean_error_px")
+                     if isinstance(result.get(k), (int, float))][:2]
             self._end(trial, "finished", "".join(f", {k} {v:.2f}" for k, v in shown))
 
         def on_trial_error(self, iteration, trials, trial, **info):

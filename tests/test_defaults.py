@@ -74,7 +74,7 @@ def test_quickstart_says_one_line_per_cell_and_resumes(tmp_path):
     assert sum(line.strip().startswith("finished") for line in lines) == 2, out.stdout
     assert sum(line.strip().startswith("started") for line in lines) == 2, out.stdout
     assert not [line for line in lines if "RayTrainWorker" in line or "PlacementGroupCleaner" in line], out.stdout
-    assert len(lines) < 40, out.stdout                   # was 1,267 lines for the default grid
+    assert len(lines) < 60, out.stdout                   # was 1,267 lines for the default grid
     table = (tmp_path / "qs" / "table.md").read_text()
     assert "| ours (full) |" in table and "| Xiao et al. (heatmap regression) |" in table
     again, _ = fskp(args, tmp_path, bound_s=300)
