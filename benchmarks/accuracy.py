@@ -60,7 +60,10 @@ def main() -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from jobs.sweep import Cell, run_sweep
+    from jobs.grid import Cell
+    from jobs.sweep import run_sweep
+    from jobs.evaluation import metric_name
+    from pipeline.card import load_card
     from pipeline.synth.dataset import generate
 
     out = Path(args.out).resolve()
@@ -95,11 +98,10 @@ def main() -> None:
     for cat in categories:
         card = f"synth_{cat}"
         runs = {v: metrics.get((card, v), []) for v in variants}
-        some = next((m for ms in runs.values() for m in ms), {})
-        key = next((k for k in sorted(some) if k in ("test/nme", "test/pck_0.1")), None)
-        for name in ([key] if key else []) + ["test/aligned_3d_error"]:
+        key = metric_name(load_card(card).metric)    # the card's metric (runs also log the other one)
+        for name in [key, "test/aligned_3d_error"]:
             values = {v: [m[name] for m in ms if name in m] for v, ms in runs.items()}
-            higher_is_better = name == "test/pck_0.1"
+            higher_is_better = name.startswith("test/pck")
             means = {v: statistics.mean(x) for v, x in values.items() if x}
             baselines = [means[v] for v in BASELINES if v in means]
             ratio = ""

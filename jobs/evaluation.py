@@ -19,7 +19,8 @@ class CheckpointMismatch(ValueError):
 
 
 def load_checkpoint(path: str | Path, card=None, device="cpu"):
-    """Load a ``model.pt`` (or a checkpoint folder holding one) with ``weights_only=True`` and rebuild the model.
+    """Load a ``model.pt`` (or a checkpoint folder holding one; a path or an object-store URI) with
+    ``weights_only=True`` and rebuild the model.
 
     With ``card``, refuse a checkpoint whose keypoint count or card differs, naming both.
     Returns (model, state) where state holds the job config, step, card name and fingerprint.
@@ -27,13 +28,17 @@ def load_checkpoint(path: str | Path, card=None, device="cpu"):
     import torch
 
     from models.model import KeypointModel
+    from pipeline.storage import is_uri
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.pt"
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: checkpoint not found")
-    state = torch.load(p, map_location=device, weights_only=True)
+    if is_uri(path):
+        state, p = _load_remote(str(path), device), str(path)
+    else:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "model.pt"
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: checkpoint not found")
+        state = torch.load(p, map_location=device, weights_only=True)
     if card is not None:
         if state["num_keypoints"] != card.num_keypoints:
             raise CheckpointMismatch(f"{p}: checkpoint has {state['num_keypoints']} keypoints "
@@ -44,6 +49,26 @@ def load_checkpoint(path: str | Path, card=None, device="cpu"):
                                      f"(fingerprint {card.fingerprint})")
     model = KeypointModel.from_checkpoint(state, map_location=device)
     return model.eval(), state
+
+
+def _load_remote(uri: str, device):
+    """``model.pt`` of a checkpoint at an object-store URI (the file itself or its folder)."""
+    import io
+
+    import pyarrow.fs
+    import torch
+
+    from pipeline.storage import filesystem
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+        path = path + "/model.pt"
+    try:
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{uri}: checkpoint not found") from e
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
 
 def predict_arrays(model, images: np.ndarray, device="cpu", batch_size: int = 64) -> dict[str, np.ndarray]:
@@ -78,6 +103,18 @@ def aligned_3d_error(pred_3d: np.ndarray, gt_3d: np.ndarray, norm: np.ndarray) -
     return float((np.linalg.norm(aligned - gt_3d, axis=-1).mean(1) / norm * 100).mean())
 
 
+def metric_name(spec, split: str = "test") -> str:
+    """The MLflow name of a card metric on a split: "test/nme" or "test/pck_0.1"."""
+    return f"{split}/{spec.kind}" + (f"_{spec.alpha:g}" if spec.kind == "pck" else "")
+
+
+def other_metric(spec):
+    """The card's metric of the other kind with the same normaliser: NME for a PCK card, PCK@0.1 for an NME card."""
+    from dataclasses import replace
+
+    return replace(spec, kind="pck", alpha=0.1) if spec.kind == "nme" else replace(spec, kind="nme")
+
+
 def evaluate_model(model, ds, split: str = "test", device="cpu", max_figure: int = 8) -> dict:
     """Score ``model`` on ``split`` of a PreparedDataset with the card's metric.
 
@@ -92,9 +129,15 @@ def evaluate_model(model, ds, split: str = "test", device="cpu", max_figure: int
     pred = predict_arrays(model, arr["images"], device=device)
     spec = ds.card.metric
     s = score(spec, pred["keypoints"], arr["keypoints"], arr["visible"], image_size=ds.size)
-    key = f"{split}/{spec.kind}" + (f"_{spec.alpha:g}" if spec.kind == "pck" else "")
+    key = metric_name(spec, split)
     metrics = {key: s["value"], f"{split}/mean_error_px": s["mean_error_px"],
                f"{split}/median_error_px": s["median_error_px"]}
+    other = other_metric(spec)                      # the paper's Table 7 reports the other metric of the same runs
+    try:
+        metrics[metric_name(other, split)] = score(
+            other, pred["keypoints"], arr["keypoints"], arr["visible"], image_size=ds.size)["value"]
+    except ValueError:                              # e.g. no instance with a non-zero normaliser
+        pass
     per_kp = {name: float(v) for name, v in zip(ds.card.keypoints, s["per_keypoint"])}
     for name, v in per_kp.items():
         if np.isfinite(v):

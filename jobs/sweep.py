@@ -1,8 +1,6 @@
 """`fskp reproduce`: the paper's result grids as Ray Tune sweeps of `fskp train` runs, resumable from MLflow.
 
-A grid is a list of ``Cell``s (dataset, shots, variant, selection, seed).  It comes from the command line
-(``expand_grid``) or from a preset that reproduces one of the paper's tables (``table_cells``), which is
-read from the ``paper`` entries of the dataset cards, so a preset and the card it is compared with agree.
+A grid is a list of ``Cell``s (jobs/grid.py: the vocabulary this module shares with `fskp table`).
 
 Each cell is one Ray Tune trial: a small function trainable (``_cell_trainable``, the Ray Train V2
 pattern) that builds the ``TrainJob`` and calls ``jobs.training.run_training``, which starts a
@@ -14,7 +12,10 @@ Resuming is done through MLflow, not Tune's experiment state: before launching, 
 for a FINISHED run of each cell on the same prepared data (``data_fingerprint``) with the same
 result-changing settings (``RESULT_PARAMS``); those cells are not trained again.  Runs left RUNNING by a
 sweep whose driver died are marked KILLED and their cells are trained again.  So a sweep whose driver dies
-is resumed by running the same command again.
+is resumed by running the same command again, and a cell interrupted mid-training continues from its last
+checkpoint (its Ray Train run name is fixed by the cell, its settings and its data: ``train_run_name``).
+A driver is live while its process runs (same host, /proc) or while it keeps its MLflow heartbeat
+(``HEARTBEAT_TAG``, every ``HEARTBEAT_S``; the only sign of life a driver on another host gives).
 """
 from __future__ import annotations
 
@@ -23,167 +24,15 @@ import os
 import re
 import socket
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-VARIANTS = ("full", "supervised", "xiao", "no-recon", "no-2d", "no-3d", "no-uncertainty")
-#: variants that reproduce another variant's paper row: Xiao et al.'s recipe is the paper's baseline row
-PAPER_ROW_OF = {"xiao": "supervised"}
-#: the variant a paper row is reproduced with in table presets (the "Xiao et al." row: their recipe)
-VARIANT_OF_PAPER_ROW = {row: variant for variant, row in PAPER_ROW_OF.items()}
-SELECTIONS = ("kmeans", "random")
-#: Table 3's "- kmeans selection" row is full training with random shots, averaged over 3 runs (paper §4.3)
-RANDOM_SELECTION_SEEDS = (0, 1, 2)
-#: the paper variant name of that row in the cards
-RANDOM_SHOTS_ROW = "random-shots"
-#: the order the paper presents its datasets in; other datasets follow alphabetically
-PAPER_DATASET_ORDER = ("wflw", "syntheseyes", "cub", "atrw", "carfusion", "synthesisai_faces", "ffhq_dlib68",
-                       "lsp", "300w", "h36m")
-#: TrainJob fields that change a run's result: a finished run counts for a cell only if these match
-RESULT_PARAMS = ("iterations", "backbone", "size", "coefficients", "lr", "unlabeled_batch", "perceptual_vit",
-                 "selection_backbone", "selection_weights",
-                 "backbone_weights", "perceptual_weights", "pool")
-#: MLflow tags of the sweep's own parent run (it has no "dataset" tag, so tables never count it)
-KIND_TAG, DRIVER_HOST_TAG, DRIVER_PID_TAG = "fskp.kind", "fskp.driver_host", "fskp.driver_pid"
-CELLS_ARTIFACT = "cells.json"
+from jobs.grid import (CELLS_ARTIFACT, DRIVER_HOST_TAG, DRIVER_PID_TAG, KIND_TAG, Cell, all_runs,
+                       cell_order, result_params, settings_digest, unique_cells)
+
 DEFAULT_DATA_ROOT = "data"
-
-
-# ---- cells -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Cell:
-    """One training run of a results grid."""
-
-    card: str                   # card name; the MLflow "dataset" tag
-    shots: str                  # "10" or "5%" (a share of the train split)
-    variant: str = "full"       # one of VARIANTS
-    selection: str = "kmeans"   # kmeans (paper §3.6) | random
-    seed: int = 0
-    data: str = ""              # prepared dataset folder ("" until resolved)
-
-    @property
-    def key(self) -> tuple[str, str, str, str, str]:
-        """What identifies the cell's runs in MLflow: the tags dataset, shots, variant, selection, seed."""
-        return (self.card, self.shots, self.variant, self.selection, str(self.seed))
-
-    @property
-    def paper_variant(self) -> str | None:
-        """The variant name of the card's paper row this cell reproduces (None: no such row)."""
-        if self.selection == "kmeans":
-            return PAPER_ROW_OF.get(self.variant, self.variant)
-        return RANDOM_SHOTS_ROW if self.variant == "full" else None
-
-    @property
-    def name(self) -> str:
-        return f"{self.card}-{self.shots.replace('%', 'pct')}-{self.variant}-{self.selection}-seed{self.seed}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def parse_list(text: str | None) -> list[str]:
-    """ "1, 10,5%" → ["1", "10", "5%"]; None or "" → []."""
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
-
-
-def check_shots(shots: str) -> str:
-    """A count ("10") or a percentage of the train split ("5%", in (0, 100]); returned normalised."""
-    text = str(shots).strip()
-    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)%", text)
-    if m and 0 < float(m.group(1)) <= 100:
-        return text
-    if re.fullmatch(r"[1-9][0-9]*", text):
-        return text
-    raise ValueError(f"shots must be a positive count (10) or a percentage in (0, 100] (5%), got {shots!r}")
-
-
-def shots_order(shots: str) -> tuple[int, float]:
-    """Sort key of shot columns as the paper prints them: counts ascending, then percentages ascending."""
-    return (1, float(shots[:-1])) if shots.endswith("%") else (0, float(shots))
-
-
-def dataset_order(card: str) -> tuple[int, str]:
-    return (PAPER_DATASET_ORDER.index(card), "") if card in PAPER_DATASET_ORDER else (len(PAPER_DATASET_ORDER), card)
-
-
-def cell_order(cell: Cell) -> tuple:
-    variant = VARIANTS.index(cell.variant) if cell.variant in VARIANTS else len(VARIANTS)
-    return (dataset_order(cell.card), SELECTIONS.index(cell.selection), variant, shots_order(cell.shots), cell.seed)
-
-
-def unique_cells(cells) -> list[Cell]:
-    """Cells without repeats (same key), in grid order."""
-    seen, out = set(), []
-    for c in sorted(cells, key=cell_order):
-        if c.key not in seen:
-            seen.add(c.key)
-            out.append(c)
-    return out
-
-
-def expand_grid(datasets: list[tuple[str, str]], shots: list[str], variants: list[str],
-                selections: list[str] = ("kmeans",), seeds: list[int] = (0,)) -> list[Cell]:
-    """The full product of the options; ``datasets`` are (card name, prepared folder or "") pairs."""
-    if not datasets or not shots:
-        raise ValueError("a grid needs at least one dataset and one shot count (or a --table preset)")
-    for v in variants:
-        if v not in VARIANTS:
-            raise ValueError(f"unknown variant {v!r}; one of {', '.join(VARIANTS)}")
-    for s in selections:
-        if s not in SELECTIONS:
-            raise ValueError(f"unknown selection {s!r}; one of {', '.join(SELECTIONS)}")
-    shots = [check_shots(s) for s in shots]
-    return unique_cells(Cell(card, n, v, sel, int(seed), data) for card, data in datasets for n in shots
-                        for v in variants for sel in selections for seed in seeds)
-
-
-# ---- presets: the paper's tables, read from the cards -------------------------------------------------------
-def preset_tables() -> list[int]:
-    """Numbers of the paper's tables that name at least one of our variants in some card."""
-    from pipeline.card import card_names, load_card
-
-    return sorted({t.table for name in card_names() for t in load_card(name).paper
-                   if any(r.variant for r in t.rows)})
-
-
-def table_cells(table: int) -> list[Cell]:
-    """Exactly the cells of the paper's table ``table`` that we can run.
-
-    For every card with that table: each row mapped to one of our variants (the "Xiao et al." row, stored as
-    ``supervised`` in the cards, to ``xiao``: their recipe), at each shot column where the paper prints a number.  The "- kmeans selection" row is full training with random shots, one cell per
-    seed of ``RANDOM_SELECTION_SEEDS`` (the paper averages 3 runs).  Tables 1 and 7 have the same cells (7
-    reports the other metric of the same runs).
-    """
-    from pipeline.card import card_names, load_card
-
-    cells = []
-    for name in card_names():
-        for t in load_card(name).paper:
-            if t.table != table:
-                continue
-            for row in t.rows:
-                if row.variant is None:
-                    continue                      # another method: its numbers are only printed
-                variant, selection, seeds = VARIANT_OF_PAPER_ROW.get(row.variant, row.variant), "kmeans", (0,)
-                if row.variant == RANDOM_SHOTS_ROW:
-                    variant, selection, seeds = "full", "random", RANDOM_SELECTION_SEEDS
-                for shots, cell in zip(t.shots, row.cells):
-                    if cell.value is not None:
-                        cells += [Cell(name, shots, variant, selection, seed) for seed in seeds]
-    if not cells:
-        raise ValueError(f"no card has paper table {table}; presets exist for tables "
-                         f"{', '.join(map(str, preset_tables()))}")
-    return unique_cells(cells)
-
-
-def filter_cells(cells: list[Cell], *, cards=None, shots=None, variants=None, selections=None,
-                 seeds=None) -> list[Cell]:
-    """The cells matching every filter given (None or empty: no filter)."""
-    def keep(c: Cell) -> bool:
-        return ((not cards or c.card in cards) and (not shots or c.shots in shots)
-                and (not variants or c.variant in variants) and (not selections or c.selection in selections)
-                and (not seeds or c.seed in seeds))
-    return [c for c in cells if keep(c)]
+#: the sweep driver's heartbeat: a parent-run tag updated every HEARTBEAT_S seconds (epoch seconds)
+HEARTBEAT_TAG, HEARTBEAT_S = "fskp.heartbeat", 30.0
 
 
 # ---- datasets: a card name under the data root, or the path of a prepared dataset ---------------------------
@@ -251,16 +100,6 @@ class Plan:
     stale: list[str] = field(default_factory=list)               # RUNNING run ids of dead drivers
 
 
-def _all_runs(client, experiment_id: str, filter_string: str = "") -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _process_start(pid: int) -> str | None:
     """When process ``pid`` started (clock ticks since boot, from /proc), or None if there is no such process.
 
@@ -286,23 +125,19 @@ def _driver_tags() -> dict[str, str]:
     return {DRIVER_HOST_TAG: socket.gethostname(), DRIVER_PID_TAG: f"{pid}:{_process_start(pid)}"}
 
 
-def _driver_alive(tags: dict) -> bool:
-    """Whether the sweep driver recorded in a parent run's tags is still running (on this host)."""
+def _driver_alive(tags: dict, now: float | None = None) -> bool:
+    """Whether the sweep driver recorded in a parent run's tags is still running: on this host, its process
+    (pid and start time); on another host, a heartbeat younger than three intervals."""
     if tags.get(DRIVER_HOST_TAG) != socket.gethostname():
-        return False                    # another host: nothing to ask; a dead driver is the usual case
+        try:
+            return (now or time.time()) - float(tags.get(HEARTBEAT_TAG, "")) < 3 * HEARTBEAT_S
+        except ValueError:
+            return False
     pid, _, start = tags.get(DRIVER_PID_TAG, "").partition(":")
     if not pid.isdigit() or int(pid) <= 0 or int(pid) == os.getpid():
         return False
     now = _process_start(int(pid))
     return now is not None and (now == start or "unknown" in (now, start))
-
-
-def result_params(train_options: dict) -> dict[str, str]:
-    """The RESULT_PARAMS of a sweep's training options, as MLflow stores them (str of the job field)."""
-    from jobs.training import TrainJob
-
-    job = TrainJob(data="", **{k: v for k, v in train_options.items() if k != "data"})
-    return {k: str(getattr(job, k))[:500] for k in RESULT_PARAMS}
 
 
 def plan_sweep(cells: list[Cell], train_options: dict, experiment: str, tracking_uri: str) -> Plan:
@@ -319,7 +154,7 @@ def plan_sweep(cells: list[Cell], train_options: dict, experiment: str, tracking
     fingerprints = {c.data: PreparedDataset(c.data).fingerprint for c in cells}
     by_key: dict[tuple, list] = {}
     parents: dict[str, object] = {}
-    for run in _all_runs(client, exp.experiment_id):
+    for run in all_runs(client, exp.experiment_id):
         tags = run.data.tags
         if tags.get(KIND_TAG) == "sweep":
             parents[run.info.run_id] = run
@@ -386,7 +221,7 @@ def _cell_trainable(config: dict, cells: dict, base: dict, parent_run_id: str | 
 
     cell = Cell(**cells[config["cell"]])
     job = TrainJob(**{**base, "data": cell.data, "shots": cell.shots, "variant": cell.variant,
-                      "selection": cell.selection, "seed": cell.seed})
+                      "selection": cell.selection, "seed": cell.seed, "resume": True})
     result = run_training(job, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()])
     if result.error:
         raise RuntimeError(f"{cell.name}: MLflow run {result.run_id} failed: {result.error}")
@@ -394,8 +229,9 @@ def _cell_trainable(config: dict, cells: dict, base: dict, parent_run_id: str | 
     tune.report({**final, "mlflow_run_id": result.run_id})
 
 
-def cell_progress(log, total: int):
-    """A Tune callback saying one line per cell event: started, finished (time, test metrics), failed."""
+def cell_progress(log, total: int, metric_of: dict[str, str] | None = None):
+    """A Tune callback saying one line per cell event: started, finished (time, test metrics), failed.
+    ``metric_of``: cell name → its card's test metric, shown first (then the 3D error or the pixel error)."""
     from ray.tune import Callback
 
     class CellProgress(Callback):
@@ -414,7 +250,9 @@ def cell_progress(log, total: int):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
-            shown = [(k, result[k]) for k in ("test/nme", "test/pck_0.1", "test/aligned_3d_error", "test/mean_error_px")
+            first = (metric_of or {}).get(_trial_name(trial))
+            keys = [first] if first else ["test/nme", "test/pck_0.1"]
+            shown = [(k, result[k]) for k in keys + ["test/aligned_3d_error", "test/mean_error_px"]
                      if isinstance(result.get(k), (int, float))][:2]
             self._end(trial, "finished", "".join(f", {k} {v:.2f}" for k, v in shown))
 
@@ -422,6 +260,15 @@ def cell_progress(log, total: int):
             self._end(trial, "FAILED")
 
     return CellProgress()
+
+
+def _metric_names(cells: list[Cell]) -> dict[str, str]:
+    """Cell name → the MLflow name of its card's test metric."""
+    from jobs.evaluation import metric_name
+    from pipeline.prepared import PreparedDataset
+
+    cards = {}
+    return {c.name: metric_name(cards.setdefault(c.data, PreparedDataset(c.data).card).metric) for c in cells}
 
 
 def _trial_name(trial) -> str:
@@ -500,9 +347,10 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     """
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import code_version, flat_params, resolve_tracking_uri
-
     from jobs.resources import TRIAL_DRIVER_CPUS
+    from jobs.tracking import code_version, flat_params, resolve_tracking_uri
+    from pipeline.prepared import PreparedDataset
+    from pipeline.storage import resolve_location
 
     check_data(cells)
     cells = unique_cells(replace(c, data=str(Path(c.data).resolve())) for c in cells)
@@ -510,9 +358,7 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     driver_cpus = TRIAL_DRIVER_CPUS if driver_cpus is None else driver_cpus
     experiment = experiment or train_options.get("experiment") or "fskp"
     tracking_uri = resolve_tracking_uri(tracking_uri or train_options.get("tracking_uri"))
-    storage = train_options.get("storage_path") or "runs"
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
+    storage = resolve_location(train_options.get("storage_path") or "runs")
     base = {**{k: v for k, v in train_options.items() if k not in ("data", "shots", "variant", "selection", "seed")},
             "experiment": experiment, "tracking_uri": tracking_uri, "storage_path": storage}
 
@@ -532,19 +378,26 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    parent = client.create_run(exp_id, run_name=f"sweep-{stamp}", tags={KIND_TAG: "sweep", **_driver_tags()})
+    parent = client.create_run(exp_id, run_name=f"sweep-{stamp}", tags={
+        KIND_TAG: "sweep", HEARTBEAT_TAG: str(time.time()), **_driver_tags()})
     parent_id = parent.info.run_id
+    heartbeat = _Heartbeat(client, parent_id)
     client.log_batch(parent_id, params=[_param(k, v) for k, v in {
         **flat_params("", {k: v for k, v in base.items() if k != "tracking_uri"}),
         "cells": len(cells), "cells_to_train": len(plan.todo), "code_version": code_version()}.items()])
-    client.log_text(parent_id, json.dumps([c.to_dict() for c in cells], indent=1), CELLS_ARTIFACT)
+    wanted = result_params(base)
+    fingerprints = {c.data: PreparedDataset(c.data).fingerprint for c in cells}
+    client.log_text(parent_id, json.dumps([{**c.to_dict(), "settings": settings_digest(wanted, fingerprints[c.data])}
+                                           for c in cells], indent=1), CELLS_ARTIFACT)
 
     try:
         outcomes += _tune(plan.todo, base, parent_id, stamp, storage, max_concurrent, driver_cpus, num_cpus, log,
                           quiet)
     except BaseException:
+        heartbeat.stop()
         client.set_terminated(parent_id, status="KILLED")
         raise
+    heartbeat.stop()
     result = SweepResult(experiment, tracking_uri, parent_id, _ordered(outcomes))
     try:
         from jobs.table import build_table
@@ -554,6 +407,27 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
         log(f"could not log the results table: {e}")
     client.set_terminated(parent_id, status="FINISHED" if result.ok else "FAILED")
     return result
+
+
+class _Heartbeat:
+    """Sets the parent run's HEARTBEAT_TAG every HEARTBEAT_S seconds from a daemon thread until stopped."""
+
+    def __init__(self, client, run_id: str):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(client, run_id), daemon=True, name="fskp-heartbeat")
+        self._thread.start()
+
+    def _beat(self, client, run_id: str) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                client.set_tag(run_id, HEARTBEAT_TAG, str(time.time()))
+            except Exception:                 # a tracking-server hiccup: the next beat tries again
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _param(key: str, value):
@@ -585,7 +459,7 @@ def _tune(todo: list[Cell], base: dict, parent_id: str, stamp: str, storage: str
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=f"sweep-{stamp}", storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=0 if quiet else 1,
-                                  callbacks=[cell_progress(log, len(todo))] if quiet else None))
+                                  callbacks=[cell_progress(log, len(todo), _metric_names(todo))] if quiet else None))
     grid = tuner.fit()
     outcomes = []
     for r in grid:

@@ -6,7 +6,9 @@ sample standard deviation over seeds (the mean alone for one seed), from the lat
 seed, with the paper's number from the dataset card in parentheses.  The metric is the card's (NME, lower
 is better; PCK, higher is better), or the other one for the paper's Table 7; the best value of each column
 is bold.  Which cells belong to the grid comes from the ``cells.json`` of the experiment's sweeps (and from
-the runs found), so cells not run yet are shown as such ("—", "running", "failed").
+the runs found), so cells not run yet are shown as such ("—", "running", "failed").  A cell planned by a sweep
+counts only runs with the settings and data of the latest sweep that planned it (``SETTINGS_TAG``), so a
+``--smoke-test`` or a run on other data never appears as a result of the grid; how many were left out is said.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.sweep import (CELLS_ARTIFACT, KIND_TAG, SELECTIONS, VARIANTS, Cell, _all_runs, dataset_order,
-                        shots_order)
+from jobs.grid import (CELLS_ARTIFACT, KIND_TAG, SELECTIONS, SETTINGS_TAG, VARIANTS, Cell, all_runs, dataset_order,
+                       shots_order)
 
 FORMATS = ("md", "tex", "html")
 METRICS = ("main", "other", "nme", "pck")
@@ -62,6 +64,7 @@ class Block:
     columns: list[str]
     rows: list[tuple[str, str]]     # (variant, selection)
     entries: dict[tuple[tuple[str, str], str], Entry]
+    other_settings: int = 0         # finished runs of the grid's cells with other settings or data: not shown
 
     @property
     def higher_is_better(self) -> bool:
@@ -111,21 +114,30 @@ def _metric_key(kind: str, card, metric_names: set[str]) -> str:
     return found[0] if found else "test/pck_0.1"
 
 
-def _planned_cells(client, sweep_runs) -> list[Cell]:
+def _planned_cells(client, sweep_runs) -> tuple[list[Cell], dict[tuple, str]]:
+    """The cells the sweeps planned, and each cell key's settings digest in the latest sweep that planned it
+    (sweeps from before digests were recorded give none: their cells count every run)."""
     import json
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-    cells = []
-    for run in sweep_runs:
+    cells, settings = [], {}
+    for run in sorted(sweep_runs, key=lambda r: r.info.start_time):
         with tempfile.TemporaryDirectory() as d:
             try:
                 path = client.download_artifacts(run.info.run_id, CELLS_ARTIFACT, d)
             except Exception:                     # a sweep that died before writing its grid
                 continue
-            cells += [Cell(**c) for c in json.loads(Path(path).read_text())]
-    return cells
+            for c in json.loads(Path(path).read_text()):
+                digest = c.pop("settings", None)
+                cell = Cell(**c)
+                cells.append(cell)
+                if digest:
+                    settings[cell.key] = digest
+                else:
+                    settings.pop(cell.key, None)
+    return cells, settings
 
 
 def collect(experiment: str, tracking_uri: str | None = None, metric: str = "main") -> list[Block]:
@@ -141,13 +153,17 @@ def collect(experiment: str, tracking_uri: str | None = None, metric: str = "mai
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {uri}")
-    runs = _all_runs(client, exp.experiment_id)
-    planned = _planned_cells(client, [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"])
+    runs = all_runs(client, exp.experiment_id)
+    planned, settings = _planned_cells(client, [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"])
     by_key: dict[tuple, list] = {}
+    other_settings: dict[str, int] = {}
     for r in runs:
         t = r.data.tags
         if "dataset" in t and t.get(KIND_TAG) != "sweep":
             key = (t["dataset"], t.get("shots", ""), t.get("variant", ""), t.get("selection", ""), t.get("seed", "0"))
+            if key in settings and t.get(SETTINGS_TAG) != settings[key]:
+                other_settings[key[0]] = other_settings.get(key[0], 0) + (r.info.status == "FINISHED")
+                continue
             by_key.setdefault(key, []).append(r)
 
     grid: dict[str, dict[tuple[tuple[str, str], str], set[str]]] = {}   # card → (row, shots) → seeds
@@ -191,7 +207,8 @@ def collect(experiment: str, tracking_uri: str | None = None, metric: str = "mai
             SELECTIONS.index(r[1]) if r[1] in SELECTIONS else len(SELECTIONS),
             VARIANTS.index(r[0]) if r[0] in VARIANTS else len(VARIANTS), r))
         columns = sorted({s for _, s in cells}, key=shots_order)
-        blocks.append(Block(name, card.title if card else name, kind, key, columns, rows, entries))
+        blocks.append(Block(name, card.title if card else name, kind, key, columns, rows, entries,
+                            other_settings.get(name, 0)))
     return blocks
 
 
@@ -260,7 +277,14 @@ def render_md(blocks: list[Block], experiment: str) -> str:
                 text, best, note = _cell_parts(b, row, c)
                 cells.append((f"**{text}**" if best else text) + note)
             out.append(f"| {row_label(*row)} | " + " | ".join(cells) + " |")
+        if b.other_settings:
+            out += ["", _other_settings_note(b)]
     return "\n".join(out) + "\n"
+
+
+def _other_settings_note(block: Block) -> str:
+    return (f"({block.other_settings} finished run(s) of these cells with other settings or data — e.g. a "
+            f"--smoke-test — are not shown.)")
 
 
 def _tex(text: str) -> str:
@@ -328,7 +352,7 @@ def log_table(text: str, experiment: str, fmt: str = "md", tracking_uri: str | N
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"no MLflow experiment named {experiment!r}")
-    tables = [r for r in _all_runs(client, exp.experiment_id, f"tags.`{KIND_TAG}` = 'table'")]
+    tables = [r for r in all_runs(client, exp.experiment_id, f"tags.`{KIND_TAG}` = 'table'")]
     if tables:
         run_id = max(tables, key=lambda r: r.info.start_time).info.run_id
     else:

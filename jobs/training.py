@@ -59,7 +59,8 @@ class TrainJob:
     fail_at_step: int | None = None         # testing only: kill rank 0 once at this step
     threads: int | None = None              # torch intra-op threads per worker (default: the CPUs Ray gave it)
     stall_timeout: float = 600.0            # seconds without an unlabeled batch (or a collective) before stopping
-    record_pool_ids: bool = False           # write the pool ids each worker saw to the run folder (sharding check)
+    record_rank_state: bool = False         # testing: each worker writes the pool ids it saw and its weights' digest
+    resume: bool = False                    # stable Ray Train run name (train_run_name): continue its last checkpoint
 
     def default_name(self, card_name: str) -> str:
         return f"{card_name}-{self.shots.replace('%', 'pct')}shots-{self.selection}-{self.variant}-seed{self.seed}"
@@ -113,32 +114,53 @@ def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, step: int) -> N
         mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"])
 
 
-def gradient_averager(world: int):
-    """Data parallelism: average the gradients of all workers after backward, in one flat all-reduce.
+def data_parallel(model, world: int, rank: int, seed: int):
+    """Several workers: DistributedDataParallel through Ray Train's ``prepare_model`` (the model computes its
+    losses inside ``forward``, so DDP's bucketed all-reduce overlaps backward).  ``find_unused_parameters``
+    because an ablation variant leaves some networks out of some losses.  Every rank starts from rank 0's
+    weights (DDP broadcasts them); afterwards each rank draws its own transforms, masks and pairings
+    (seed + rank).  The global unlabeled batch is ``unlabeled_batch x workers`` and the learning rate is not
+    scaled with it (paper: one GPU, batch 16)."""
+    import numpy as np
+    import torch
 
-    This is DistributedDataParallel's arithmetic without its module wrapper: the train step calls the
-    detector, the edge map, the UNet and the ViT separately, and the ablation variants leave some of them
-    unused, which DDP's reducer would reject.  None for a single worker.
-    """
+    if world > 1:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model, move_to_device=False,
+                                              parallel_strategy_kwargs={"find_unused_parameters": True})
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    return model
+
+
+def weights_digest(model) -> str:
+    """sha256 of every parameter, in order: equal on every rank of a correct data-parallel run.  (Buffers such
+    as BatchNorm statistics are not: DDP copies rank 0's into each forward, then each rank's batch moves its own.)"""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, value in model.named_parameters():
+        h.update(name.encode())
+        h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_ranks_agree(model, step: int, world: int) -> None:
+    """Stop when the ranks' weights drifted apart (a data-parallel defect, never a result to keep)."""
     if world <= 1:
-        return None
+        return
     import torch
     import torch.distributed as dist
 
-    def average(model):
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:                      # same flat layout on every worker, used or not this step
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-    return average
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    low, high = sums.clone(), sums.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    drift = float(((high - low).abs() / (high.abs() + 1e-12)).max())
+    if drift > 1e-6:
+        raise RuntimeError(f"the {world} workers' weights differ at step {step} (relative drift {drift:.2e}): "
+                           f"data-parallel training is broken; the last agreeing checkpoint is kept")
 
 
 def _to_batch(images_uint8, device, size: int | None = None):
@@ -192,145 +214,193 @@ def _unlabeled_batches(shard, batch_size: int, seed: int, counters: dict):
         epoch += 1
 
 
-def train_func(config: dict) -> None:
-    """Runs on every Ray Train worker: restore, loop ``train_step``, checkpoint, evaluate (rank 0)."""
-    import numpy as np
+def _start_worker(job: TrainJob, mlflow_run_id: str):
+    """This worker's rank, world size, device and precision; threads from the CPUs Ray gave it."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from jobs.evaluation import evaluate_model, write_eval_artifacts
-    from jobs.resources import starvation_report, worker_threads
-    from jobs.watchdog import watched
+    from jobs.resources import worker_threads
     from models.precision import resolve_precision
-    from models.train_step import make_optimizer, prepare_for_training, train_step
-    from models.variants import get_variant
-    from pipeline.prepared import PreparedDataset
 
-    job = TrainJob(**{**config["job"], "coefficients": tuple(config["job"]["coefficients"])})
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    threads = worker_threads(job.threads)                  # the CPUs Ray gave this worker, on its node
+    threads = worker_threads(job.threads)
     torch.set_num_threads(threads)
-    torch.manual_seed(job.seed)
-    np.random.seed(job.seed)
     device = ray.train.torch.get_device()
     precision = resolve_precision(job.precision, device.type)
     if rank == 0:
-        say(f"precision {precision.name} ({precision.reason}); {threads} torch thread(s) per worker")
-        set_tags(job.tracking_uri, config["mlflow_run_id"], {
-            "fskp.precision": precision.name, "fskp.precision_reason": precision.reason,
-            "fskp.threads_per_worker": str(threads)})
+        say(f"precision {precision.name} ({precision.reason}); {threads} torch thread(s) per worker; "
+            f"{world} worker(s), global unlabeled batch {job.unlabeled_batch * world}, lr {job.lr}")
+        set_tags(job.tracking_uri, mlflow_run_id, {"fskp.precision": precision.name,
+                                                   "fskp.precision_reason": precision.reason,
+                                                   "fskp.threads_per_worker": str(threads)})
+    return rank, world, device, precision
 
-    ds = PreparedDataset(job.data)
-    labeled = ds.arrays("train", ids=config["shot_ids"])
-    lab_images = _to_batch(torch.from_numpy(labeled["images"]), device, job.size)
-    lab_kp = torch.from_numpy(labeled["keypoints"] / ds.size * 2 - 1).float().to(device)   # pixels → [-1, 1]
-    lab_vis = torch.from_numpy(labeled["visible"]).to(device)
 
-    model, loss_cfg, optim_cfg = build_model(ds.card, job)
-    if rank == 0:
-        set_tags(job.tracking_uri, config["mlflow_run_id"], model.weights_sources())
-    model = prepare_for_training(model, loss_cfg, optim_cfg, device)   # freezes what the variant never uses
-    optimizer = make_optimizer(model, optim_cfg)
-    start = 0
+def _labeled_shots(ds, shot_ids: list[str], device, size: int) -> dict:
+    """The labeled shots on the device: "labeled" [L, 3, S, S], "keypoints" [L, K, 2] in [-1, 1], "visible"."""
+    import torch
+
+    labeled = ds.arrays("train", ids=shot_ids)
+    return {"labeled": _to_batch(torch.from_numpy(labeled["images"]), device, size),
+            "keypoints": torch.from_numpy(labeled["keypoints"] / ds.size * 2 - 1).float().to(device),
+            "visible": torch.from_numpy(labeled["visible"]).to(device)}
+
+
+def _restore(model, optimizer, device, rank: int) -> int:
+    """Load the run's last checkpoint, if Ray Train has one (a retried worker group or a resumed run): its step."""
+    import ray.train
+    import torch
+
     ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        if rank == 0:
-            say(f"resumed from checkpoint at step {start}")
-    resumed_from = start
-    sync = gradient_averager(world)
+    if not ckpt:
+        return 0
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    if rank == 0:
+        say(f"resumed from checkpoint at step {state['step']}")
+    return int(state["step"])
 
-    counters = {"skipped": 0, "seen": 0, **({"ids": set()} if job.record_pool_ids else {})}
-    needs_pool = get_variant(job.variant).unlabeled
-    pool = watched(_unlabeled_batches(ray.train.get_dataset_shard("unlabeled"), job.unlabeled_batch,
+
+def _pool_stream(job: TrainJob, rank: int, counters: dict):
+    """This worker's endless stream of unlabeled batches, watched for stalls; None if the variant uses none."""
+    import ray.train
+
+    from jobs.resources import starvation_report
+    from jobs.watchdog import watched
+    from models.variants import get_variant
+
+    if not get_variant(job.variant).unlabeled:
+        return None
+    return watched(_unlabeled_batches(ray.train.get_dataset_shard("unlabeled"), job.unlabeled_batch,
                                       job.seed + rank, counters),
                    timeout_s=job.stall_timeout, what="unlabeled batch",
                    explain=lambda: f"Ray Data could not deliver the pool ({starvation_report()}). Lower "
                                    f"--cpus-per-worker or --max-concurrent (or leave them to the default), give Ray "
-                                   f"more CPUs, or raise --stall-timeout if the pool's storage is just slow"
-                   ) if needs_pool else None
+                                   f"more CPUs, or raise --stall-timeout if the pool's storage is just slow")
+
+
+def train_func(config: dict) -> None:
+    """Runs on every Ray Train worker: restore, loop ``train_step``, checkpoint, evaluate (rank 0)."""
+    import ray.train
+    import torch
+
+    from jobs.evaluation import evaluate_model, write_eval_artifacts
+    from models.train_step import make_optimizer, prepare_for_training, train_step
+    from pipeline.prepared import PreparedDataset
+
+    job = TrainJob(**{**config["job"], "coefficients": tuple(config["job"]["coefficients"])})
+    rank, world, device, precision = _start_worker(job, config["mlflow_run_id"])
+    ds = PreparedDataset(job.data)
+    shots = _labeled_shots(ds, config["shot_ids"], device, job.size)
+    torch.manual_seed(job.seed)                                   # the same initial weights on every rank
+    net, loss_cfg, optim_cfg = build_model(ds.card, job)
+    if rank == 0:
+        set_tags(job.tracking_uri, config["mlflow_run_id"], net.weights_sources())
+    net = prepare_for_training(net, loss_cfg, optim_cfg, device)  # freezes what the variant never uses
+    optimizer = make_optimizer(net, optim_cfg)
+    start = resumed_from = _restore(net, optimizer, device, rank)
+    model = data_parallel(net, world, rank, job.seed)             # DDP; per-rank random draws from here on
+    counters = {"skipped": 0, "seen": 0, **({"ids": set()} if job.record_rank_state else {})}
+    pool = _pool_stream(job, rank, counters)
     n_lab = min(16, len(config["shot_ids"]))
     gen = torch.Generator().manual_seed(job.seed + 1000 * rank)
 
     def save_and_report(step: int, metrics: dict, final: bool = False):
         """Every worker calls this the same number of times (ray.train.report is a barrier)."""
+        check_ranks_agree(net, step, world)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
-                torch.save({**model.checkpoint(), "optimizer": optimizer.state_dict(), "step": step,
-                            "job": asdict(job),
-                            "card_name": ds.card.name, "card_fingerprint": ds.card.fingerprint,
+                torch.save({**net.checkpoint(), "optimizer": optimizer.state_dict(), "step": step,
+                            "job": asdict(job), "card_name": ds.card.name, "card_fingerprint": ds.card.fingerprint,
                             "num_keypoints": ds.card.num_keypoints, "keypoint_names": list(ds.card.keypoints),
-                            "shot_ids": list(config["shot_ids"])},
-                           Path(d) / CHECKPOINT_FILE)
+                            "shot_ids": list(config["shot_ids"])}, Path(d) / CHECKPOINT_FILE)
                 if final and "_eval" in metrics:
                     write_eval_artifacts(d, metrics.pop("_eval"))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
     t0, last_log = time.time(), start
-    check_every_step = device.type == "cpu"
     for step in range(start, job.iterations):
-        if job.fail_at_step is not None and step == job.fail_at_step and rank == 0 and not ckpt:
+        if job.fail_at_step is not None and step == job.fail_at_step and rank == 0 and not resumed_from:
             say(f"injected failure at step {step} (--fail-at-step)")
             os._exit(1)
         for group in optimizer.param_groups:
             group["lr"] = optim_cfg.lr_at(step)
-        idx = torch.randperm(len(lab_images), generator=gen)[:n_lab]
-        batch = {"labeled": lab_images[idx], "keypoints": lab_kp[idx], "visible": lab_vis[idx]}
+        idx = torch.randperm(len(shots["labeled"]), generator=gen)[:n_lab]
+        batch = {k: v[idx] for k, v in shots.items()}
         if pool is not None:
             batch["unlabeled"] = _to_batch(next(pool), device, job.size)
         try:
-            losses = train_step(model, optimizer, batch, step, job.iterations, loss_cfg, precision.name,
-                                after_backward=sync)
+            losses = train_step(model, optimizer, batch, step, job.iterations, loss_cfg, precision.name)
         except torch.linalg.LinAlgError as e:       # SVD of the 3D loss meets NaN keypoints first
             raise FloatingPointError(f"non-finite loss at step {step + 1} ({e}); the last good checkpoint is kept") from e
         done = step + 1
-        if check_every_step and not torch.isfinite(losses["loss"]):   # free on CPU; a sync on GPU, so there
-            raise FloatingPointError(                                   # only at log steps (below)
-                f"non-finite loss at step {done}; the last good checkpoint is kept")
+        if device.type == "cpu" and not torch.isfinite(losses["loss"]):  # free on CPU; on GPU a sync: log steps only
+            raise FloatingPointError(f"non-finite loss at step {done}; the last good checkpoint is kept")
         if done % job.log_every == 0 or done == job.iterations or done % job.checkpoint_every == 0:
-            values = {k: float(v) for k, v in losses.items()}          # host sync, once per log interval
-            if not all(math.isfinite(v) for v in values.values()):
-                bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
-                raise FloatingPointError(f"non-finite loss ({bad}) at step {done}; the last good checkpoint is kept")
-            rate = (done - last_log) / max(time.time() - t0, 1e-9)
+            metrics = _log_losses(job, config["mlflow_run_id"], losses, done, (done - last_log) / max(time.time() - t0, 1e-9),
+                                  counters, rank)
             t0, last_log = time.time(), done
-            metrics = {**{f"train/{k}": v for k, v in values.items()}, "step": done, "it_per_s": rate,
-                       "pool_skipped": counters["skipped"]}
-            if rank == 0:
-                say(f"step {done}/{job.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-                    + f"  {rate:.2f} it/s")
-                log_to_mlflow(job.tracking_uri, config["mlflow_run_id"], metrics, done)
             if done % job.checkpoint_every == 0 and done < job.iterations:
                 save_and_report(done, metrics)
             elif done < job.iterations:
                 ray.train.report(metrics)
 
     # ---- end of run: skipped-count across workers, evaluation on the test split (rank 0) ----
-    if job.record_pool_ids:
-        out = Path(job.storage_path) / config["run_folder"] / f"pool_ids_rank{rank}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(sorted(counters["ids"])))
-    skipped = torch.tensor([counters["skipped"], counters["seen"]], dtype=torch.long)
-    if world > 1:
-        import torch.distributed as dist
-
-        skipped = skipped.to(device)
-        dist.all_reduce(skipped)
-    final = {"step": job.iterations, "pool_skipped": int(skipped[0]), "pool_seen": int(skipped[1]),
-             "resumed_from_step": resumed_from}
+    if job.record_rank_state:
+        _record_rank_state(job, config["run_folder"], rank, counters, net)
+    final = {"step": job.iterations, **_pool_counts(counters, device, world), "resumed_from_step": resumed_from}
     if rank == 0 and job.evaluate_split:
-        result = evaluate_model(model, ds, split=job.evaluate_split, device=device)
+        result = evaluate_model(net, ds, split=job.evaluate_split, device=device)
         final.update(result["metrics"])
         final["_eval"] = result
     save_and_report(job.iterations, final, final=True)
+
+
+def _log_losses(job: TrainJob, mlflow_run_id: str, losses: dict, done: int, rate: float, counters: dict,
+                rank: int) -> dict:
+    """The losses as floats (a host sync: log steps only), checked finite; rank 0 prints and logs them."""
+    values = {k: float(v) for k, v in losses.items()}
+    if not all(math.isfinite(v) for v in values.values()):
+        bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
+        raise FloatingPointError(f"non-finite loss ({bad}) at step {done}; the last good checkpoint is kept")
+    metrics = {**{f"train/{k}": v for k, v in values.items()}, "step": done, "it_per_s": rate,
+               "pool_skipped": counters["skipped"]}
+    if rank == 0:
+        say(f"step {done}/{job.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+            + f"  {rate:.2f} it/s")
+        log_to_mlflow(job.tracking_uri, mlflow_run_id, metrics, done)
+    return metrics
+
+
+def _pool_counts(counters: dict, device, world: int) -> dict:
+    """Unreadable and readable pool rows over all workers."""
+    import torch
+
+    counts = torch.tensor([counters["skipped"], counters["seen"]], dtype=torch.long)
+    if world > 1:
+        import torch.distributed as dist
+
+        counts = counts.to(device)
+        dist.all_reduce(counts)
+    return {"pool_skipped": int(counts[0]), "pool_seen": int(counts[1])}
+
+
+def _record_rank_state(job: TrainJob, run_folder: str, rank: int, counters: dict, net) -> None:
+    """Testing: the pool ids this worker saw, its weights' digest and a draw of its random stream, under the
+    run's storage folder."""
+    from pipeline.storage import join, write_text
+
+    import torch
+
+    write_text(join(job.storage_path, run_folder, f"rank{rank}.json"),
+               json.dumps({"pool_ids": sorted(counters["ids"]), "weights_sha256": weights_digest(net),
+                           "random_draw": torch.rand(4).tolist()}))
 
 
 # ---- driver side -------------------------------------------------------------------------------------
@@ -365,13 +435,15 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from jobs.grid import SETTINGS_TAG, job_settings, settings_digest
     from jobs.tracking import code_version, flat_params, resolve_tracking_uri
     from pipeline.prepared import PreparedDataset
+    from pipeline.storage import resolve_location
 
     ds = PreparedDataset(job.data)
     check_job(job, ds)
     job = replace(job, data=str(Path(job.data).resolve()), tracking_uri=resolve_tracking_uri(job.tracking_uri),
-                  storage_path=str(Path(job.storage_path or "runs").resolve()))
+                  storage_path=resolve_location(job.storage_path or "runs"))
     name = job.run_name or job.default_name(ds.card.name)
     selection_info = {}
     if shot_ids is None:
@@ -386,10 +458,12 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
             "seed": str(job.seed)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+    tags[SETTINGS_TAG] = settings_digest(job_settings(job), ds.fingerprint)
     with mlflow.start_run(run_name=name, tags=tags) as run:
         mlflow.log_params({**flat_params("", {k: v for k, v in asdict(job).items() if k not in ("tracking_uri",)}),
                            "dataset": ds.card.name, "card_fingerprint": ds.card.fingerprint,
                            "data_fingerprint": ds.fingerprint, "n_shots": len(shot_ids),
+                           "global_unlabeled_batch": job.unlabeled_batch * job.workers,
                            "code_version": code_version()})
         mlflow.log_dict({"ids": shot_ids, **{k: v for k, v in selection_info.items() if k != "ids"}}, "shots.json")
         _ray_init(job)
@@ -405,13 +479,16 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
         resources = {"CPU": job.cpus_per_worker}
         if job.gpu:
             resources["GPU"] = job.gpu_fraction
+        train_name = train_run_name(job, name, ds.fingerprint, shot_ids) if job.resume else f"{name}-{run.info.run_id[:8]}"
+        mlflow.set_tags({"fskp.train_run": train_name, "fskp.storage_path": job.storage_path})
         trainer = TorchTrainer(
             train_func,
-            train_loop_config={"job": asdict(job), "shot_ids": shot_ids, "mlflow_run_id": run.info.run_id, "run_folder": f"{name}-{run.info.run_id[:8]}"},
+            train_loop_config={"job": asdict(job), "shot_ids": shot_ids, "mlflow_run_id": run.info.run_id,
+                               "run_folder": train_name},
             scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu, resources_per_worker=resources),
             torch_config=TorchConfig(timeout_s=int(job.stall_timeout)),      # waits on other workers time out too
             datasets=datasets, dataset_config=DataConfig(datasets_to_split=["unlabeled"]),
-            run_config=RunConfig(name=f"{name}-{run.info.run_id[:8]}", storage_path=job.storage_path,
+            run_config=RunConfig(name=train_name, storage_path=job.storage_path,
                                  failure_config=FailureConfig(max_failures=job.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  callbacks=callbacks or []))
@@ -421,7 +498,7 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
             result, err = None, e
         else:
             err = result.error
-        ckpt_path = result.checkpoint.path if result is not None and result.checkpoint else None
+        ckpt_path = checkpoint_location(result.checkpoint) if result is not None and result.checkpoint else None
         if ckpt_path:
             mlflow.set_tag("checkpoint_path", ckpt_path)
         if err is not None:
@@ -436,6 +513,29 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
                 if f.name != CHECKPOINT_FILE:
                     mlflow.log_artifact(str(f), artifact_path="evaluation")
         return TrainResult(run.info.run_id, metrics, ckpt_path, shot_ids)
+
+
+#: TrainJob fields that never change what a run computes: left out of the stable Ray Train run name
+NOT_IN_RUN_NAME = ("experiment", "tracking_uri", "storage_path", "run_name", "max_failures", "fail_at_step",
+                   "threads", "stall_timeout", "log_every", "record_rank_state", "cpus_per_worker", "resume",
+                   "evaluate_split")
+
+
+def train_run_name(job: TrainJob, name: str, data_fingerprint: str, shot_ids: list[str]) -> str:
+    """A Ray Train run name fixed by the cell, its settings, its shots and its data: the same command again finds
+    the interrupted run's checkpoints under the storage path and continues from the last one."""
+    import hashlib
+
+    settings = {k: v for k, v in asdict(job).items() if k not in NOT_IN_RUN_NAME}
+    text = json.dumps({"job": settings, "data": data_fingerprint, "shots": sorted(shot_ids)}, sort_keys=True,
+                      default=str)
+    return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def checkpoint_location(checkpoint) -> str:
+    """A Ray Train checkpoint's location as a URI for object stores (``s3://bucket/...``), else its path."""
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    return checkpoint.path if kind == "local" else f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}"
 
 
 def check_job(job: TrainJob, ds) -> None:
@@ -468,6 +568,9 @@ def check_job(job: TrainJob, ds) -> None:
         problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
     if job.iterations < 1 or job.unlabeled_batch < 1:
         problems.append(f"--iterations ({job.iterations}) and the unlabeled batch ({job.unlabeled_batch}) must be positive")
+    if job.workers > 1 and job.gpu and job.gpu_fraction < 1:
+        problems.append(f"--gpu-fraction {job.gpu_fraction} with --workers {job.workers}: two ranks of one run could "
+                        f"share a GPU, which NCCL refuses; use whole GPUs (--gpu-fraction 1) for multi-worker runs")
     if job.cpus_per_worker is not None and job.cpus_per_worker <= 0:
         problems.append(f"--cpus-per-worker must be positive, got {job.cpus_per_worker}")
     n_train = ds.count("train")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.sweep import Cell
+from jobs.grid import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the environment of `fskp` subprocesses: this checkout first on the path
@@ -84,7 +84,7 @@ def test_table_preset_lists_exactly_the_papers_cells(table, capsys, tmp_path):
 
 
 def test_table_presets_use_the_papers_rows():
-    from jobs.sweep import table_cells
+    from jobs.grid import table_cells
 
     t3 = table_cells(3)
     assert {c.variant for c in t3} == {"full", "no-recon", "no-2d", "no-3d", "no-uncertainty"}
@@ -132,7 +132,8 @@ def test_bad_grids_are_clean_errors(argv, message, capsys):
 
 
 def test_missing_prepared_data_names_the_folder_and_the_commands(tmp_path):
-    from jobs.sweep import attach_data, check_data, table_cells
+    from jobs.grid import table_cells
+    from jobs.sweep import attach_data, check_data
 
     cells = attach_data([c for c in table_cells(6)], tmp_path)
     with pytest.raises(FileNotFoundError) as err:
@@ -196,7 +197,8 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from jobs.sweep import DRIVER_HOST_TAG, DRIVER_PID_TAG, KIND_TAG, plan_sweep, result_params
+    from jobs.grid import DRIVER_HOST_TAG, DRIVER_PID_TAG, KIND_TAG, result_params
+    from jobs.sweep import HEARTBEAT_S, HEARTBEAT_TAG, plan_sweep
     from pipeline.prepared import PreparedDataset
 
     options = {"iterations": 4, "backbone": "resnet18", "size": 64}
@@ -204,7 +206,7 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
     client = MlflowClient(uri)
     exp_id = client.create_experiment("resume")
     same = {**result_params(options), "data_fingerprint": PreparedDataset(tiny_data).fingerprint}
-    cells = [Cell("tiny", s, "full", "random", 0, str(tiny_data)) for s in ("2", "4", "6", "8", "10")]
+    cells = [Cell("tiny", s, "full", "random", 0, str(tiny_data)) for s in ("2", "4", "6", "8", "10", "12", "14")]
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])   # another sweep's driver
     start = Path(f"/proc/{live.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -221,6 +223,13 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
     stale = _log_cell_run(client, exp_id, cells[3], same, "RUNNING", old_sweep)
     failed = _log_cell_run(client, exp_id, cells[3], same, "FAILED", old_sweep)
     elsewhere = _log_cell_run(client, exp_id, cells[4], same, "RUNNING", live_sweep)
+    # drivers on another host (a laptop, a second head): alive while their MLflow heartbeat is fresh
+    beating = client.create_run(exp_id, tags={KIND_TAG: "sweep", DRIVER_HOST_TAG: "other-host",
+                                              DRIVER_PID_TAG: "1:1", HEARTBEAT_TAG: str(time.time() - 5)}).info.run_id
+    silent = client.create_run(exp_id, tags={KIND_TAG: "sweep", DRIVER_HOST_TAG: "other-host", DRIVER_PID_TAG: "1:1",
+                                             HEARTBEAT_TAG: str(time.time() - 10 * HEARTBEAT_S)}).info.run_id
+    remote = _log_cell_run(client, exp_id, cells[5], same, "RUNNING", beating)
+    remote_dead = _log_cell_run(client, exp_id, cells[6], same, "RUNNING", silent)
 
     try:
         plan = plan_sweep(cells, options, "resume", uri)
@@ -228,11 +237,12 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
         live.kill()
         live.wait()
     assert plan.done == {cells[0]: done}
-    assert plan.running == {cells[4]: elsewhere}
-    assert plan.todo == cells[1:4]
-    assert plan.stale == sorted([stale, old_sweep, mine])
-    assert failed not in plan.stale and live_sweep not in plan.stale
-    assert plan_sweep(cells, options, "resume", uri).todo == cells[1:]        # its driver has exited now
+    assert plan.running == {cells[4]: elsewhere, cells[5]: remote}
+    assert plan.todo == cells[1:4] + cells[6:]
+    assert plan.stale == sorted([stale, old_sweep, mine, silent, remote_dead])
+    assert failed not in plan.stale and live_sweep not in plan.stale and beating not in plan.stale
+    later = plan_sweep(cells, options, "resume", uri)                        # its driver has exited now
+    assert later.todo == cells[1:5] + cells[6:] and later.running == {cells[5]: remote}
     assert plan_sweep(cells, options, "no-such-experiment", uri).todo == cells
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from jobs.sweep import CELLS_ARTIFACT, KIND_TAG, Cell
+from jobs.grid import CELLS_ARTIFACT, KIND_TAG, Cell
 
 
 def _run(client, exp_id, cell: Cell, status: str, metrics: dict, start: int, parent: str | None = None) -> str:
@@ -150,3 +150,40 @@ def test_cells_trained_from_random_weights_are_marked(tmp_path):
     assert _row(text, "ours (full)", "WFLW")[0].startswith("**12.0** †")
     assert "†" not in _row(text, "supervised baseline (same detector, Eq. 2)", "WFLW")[0]
     assert "† trained from random weights" in text
+
+
+def test_only_runs_with_the_grids_settings_and_data_count(tmp_path):
+    """A later --smoke-test sweep (other settings) and a run on other data never show as results of the grid."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.grid import SETTINGS_TAG
+    from jobs.table import build_table
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp_id = client.create_experiment("digests", artifact_location=str(tmp_path / "artifacts"))
+    t = 1_700_000_000_000
+    cells = [Cell("wflw", "10", "full"), Cell("wflw", "10", "supervised")]
+
+    def sweep(digest: str, start: int) -> str:
+        run_id = client.create_run(exp_id, start_time=start, tags={KIND_TAG: "sweep"}).info.run_id
+        client.log_text(run_id, json.dumps([{**c.to_dict(), "settings": digest} for c in cells]), CELLS_ARTIFACT)
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def cell_run(cell, digest, nme, start, parent):
+        run_id = _run(client, exp_id, cell, "FINISHED", {"test/nme": nme}, start, parent)
+        client.set_tag(run_id, SETTINGS_TAG, digest)
+
+    paper = sweep("aaaaaaaaaaaa", t)
+    cell_run(cells[0], "aaaaaaaaaaaa", 9.5, t + 1, paper)
+    cell_run(cells[1], "aaaaaaaaaaaa", 20.0, t + 2, paper)
+    cell_run(cells[0], "cccccccccccc", 55.0, t + 3, None)                 # same cell, other data: later, ignored
+    md = build_table("digests", client.tracking_uri, "md")
+    assert _row(md, "ours (full)", "## WFLW") == ["**9.50** (paper 9.19)"]
+    assert "1 finished run(s) of these cells with other settings or data" in md
+
+    smoke = sweep("bbbbbbbbbbbb", t + 10)                                  # the latest sweep's grid is the table
+    cell_run(cells[0], "bbbbbbbbbbbb", 70.0, t + 11, smoke)
+    md = build_table("digests", client.tracking_uri, "md")
+    assert _row(md, "ours (full)", "## WFLW") == ["**70.0** (paper 9.19)"]
+    assert _row(md, "supervised baseline (same detector, Eq. 2)", "## WFLW") == ["— (paper 21.9)"]

@@ -60,6 +60,7 @@ def test_train_records_params_metrics_and_artifacts(ray_local, tiny_data, tmp_pa
     assert params["variant"] == "full" and params["n_shots"] == "4" and params["dataset"] == "synth_face"
     metrics = run.data.metrics
     assert 0 <= metrics["test/nme"] < 1000
+    assert 0 <= metrics["test/pck_0.1"] <= 100              # the other metric, for the paper's Table 7
     assert {"test/nme/nose_tip", "test/nme/chin"} <= set(metrics)           # per keypoint
     assert 0 <= metrics["test/aligned_3d_error"] < 1000                      # 3D error after similarity alignment
     history = client.get_metric_history(result.run_id, "train/loss")
@@ -135,16 +136,51 @@ def test_corrupt_and_truncated_pool_images_are_skipped_and_counted(ray_local, ti
     assert run.data.metrics["pool_skipped"] == result.metrics["pool_skipped"]
 
 
-def test_two_workers_see_different_shards(ray_local, tiny_data, tmp_path):
+def test_two_workers_see_different_shards_draw_their_own_transforms_and_agree(ray_local, tiny_data, tmp_path):
     from jobs.training import run_training
 
-    job = small_job(tiny_data, tmp_path, workers=2, iterations=4, record_pool_ids=True, experiment="ddp")
+    job = small_job(tiny_data, tmp_path, workers=2, iterations=4, record_rank_state=True, experiment="ddp")
     result = run_training(job)
     assert result.error is None, result.error
-    folders = list((tmp_path / "runs").glob("*/pool_ids_rank0.json"))
+    folders = list((tmp_path / "runs").glob("*/rank0.json"))
     assert len(folders) == 1
-    seen = [set(json.loads((folders[0].parent / f"pool_ids_rank{r}.json").read_text())) for r in (0, 1)]
+    ranks = [json.loads((folders[0].parent / f"rank{r}.json").read_text()) for r in (0, 1)]
+    seen = [set(r["pool_ids"]) for r in ranks]
     assert seen[0] and seen[1] and not (seen[0] & seen[1])
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]     # DDP kept the ranks identical
+    assert ranks[0]["random_draw"] != ranks[1]["random_draw"]           # but each rank has its own random stream
+
+
+def test_multi_worker_runs_refuse_fractional_gpus(tiny_data, tmp_path):
+    from jobs.training import check_job
+    from pipeline.prepared import PreparedDataset
+
+    with pytest.raises(ValueError, match="--gpu-fraction 0.5 with --workers 2"):
+        check_job(small_job(tiny_data, tmp_path, workers=2, gpu=True, gpu_fraction=0.5), PreparedDataset(tiny_data))
+    check_job(small_job(tiny_data, tmp_path, workers=1, gpu=True, gpu_fraction=0.5), PreparedDataset(tiny_data))
+
+
+def test_an_interrupted_run_continues_from_its_last_checkpoint(ray_local, tiny_data, tmp_path):
+    """The same job again (a resumed sweep's cell) finds the interrupted Ray Train run by its stable name."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.training import run_training
+
+    job = small_job(tiny_data, tmp_path, iterations=6, checkpoint_every=2, fail_at_step=4, max_failures=0,
+                    resume=True, experiment="resume")
+    first = run_training(job)
+    assert first.error is not None                                      # died at step 4
+    second = run_training(job)
+    assert second.error is None, second.error
+    # the last checkpoint Ray Train registered before the worker died: step 2 or 4 (reports are asynchronous)
+    assert second.metrics["resumed_from_step"] in (2, 4)
+    client = MlflowClient(job.tracking_uri)
+    assert client.get_run(second.run_id).data.metrics["resumed_from_step"] == second.metrics["resumed_from_step"]
+    runs = [client.get_run(r.run_id) for r in (first, second)]
+    assert runs[0].data.tags["fskp.train_run"] == runs[1].data.tags["fskp.train_run"]
+    assert runs[0].data.tags["fskp.settings"] == runs[1].data.tags["fskp.settings"]
+    other = run_training(replace(job, fail_at_step=None, seed=1))        # another cell: its own run, from 0
+    assert other.error is None and other.metrics["resumed_from_step"] == 0
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(ray_local, tiny_data, tmp_path):

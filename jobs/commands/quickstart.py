@@ -41,7 +41,8 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from jobs.sweep import Cell, run_sweep
+    from jobs.grid import Cell
+    from jobs.sweep import run_sweep
     from jobs.table import build_table
     from pipeline.prepared import PreparedDataset
 

@@ -85,8 +85,8 @@ def train_options(args) -> dict:
 
 def grid_cells(args) -> tuple[list, str]:
     """The cells the options ask for, with their data folders; and a one-line description of the grid."""
-    from jobs.sweep import (attach_data, expand_grid, filter_cells, parse_list, resolve_dataset,
-                            table_cells, check_shots)
+    from jobs.grid import check_shots, expand_grid, filter_cells, parse_list, table_cells
+    from jobs.sweep import attach_data, resolve_dataset
 
     datasets = [resolve_dataset(d, args.data_root) for d in parse_list(args.datasets)]
     shots = [check_shots(s) for s in parse_list(args.shots)]

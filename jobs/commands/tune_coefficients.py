@@ -87,8 +87,8 @@ def run(args) -> int:
 
     from jobs.commands.reproduce import train_options
     from jobs.resources import TRIAL_DRIVER_CPUS
-    from jobs.sweep import (Cell, check_cells, check_data, check_shots, init_ray, parse_list, resolve_dataset,
-                            size_trials)
+    from jobs.grid import Cell, check_shots, parse_list
+    from jobs.sweep import check_cells, check_data, init_ray, resolve_dataset, size_trials
     from jobs.tracking import resolve_tracking_uri
     from pipeline.prepared import PreparedDataset
 

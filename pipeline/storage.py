@@ -1,0 +1,62 @@
+"""Locations as users give them: a local or NFS path, or an object-store URI (s3://, gs://, ...).
+
+Object stores go through pyarrow's filesystems, the ones Ray Train and Ray Data use, so one location means
+the same thing to the driver, the Train workers and the data tasks.  An S3-compatible store on premises
+(MinIO, Ceph, or moto in tests) is reached through the standard ``AWS_ENDPOINT_URL``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def is_uri(location: str | Path) -> bool:
+    """Whether ``location`` names an object store (``scheme://...``) rather than a local/NFS path."""
+    return "://" in str(location) and not str(location).startswith("file://")
+
+
+def resolve_location(location: str | Path) -> str:
+    """A URI unchanged; a local path made absolute (Ray workers run in other working directories).
+    ``Path("s3://b/x")`` would collapse the URI into a local folder named ``s3:/b/x``: never do that."""
+    text = str(location)
+    if is_uri(text):
+        return text.rstrip("/")
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    return str(Path(text).expanduser().resolve())
+
+
+def filesystem(location: str | Path):
+    """(pyarrow filesystem, path on it) of a location."""
+    import pyarrow.fs
+
+    text = resolve_location(location)
+    if is_uri(text):
+        return pyarrow.fs.FileSystem.from_uri(text)
+    return pyarrow.fs.LocalFileSystem(), text
+
+
+def join(location: str, *parts: str) -> str:
+    """``location`` / parts, for URIs and paths alike."""
+    return "/".join([str(location).rstrip("/"), *[p.strip("/") for p in parts]]) if is_uri(location) \
+        else str(Path(location, *parts))
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a small text file at a URI or path (parent folders created as needed)."""
+    fs, path = filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def read_text(location: str) -> str:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def exists(location: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound

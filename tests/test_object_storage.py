@@ -1,0 +1,109 @@
+"""Storage as URIs: Ray Train checkpoints in an S3-compatible object store (moto in server mode on 127.0.0.1,
+reached through the standard AWS_ENDPOINT_URL, as MinIO or Ceph would be), nothing written locally."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+BUCKET = "fskp-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_store(tmp_path_factory):
+    """A moto S3 server with one bucket; the AWS_* variables point every process started from here at it."""
+    pytest.importorskip("moto")
+    import boto3
+
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                boto3.client("s3").create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        yield f"s3://{BUCKET}"
+    finally:
+        server.kill()
+        server.wait()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def ray_with_s3(s3_store):
+    import ray
+
+    ray.init(include_dashboard=False, logging_level="ERROR")      # after the AWS_* variables: workers see them
+    yield s3_store
+    ray.shutdown()
+
+
+def test_locations_keep_their_scheme(tmp_path):
+    from pipeline.storage import join, resolve_location
+
+    assert resolve_location("s3://bucket/fskp/runs/") == "s3://bucket/fskp/runs"
+    assert resolve_location("gs://bucket/runs") == "gs://bucket/runs"
+    assert resolve_location(f"file://{tmp_path}/runs") == str(tmp_path / "runs")
+    assert join("s3://bucket/runs", "cell", "rank0.json") == "s3://bucket/runs/cell/rank0.json"
+
+
+def test_checkpoints_go_to_the_object_store_and_load_back(ray_with_s3, tmp_path, monkeypatch):
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    from jobs.evaluation import load_checkpoint
+    from jobs.training import TrainJob, run_training
+    from pipeline.synth.dataset import generate
+
+    data = generate("face", tmp_path / "data" / "synth_face", 24, seed=0, size=64, workers=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    job = TrainJob(data=str(data), shots="4", selection="random", iterations=4, backbone="resnet18", size=64,
+                   unlabeled_batch=4, checkpoint_every=2, log_every=2, experiment="s3",
+                   tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage_path=f"{ray_with_s3}/runs",
+                   perceptual_vit="vit_tiny_patch16_224", backbone_weights="none", perceptual_weights="none",
+                   threads=1, record_rank_state=True)
+    client = MlflowClient(job.tracking_uri)        # artifacts in the store too, as an MLflow server would put them
+    client.create_experiment("s3", artifact_location=f"{ray_with_s3}/mlartifacts")
+    result = run_training(job)
+    assert result.error is None, result.error
+    tags = client.get_run(result.run_id).data.tags
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"shots.json", "evaluation"} <= artifacts
+    assert tags["checkpoint_path"].startswith(f"{ray_with_s3}/runs/") and tags["fskp.storage_path"] == f"{ray_with_s3}/runs"
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="runs/")["Contents"]]
+    assert any(k.endswith("/model.pt") for k in keys) and any(k.endswith("/rank0.json") for k in keys)
+    model, state = load_checkpoint(tags["checkpoint_path"])
+    assert state["step"] == 4 and state["card_name"] == "synth_face"
+    assert list(work.iterdir()) == []                 # nothing local: no "runs", no "s3:" folder, no "mlruns"
+    assert not Path("s3:").exists()
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(f"{ray_with_s3}/runs/no-such-run/model.pt")
