@@ -38,12 +38,45 @@ class NodeShape:
     gpus: float = 0.0
 
 
-def cluster_nodes() -> list[NodeShape]:
-    """The alive nodes of the Ray cluster this process is connected to."""
+#: where Ray's cluster launcher leaves the cluster's config on the head node (`ray up`)
+RAY_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def autoscaler_node_types(config_path: str | None = None) -> list[tuple[NodeShape, int]]:
+    """(shape, max_workers) of each worker node type the autoscaler may start, from a cluster config
+    (``config_path``, $FSKP_CLUSTER_CONFIG, or Ray's bootstrap config on the head); [] without one."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(os.path.expanduser(config_path or os.environ.get("FSKP_CLUSTER_CONFIG") or RAY_BOOTSTRAP_CONFIG))
+    if not path.is_file():
+        if config_path:
+            raise FileNotFoundError(f"{path}: no such cluster config")
+        return []
+    config = yaml.safe_load(path.read_text()) or {}
+    head = config.get("head_node_type")
+    out = []
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        if name == head or int(node_type.get("max_workers", 0)) <= 0:
+            continue
+        res = node_type.get("resources") or {}
+        out.append((NodeShape(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))), int(node_type["max_workers"])))
+    return out
+
+
+def cluster_nodes(config_path: str | None = None) -> list[NodeShape]:
+    """The nodes a sweep can use: the alive nodes of the Ray cluster this process is connected to, plus the worker
+    nodes the autoscaler may still add (``autoscaler_node_types``): an autoscaling cluster starts with its head
+    only, and sizing a sweep from that would run one cell at a time on a cluster of many GPUs."""
     import ray
 
-    return [NodeShape(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
-            for n in ray.nodes() if n.get("Alive")]
+    alive = [NodeShape(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
+             for n in ray.nodes() if n.get("Alive")]
+    nodes = list(alive)
+    for shape, most in autoscaler_node_types(config_path):
+        nodes += [shape] * max(0, most - sum(1 for n in alive if n == shape))
+    return nodes
 
 
 def threads_for(cpus: float | None) -> int:

@@ -31,6 +31,8 @@ from jobs.grid import (CELLS_ARTIFACT, DRIVER_HOST_TAG, DRIVER_PID_TAG, KIND_TAG
                        cell_order, result_params, settings_digest, unique_cells)
 
 DEFAULT_DATA_ROOT = "data"
+#: Ray's built-in resource of the head node (trial drivers ask for a sliver of it)
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 #: the sweep driver's heartbeat: a parent-run tag updated every HEARTBEAT_S seconds (epoch seconds)
 HEARTBEAT_TAG, HEARTBEAT_S = "fskp.heartbeat", 30.0
 
@@ -451,7 +453,8 @@ def _tune(todo: list[Cell], base: dict, parent_id: str, stamp: str, storage: str
     log(f"running {len(todo)} trials, at most {concurrent} at once: {plan.note}")
     cells = {c.name: c.to_dict() for c in todo}
     trainable = tune.with_resources(
-        tune.with_parameters(_cell_trainable, cells=cells, base=base, parent_run_id=parent_id), {"CPU": driver_cpus})
+        tune.with_parameters(_cell_trainable, cells=cells, base=base, parent_run_id=parent_id),
+        {"CPU": driver_cpus, HEAD_NODE_RESOURCE: 0.01})       # trial drivers on the head: never on a spot worker
     tuner = tune.Tuner(
         trainable,
         param_space={"cell": tune.grid_search(list(cells))},

@@ -28,6 +28,9 @@ Examples:
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 HELP = "run a grid of trainings (or a paper table's grid) as parallel Ray Tune trials; resumable"
 
 #: --smoke-test: the same code, tiny (Ray examples' convention); explicit options still win
@@ -42,6 +45,9 @@ def add_grid_options(p) -> None:
     p.add_argument("--max-concurrent", type=int,
                    help="trials running at once (default: as many as the cluster's nodes hold, each trial leaving "
                         "its Ray Data tasks their share)")
+    p.add_argument("--cluster-config", help="the cluster's launcher config: its worker node types (max_workers x "
+                                            "resources) size the sweep for the nodes the autoscaler can add (default: "
+                                            "$FSKP_CLUSTER_CONFIG, or ~/ray_bootstrap_config.yaml on the head)")
     p.add_argument("--num-cpus", type=int, help="logical CPUs of a local Ray instance (default: this machine's; "
                                                 "ignored on a cluster); never needed to make progress")
     p.add_argument("--smoke-test", action="store_true",
@@ -155,6 +161,8 @@ def run(args) -> int:
     if args.dry_run:
         print_dry_run(cells, what, options)
         return 0
+    if args.cluster_config:                         # read by jobs.resources.cluster_nodes when sizing the sweep
+        os.environ["FSKP_CLUSTER_CONFIG"] = str(Path(args.cluster_config).resolve())
     result = run_sweep(cells, options, max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
     for o in result.outcomes:
         c = o.cell
