@@ -108,6 +108,14 @@ class TrainingPlan:
         return threads_for(self.cpus_per_worker)
 
 
+def shared_gpu_problem(workers: int, gpu: bool, gpu_fraction: float) -> str | None:
+    """Why several Train workers of one run cannot take fractions of GPUs (None when they can)."""
+    if gpu and gpu_fraction < 1.0 and workers > 1:
+        return (f"--gpu-fraction {gpu_fraction:g} with --workers {workers} would put several NCCL ranks of one run on "
+                f"one GPU, which NCCL refuses; use whole GPUs (--gpu-fraction 1) with several workers")
+    return None
+
+
 def _footprint(per_node: int, workers: int, cpus_per_worker: float, driver_cpus: float) -> float:
     return per_node * (driver_cpus + DATA_RESERVE_CPUS + workers * cpus_per_worker)
 
@@ -124,9 +132,9 @@ def plan_training(nodes: list[NodeShape], *, workers: int = 1, gpu: bool = False
     """
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    if gpu and gpu_fraction < 1.0 and workers > 1:
-        raise ValueError(f"--gpu-fraction {gpu_fraction} with {workers} workers would put several NCCL ranks of one "
-                         f"run on one GPU; use whole GPUs (--gpu-fraction 1) with several workers")
+    problem = shared_gpu_problem(workers, gpu, gpu_fraction)
+    if problem:
+        raise ValueError(problem)
     kind = [n for n in nodes if n.gpus > 0] if gpu else [n for n in nodes if n.cpus > 0]
     if not kind:
         if concurrent is None and cpus_per_worker is None and gpu:

@@ -568,9 +568,11 @@ def check_job(job: TrainJob, ds) -> None:
         problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
     if job.iterations < 1 or job.unlabeled_batch < 1:
         problems.append(f"--iterations ({job.iterations}) and the unlabeled batch ({job.unlabeled_batch}) must be positive")
-    if job.workers > 1 and job.gpu and job.gpu_fraction < 1:
-        problems.append(f"--gpu-fraction {job.gpu_fraction} with --workers {job.workers}: two ranks of one run could "
-                        f"share a GPU, which NCCL refuses; use whole GPUs (--gpu-fraction 1) for multi-worker runs")
+    from jobs.resources import shared_gpu_problem
+
+    shared_gpu = shared_gpu_problem(job.workers, job.gpu, job.gpu_fraction)
+    if shared_gpu:
+        problems.append(shared_gpu)
     if job.cpus_per_worker is not None and job.cpus_per_worker <= 0:
         problems.append(f"--cpus-per-worker must be positive, got {job.cpus_per_worker}")
     n_train = ds.count("train")
