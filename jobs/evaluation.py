@@ -120,7 +120,7 @@ def evaluate_model(model, ds, split: str = "test", device="cpu", max_figure: int
 
     Returns {"metrics": flat dict for MLflow, "per_keypoint": {name: value}, "figure": uint8 image}.
     """
-    from models.metrics import normaliser, score
+    from models.metrics import normaliser, score, spread_ratio
 
     arr = ds.arrays(split)
     if len(arr["id"]) == 0:
@@ -138,6 +138,7 @@ def evaluate_model(model, ds, split: str = "test", device="cpu", max_figure: int
             other, pred["keypoints"], arr["keypoints"], arr["visible"], image_size=ds.size)["value"]
     except ValueError:                              # e.g. no instance with a non-zero normaliser
         pass
+    metrics[f"{split}/spread_ratio"] = spread_ratio(pred["keypoints"], arr["keypoints"], arr["visible"])
     per_kp = {name: float(v) for name, v in zip(ds.card.keypoints, s["per_keypoint"])}
     for name, v in per_kp.items():
         if np.isfinite(v):

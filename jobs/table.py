@@ -39,6 +39,7 @@ class Entry:
     paper: float | None = None
     state: str = "not run"                                 # when there is no value: a key of MISSING
     random_weights: int = 0                                # runs among values trained from random weights
+    collapsed: int = 0                                     # runs among values whose predictions collapsed
 
     @property
     def mean(self) -> float | None:
@@ -197,6 +198,7 @@ def collect(experiment: str, tracking_uri: str | None = None, metric: str = "mai
                     if key in latest.data.metrics:
                         entry.values.append(float(latest.data.metrics[key]))
                         entry.random_weights += trained_from_random_weights(latest.data.tags, variant)
+                        entry.collapsed += collapsed(latest.data.metrics)
                     else:
                         states.add("no metric")
                 elif rs:
@@ -217,6 +219,14 @@ def trained_from_random_weights(tags: dict, variant: str) -> bool:
     weights?  Runs from before weights were recorded count as unknown, not random."""
     networks = ["fskp.backbone_weights"] + (["fskp.perceptual_weights"] if _uses_perceptual(variant) else [])
     return any(tags.get(n, "").startswith("random") for n in networks)
+
+
+def collapsed(metrics: dict) -> bool:
+    """Did the run's test predictions collapse toward one point (models/metrics.py::spread_ratio)?"""
+    from models.metrics import COLLAPSED_SPREAD
+
+    ratio = next((v for k, v in metrics.items() if k.endswith("/spread_ratio")), None)
+    return ratio is not None and ratio < COLLAPSED_SPREAD
 
 
 def _uses_perceptual(variant: str) -> bool:
@@ -243,6 +253,8 @@ def _cell_parts(block: Block, row, column) -> tuple[str, bool, str]:
     note = ""
     if entry.random_weights:
         note += " †"
+    if entry.collapsed:
+        note += " ‡"
     if entry.values and len(entry.values) < entry.expected_seeds:
         note += f" [{len(entry.values)}/{entry.expected_seeds} seeds]"
     if entry.paper is not None:
@@ -255,10 +267,14 @@ def _cell_parts(block: Block, row, column) -> tuple[str, bool, str]:
 
 
 def _legend(experiment: str) -> str:
+    from models.metrics import COLLAPSED_SPREAD
+
     return (f"Experiment {experiment}: the test-split metric of each cell, mean ± std over seeds (the mean "
             f"alone for one seed); the paper's number in parentheses; best of each column in bold; "
             f"— not run yet, running, failed: the cell's state; † trained from random weights (the detector's "
-            f"backbone, or the perceptual network where the variant uses it), not the paper's pretrained ones.")
+            f"backbone, or the perceptual network where the variant uses it), not the paper's pretrained ones; "
+            f"‡ predictions collapsed toward one point in at least one seed (test spread under "
+            f"{COLLAPSED_SPREAD:g} of the labels'; models/metrics.py::spread_ratio).")
 
 
 def _arrow(block: Block) -> str:

@@ -289,6 +289,7 @@ def train_func(config: dict) -> None:
     import torch
 
     from jobs.evaluation import evaluate_model, write_eval_artifacts
+    from models.metrics import COLLAPSED_SPREAD
     from models.train_step import make_optimizer, prepare_for_training, train_step
     from pipeline.prepared import PreparedDataset
 
@@ -357,6 +358,10 @@ def train_func(config: dict) -> None:
     final = {"step": job.iterations, **_pool_counts(counters, device, world), "resumed_from_step": resumed_from}
     if rank == 0 and job.evaluate_split:
         result = evaluate_model(net, ds, split=job.evaluate_split, device=device)
+        spread = result["metrics"][f"{job.evaluate_split}/spread_ratio"]
+        if spread < COLLAPSED_SPREAD:
+            say(f"warning: the predictions on {job.evaluate_split} collapsed toward one point (their spread is "
+                f"{spread:.2f} of the labels'): the detector fits its labeled images but not others")
         final.update(result["metrics"])
         final["_eval"] = result
     save_and_report(job.iterations, final, final=True)

@@ -48,6 +48,32 @@ def pck(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, threshold: np.nda
     return _mean_per_keypoint(correct, visible)
 
 
+#: below this spread ratio a model's predictions count as collapsed (a working detector is near 1)
+COLLAPSED_SPREAD = 0.25
+
+
+def spread_ratio(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray) -> float:
+    """How spread out the predicted keypoints are against the labels: the mean over instances of the RMS
+    distance of the visible predicted keypoints from their centroid, divided by the same for the labels.
+
+    pred, gt: [N, K, 2]; visible: [N, K] bool.  About 1 for a working detector; near 0 when the predictions
+    have collapsed to one point (the trivial minimum of Eq. 3 and Eq. 5, which a detector that memorised its
+    few labeled images can reach on every other image).  Instances with fewer than 2 visible keypoints are skipped.
+    """
+    v = visible.astype(bool)
+    keep = v.sum(1) >= 2
+    if not keep.any():
+        raise ValueError("no instance with 2 visible keypoints to measure a spread")
+
+    def radius(points: np.ndarray) -> np.ndarray:
+        p, m = np.asarray(points, np.float64)[keep], v[keep][..., None]
+        centre = (p * m).sum(1, keepdims=True) / m.sum(1, keepdims=True)
+        return np.sqrt((((p - centre) ** 2).sum(-1) * m[..., 0]).sum(1) / m[..., 0].sum(1))
+
+    label = radius(gt)
+    return float((radius(pred) / np.maximum(label, 1e-9)).mean())
+
+
 def normaliser(spec: MetricSpec, gt: np.ndarray, visible: np.ndarray, image_size: float | np.ndarray) -> np.ndarray:
     """The per-instance normalising length [N] of a card's metric.
 

@@ -177,3 +177,16 @@ def test_single_visible_keypoint_counts_only_with_a_pixel_floor():
 def test_nothing_visible_raises():
     with pytest.raises(ValueError, match="no visible keypoint"):
         score(MetricSpec("pck", "bbox_max_side"), BOX_PRED, BOX_GT, np.zeros_like(BOX_VIS), 128)
+
+
+def test_spread_ratio_is_one_for_the_labels_and_near_zero_for_a_collapsed_prediction():
+    from models.metrics import COLLAPSED_SPREAD, spread_ratio
+
+    gt = np.array([[[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [9.0, 9.0]]] * 2)
+    visible = np.array([[True, True, True, False], [True, True, False, False]])
+    assert spread_ratio(gt, gt, visible) == pytest.approx(1.0)
+    assert spread_ratio(gt * 0.5 + 7.0, gt, visible) == pytest.approx(0.5)      # shrunk and moved: half
+    collapsed = np.full_like(gt, 32.0) + np.random.default_rng(0).normal(0, 0.01, gt.shape)
+    assert spread_ratio(collapsed, gt, visible) < COLLAPSED_SPREAD
+    with pytest.raises(ValueError, match="2 visible keypoints"):
+        spread_ratio(gt, gt, np.eye(4, dtype=bool)[:2])

@@ -152,6 +152,23 @@ def test_cells_trained_from_random_weights_are_marked(tmp_path):
     assert "† trained from random weights" in text
 
 
+def test_cells_whose_predictions_collapsed_are_marked(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from jobs.table import build_table
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("collapse", artifact_location=str(tmp_path / "artifacts"))
+    t = 1_700_000_000_000
+    _run(client, exp_id, Cell("wflw", "10", "full"), "FINISHED", {"test/nme": 46.0, "test/spread_ratio": 0.01}, t)
+    _run(client, exp_id, Cell("wflw", "10", "supervised"), "FINISHED", {"test/nme": 25.0, "test/spread_ratio": 0.9}, t + 1)
+    text = build_table("collapse", uri)
+    assert _row(text, "ours (full)", "WFLW")[0] == "46.0 ‡ (paper 9.19)"
+    assert "‡" not in _row(text, "supervised baseline (same detector, Eq. 2)", "WFLW")[0]
+    assert "‡ predictions collapsed toward one point" in text
+
+
 def test_only_runs_with_the_grids_settings_and_data_count(tmp_path):
     """A later --smoke-test sweep (other settings) and a run on other data never show as results of the grid."""
     from mlflow.tracking import MlflowClient

@@ -61,6 +61,7 @@ def test_train_records_params_metrics_and_artifacts(ray_local, tiny_data, tmp_pa
     metrics = run.data.metrics
     assert 0 <= metrics["test/nme"] < 1000
     assert 0 <= metrics["test/pck_0.1"] <= 100              # the other metric, for the paper's Table 7
+    assert metrics["test/spread_ratio"] > 0                 # collapse check (models/metrics.py::spread_ratio)
     assert {"test/nme/nose_tip", "test/nme/chin"} <= set(metrics)           # per keypoint
     assert 0 <= metrics["test/aligned_3d_error"] < 1000                      # 3D error after similarity alignment
     history = client.get_metric_history(result.run_id, "train/loss")
