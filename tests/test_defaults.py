@@ -54,7 +54,7 @@ def test_label_with_the_default_resources_completes(tmp_path):
     from tests.test_label import write_project
 
     project = write_project(tmp_path / "mouse-project")
-    out, took = fskp(["label", "--project", str(project), "--out", str(tmp_path / "out"), "--iterations", "20",
+    out, took = fskp(["label", "--project", str(project), "--out", str(tmp_path / "out"), "--iterations", "6",
                       "--no-overlay"], tmp_path, bound_s=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout + out.stderr
