@@ -12,6 +12,8 @@ import numpy as np
 
 EVAL_JSON = "evaluation.json"
 PREDICTIONS_PNG = "predictions.png"
+#: instances of the evaluation split scored at every checkpoint for the learning curve (the first ones)
+CURVE_INSTANCES = 256
 
 
 class CheckpointMismatch(ValueError):
@@ -113,6 +115,20 @@ def other_metric(spec):
     from dataclasses import replace
 
     return replace(spec, kind="pck", alpha=0.1) if spec.kind == "nme" else replace(spec, kind="nme")
+
+
+def learning_curve_point(model, ds, split: str = "test", limit: int = CURVE_INSTANCES, device="cpu") -> dict:
+    """The card's metric and the spread ratio on the first ``limit`` instances of ``split``, for the learning
+    curve logged at every checkpoint: {"curve/<metric>": value, "curve/spread_ratio": value}."""
+    from models.metrics import score, spread_ratio
+    from pipeline.prepared import rows_to_arrays
+
+    arr = rows_to_arrays(ds.table(split).slice(0, limit).to_pylist(), ds.card.num_keypoints)
+    pred = predict_arrays(model, arr["images"], device=device)["keypoints"]    # eval mode, then back
+    spec = ds.card.metric
+    value = score(spec, pred, arr["keypoints"], arr["visible"], image_size=ds.size)["value"]
+    return {f"curve/{metric_name(spec, split).split('/', 1)[1]}": value,
+            "curve/spread_ratio": spread_ratio(pred, arr["keypoints"], arr["visible"])}
 
 
 def evaluate_model(model, ds, split: str = "test", device="cpu", max_figure: int = 8) -> dict:

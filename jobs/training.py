@@ -288,7 +288,7 @@ def train_func(config: dict) -> None:
     import ray.train
     import torch
 
-    from jobs.evaluation import evaluate_model, write_eval_artifacts
+    from jobs.evaluation import evaluate_model, learning_curve_point, write_eval_artifacts
     from models.metrics import COLLAPSED_SPREAD
     from models.train_step import make_optimizer, prepare_for_training, train_step
     from pipeline.prepared import PreparedDataset
@@ -348,6 +348,9 @@ def train_func(config: dict) -> None:
                                   counters, rank)
             t0, last_log = time.time(), done
             if done % job.checkpoint_every == 0 and done < job.iterations:
+                if rank == 0 and job.evaluate_split:           # the learning curve: error vs iterations
+                    curve = learning_curve_point(net, ds, job.evaluate_split, device=device)
+                    log_to_mlflow(job.tracking_uri, config["mlflow_run_id"], curve, done)
                 save_and_report(done, metrics)
             elif done < job.iterations:
                 ray.train.report(metrics)
@@ -363,6 +366,8 @@ def train_func(config: dict) -> None:
             say(f"warning: the predictions on {job.evaluate_split} collapsed toward one point (their spread is "
                 f"{spread:.2f} of the labels'): the detector fits its labeled images but not others")
         final.update(result["metrics"])
+        log_to_mlflow(job.tracking_uri, config["mlflow_run_id"],
+                      learning_curve_point(net, ds, job.evaluate_split, device=device), job.iterations)
         final["_eval"] = result
     save_and_report(job.iterations, final, final=True)
 

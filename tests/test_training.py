@@ -62,6 +62,9 @@ def test_train_records_params_metrics_and_artifacts(ray_local, tiny_data, tmp_pa
     assert 0 <= metrics["test/nme"] < 1000
     assert 0 <= metrics["test/pck_0.1"] <= 100              # the other metric, for the paper's Table 7
     assert metrics["test/spread_ratio"] > 0                 # collapse check (models/metrics.py::spread_ratio)
+    curve = client.get_metric_history(result.run_id, "curve/nme")          # learning curve: every checkpoint
+    assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [4, 8]
+    assert sorted(curve, key=lambda m: m.step)[-1].value == pytest.approx(metrics["test/nme"])  # 6 test images < 256
     assert {"test/nme/nose_tip", "test/nme/chin"} <= set(metrics)           # per keypoint
     assert 0 <= metrics["test/aligned_3d_error"] < 1000                      # 3D error after similarity alignment
     history = client.get_metric_history(result.run_id, "train/loss")
