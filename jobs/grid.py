@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-VARIANTS = ("full", "supervised", "xiao", "no-recon", "no-2d", "no-3d", "no-uncertainty")
+VARIANTS = ("full", "supervised", "xiao", "no-recon", "no-2d", "no-3d", "no-uncertainty", "no-label-aug")
 #: variants that reproduce another variant's paper row: Xiao et al.'s recipe is the paper's baseline row
 PAPER_ROW_OF = {"xiao": "supervised"}
 #: the variant a paper row is reproduced with in table presets (the "Xiao et al." row: their recipe)
@@ -200,5 +200,9 @@ def settings_digest(params: dict[str, str], data_fingerprint: str) -> str:
 
 
 def job_settings(job) -> dict[str, str]:
-    """The RESULT_PARAMS of a TrainJob, as MLflow stores them (str of the field)."""
-    return {k: str(getattr(job, k))[:500] for k in RESULT_PARAMS}
+    """The RESULT_PARAMS of a TrainJob, as MLflow stores them (str of the field), and what its variant
+    switches on (a changed definition of a variant's name is a changed setting)."""
+    from models.variants import get_variant
+
+    return {**{k: str(getattr(job, k))[:500] for k in RESULT_PARAMS},
+            "variant_definition": get_variant(job.variant).definition}

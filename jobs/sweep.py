@@ -231,10 +231,16 @@ def _cell_trainable(config: dict, cells: dict, base: dict, parent_run_id: str | 
     tune.report({**final, "mlflow_run_id": result.run_id})
 
 
-def cell_progress(log, total: int, metric_of: dict[str, str] | None = None):
-    """A Tune callback saying one line per cell event: started, finished (time, test metrics), failed.
-    ``metric_of``: cell name → its card's test metric, shown first (then the 3D error or the pixel error)."""
+def cell_progress(log, total: int, metric_of: dict[str, str] | None = None, on_end=None):
+    """A Tune callback saying one line per cell event: started, finished (time, test metrics, and whether the
+    predictions collapsed), failed; ``log`` None says nothing.  ``metric_of``: cell name → its card's test metric,
+    shown first (then the 3D error or the pixel error).  ``on_end()`` runs after each cell ends (e.g. logging
+    the results table so far)."""
     from ray.tune import Callback
+
+    from models.metrics import COLLAPSED_SPREAD
+
+    say = log or (lambda _: None)
 
     class CellProgress(Callback):
         def __init__(self):
@@ -243,12 +249,14 @@ def cell_progress(log, total: int, metric_of: dict[str, str] | None = None):
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started[trial.trial_id] = time.time()
-            log(f"  started  {_trial_name(trial)}")
+            say(f"  started  {_trial_name(trial)}")
 
         def _end(self, trial, what: str, extra: str = ""):
             self.ended += 1
             minutes = (time.time() - self.started.get(trial.trial_id, time.time())) / 60
-            log(f"  {what:8} {_trial_name(trial)} in {minutes:.1f} min{extra} [{self.ended}/{total}]")
+            say(f"  {what:8} {_trial_name(trial)} in {minutes:.1f} min{extra} [{self.ended}/{total}]")
+            if on_end is not None:
+                on_end()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
@@ -256,7 +264,10 @@ def cell_progress(log, total: int, metric_of: dict[str, str] | None = None):
             keys = [first] if first else ["test/nme", "test/pck_0.1"]
             shown = [(k, result[k]) for k in keys + ["test/aligned_3d_error", "test/mean_error_px"]
                      if isinstance(result.get(k), (int, float))][:2]
-            self._end(trial, "finished", "".join(f", {k} {v:.2f}" for k, v in shown))
+            spread = result.get("test/spread_ratio")
+            collapsed = (f" -- predictions collapsed (spread {spread:.2f} of the labels')"
+                         if isinstance(spread, (int, float)) and spread < COLLAPSED_SPREAD else "")
+            self._end(trial, "finished", "".join(f", {k} {v:.2f}" for k, v in shown) + collapsed)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._end(trial, "FAILED")
@@ -392,21 +403,24 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     client.log_text(parent_id, json.dumps([{**c.to_dict(), "settings": settings_digest(wanted, fingerprints[c.data])}
                                            for c in cells], indent=1), CELLS_ARTIFACT)
 
+    def log_table():
+        try:
+            from jobs.table import build_table
+
+            client.log_text(parent_id, build_table(experiment, tracking_uri, "md"), "table.md")
+        except Exception as e:                # the table is a convenience; the runs are what count
+            log(f"could not log the results table: {e}")
+
     try:
         outcomes += _tune(plan.todo, base, parent_id, stamp, storage, max_concurrent, driver_cpus, num_cpus, log,
-                          quiet)
+                          quiet, log_table)
     except BaseException:
         heartbeat.stop()
         client.set_terminated(parent_id, status="KILLED")
         raise
     heartbeat.stop()
     result = SweepResult(experiment, tracking_uri, parent_id, _ordered(outcomes))
-    try:
-        from jobs.table import build_table
-
-        client.log_text(parent_id, build_table(experiment, tracking_uri, "md"), "table.md")
-    except Exception as e:                    # the table is a convenience; the runs are what count
-        log(f"could not log the results table: {e}")
+    log_table()
     client.set_terminated(parent_id, status="FINISHED" if result.ok else "FAILED")
     return result
 
@@ -444,7 +458,7 @@ def _ordered(outcomes: list[CellOutcome]) -> list[CellOutcome]:
 
 
 def _tune(todo: list[Cell], base: dict, parent_id: str, stamp: str, storage: str, max_concurrent: int | None,
-          driver_cpus: float, num_cpus: int | None, log, quiet: bool = False) -> list[CellOutcome]:
+          driver_cpus: float, num_cpus: int | None, log, quiet: bool = False, on_cell_end=None) -> list[CellOutcome]:
     from ray import tune
 
     init_ray(num_cpus, worker_output=not quiet)
@@ -462,7 +476,8 @@ def _tune(todo: list[Cell], base: dict, parent_id: str, stamp: str, storage: str
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=f"sweep-{stamp}", storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=0 if quiet else 1,
-                                  callbacks=[cell_progress(log, len(todo), _metric_names(todo))] if quiet else None))
+                                  callbacks=[cell_progress(log if quiet else None, len(todo), _metric_names(todo),
+                                                           on_cell_end)]))
     grid = tuner.fit()
     outcomes = []
     for r in grid:

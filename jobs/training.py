@@ -24,7 +24,7 @@ class TrainJob:
     data: str                               # prepared dataset folder
     shots: str = "10"                       # labeled examples: a count ("10") or a share of the train split ("5%")
     selection: str = "kmeans"               # kmeans (paper §3.6) | random (the "-kmeans" ablation)
-    variant: str = "full"                   # full | supervised | no-recon | no-2d | no-3d | no-uncertainty
+    variant: str = "full"                   # models/variants.py: full | supervised | xiao | the ablations
     iterations: int = 20000                 # paper: 20k
     backbone: str = "resnet50"              # any timm backbone with features_only; paper: resnet50
     size: int = 128                         # working resolution; other than the prepared one: resized in the stream
@@ -447,6 +447,7 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
 
     from jobs.grid import SETTINGS_TAG, job_settings, settings_digest
     from jobs.tracking import code_version, flat_params, resolve_tracking_uri
+    from models.variants import get_variant
     from pipeline.prepared import PreparedDataset
     from pipeline.storage import resolve_location
 
@@ -474,6 +475,7 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
                            "dataset": ds.card.name, "card_fingerprint": ds.card.fingerprint,
                            "data_fingerprint": ds.fingerprint, "n_shots": len(shot_ids),
                            "global_unlabeled_batch": job.unlabeled_batch * job.workers,
+                           "variant_definition": get_variant(job.variant).definition,
                            "code_version": code_version()})
         mlflow.log_dict({"ids": shot_ids, **{k: v for k, v in selection_info.items() if k != "ids"}}, "shots.json")
         _ray_init(job)
@@ -536,9 +538,11 @@ def train_run_name(job: TrainJob, name: str, data_fingerprint: str, shot_ids: li
     the interrupted run's checkpoints under the storage path and continues from the last one."""
     import hashlib
 
+    from models.variants import get_variant
+
     settings = {k: v for k, v in asdict(job).items() if k not in NOT_IN_RUN_NAME}
-    text = json.dumps({"job": settings, "data": data_fingerprint, "shots": sorted(shot_ids)}, sort_keys=True,
-                      default=str)
+    text = json.dumps({"job": settings, "data": data_fingerprint, "shots": sorted(shot_ids),
+                       "variant_definition": get_variant(job.variant).definition}, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 

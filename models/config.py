@@ -98,7 +98,7 @@ class ModelConfig(_Dict):
 
 @dataclass(frozen=True)
 class LossConfig(_Dict):
-    variant: str = "full"                 # full | no-recon | no-2d | no-3d | no-uncertainty | supervised (variants.py)
+    variant: str = "full"                 # models/variants.py: full | supervised | xiao | the ablations
     few_shot: float = 1.0                 # coefficient of Eq. 2 (§3.6)
     recon: float = 1.0                    # coefficient of Eq. 9 (§3.6)
     geo2d: float = 1.0                    # coefficient of Eq. 3 (§3.6)

@@ -47,7 +47,7 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
     labeled, target, visible = batch["labeled"], batch["keypoints"], batch["visible"]
     unlabeled = batch.get("unlabeled", labeled[:0])
     perm, zero = model.flip_perm, labeled.new_zeros(())
-    if variant.augment_labeled:               # the baselines: standard augmentation at full range
+    if variant.augment_labeled:               # every variant but no-label-aug: augmentation at full range
         ranges = dataclasses.replace(cfg, **XIAO_AUGMENTATION) if variant.heatmap_regression else cfg
         T = sample_transforms(len(labeled), 1.0, ranges, labeled.device)
         labeled, target = warp_images(labeled, T), transform_keypoints(target, T, perm)

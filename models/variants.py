@@ -1,6 +1,8 @@
 """The method and its ablations by name: which losses and inputs each variant uses, in one place.
 
-``full`` is §3; ``no-recon``, ``no-2d``, ``no-3d`` and ``no-uncertainty`` are the rows of Table 3;
+``full`` is §3, its labeled images augmented like the baselines' (the paper does not say; without it the method
+memorises its few shots and predicts one point on every other image, see ``no-label-aug`` and the README);
+``no-recon``, ``no-2d``, ``no-3d`` and ``no-uncertainty`` are the rows of Table 3;
 ``supervised`` is the same detector trained on the labeled examples alone with the paper's few-shot loss
 (soft-argmax L1, Eq. 2) and standard augmentation; ``xiao`` is the baseline of Tables 1 and 5-7 as Xiao et
 al. [92] train it: heatmap regression (MSE to Gaussians around the labels, arg-max decoding with a quarter-pixel
@@ -9,7 +11,7 @@ ablation) is a choice of examples made by the data side, not a model variant.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -21,8 +23,16 @@ class Variant:
     uncertainty: bool = True      # Eq. 7: uncertain keypoints draw fainter edges (off: every keypoint certain)
     smoothing: bool = True        # Supplement A: landmark smoothing, where the card has smoothing groups
     unlabeled: bool = True        # uses the unlabeled images at all
-    augment_labeled: bool = False  # random affine + flip + colour jitter on the labeled images (supervised)
+    augment_labeled: bool = True  # random affine + flip + colour jitter on the labeled images: without it the
+                                  # method memorises its few shots and collapses on every other image (README)
     heatmap_regression: bool = False  # Xiao et al.: MSE to Gaussian heatmaps instead of Eq. 2, arg-max decoding
+
+    @property
+    def definition(self) -> str:
+        """The switches as one short string, e.g. "recon geo2d geo3d uncertainty smoothing unlabeled
+        augment_labeled": recorded with every run, so a run of an older definition of a name is not mistaken
+        for one of today's (jobs/grid.py::job_settings)."""
+        return " ".join(f.name for f in fields(self) if f.type in (bool, "bool") and getattr(self, f.name))
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -31,10 +41,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("no-2d", geo2d=False),
     Variant("no-3d", geo3d=False),
     Variant("no-uncertainty", uncertainty=False),
+    Variant("no-label-aug", augment_labeled=False),
     Variant("supervised", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False,
-            unlabeled=False, augment_labeled=True),
+            unlabeled=False),
     Variant("xiao", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False,
-            unlabeled=False, augment_labeled=True, heatmap_regression=True),
+            unlabeled=False, heatmap_regression=True),
 )}
 
 #: Xiao et al.'s augmentation (their COCO recipe), applied to the labeled images of the ``xiao`` variant

@@ -54,6 +54,7 @@ EXPECTED_GRADS = {  # which parts get gradients under each variant
     "no-2d": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head", "depth_head"},
     "no-3d": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head"},
     "no-uncertainty": {"backbone", "theta", "gamma", "unet", "heatmap_head", "depth_head"},
+    "no-label-aug": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head", "depth_head"},
     "supervised": {"backbone", "heatmap_head"},
     "xiao": {"backbone", "heatmap_head"},                   # heatmap regression: only the heatmaps are trained
 }

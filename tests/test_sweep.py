@@ -219,6 +219,7 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
                                            DRIVER_PID_TAG: f"{os.getpid()}:0"}).info.run_id
     done = _log_cell_run(client, exp_id, cells[0], same, "FINISHED", old_sweep)
     _log_cell_run(client, exp_id, cells[1], {**same, "iterations": "8"}, "FINISHED")      # other settings
+    _log_cell_run(client, exp_id, cells[1], {**same, "variant_definition": "recon geo2d"}, "FINISHED")  # old "full"
     _log_cell_run(client, exp_id, cells[2], {**same, "data_fingerprint": "0" * 16}, "FINISHED")  # other data
     stale = _log_cell_run(client, exp_id, cells[3], same, "RUNNING", old_sweep)
     failed = _log_cell_run(client, exp_id, cells[3], same, "FAILED", old_sweep)
@@ -316,6 +317,8 @@ def test_killed_sweep_resumes_only_the_missing_cells(tiny_data, tmp_path):
     new = {rid for ids in after.values() for rid in ids} - {rid for ids in before.values() for rid in ids}
     assert all(client.get_run(rid).data.tags["mlflow.parentRunId"] == resumed for rid in new)
     assert "table.md" in {a.path for a in client.list_artifacts(resumed)}
+    killed = next(r for r in sweeps if r.info.status == "KILLED").info.run_id
+    assert "table.md" in {a.path for a in client.list_artifacts(killed)}   # logged as its cells finished
     cell_runs = [r.info for r in runs if "dataset" in r.data.tags]
     assert any(a.run_id != b.run_id and a.start_time < b.end_time and b.start_time < a.end_time
                for a in cell_runs for b in cell_runs)                  # trials ran side by side

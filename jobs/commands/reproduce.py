@@ -61,8 +61,8 @@ def register(p):
     g.add_argument("--datasets", help="comma-separated card names or prepared dataset folders")
     g.add_argument("--shots",
                    help="comma-separated shot counts or shares of the train split: 1,10,20,50,5%%,20%%,100%%")
-    g.add_argument("--variants", help="comma-separated: full, supervised, no-recon, no-2d, no-3d, no-uncertainty "
-                                      "(default full)")
+    g.add_argument("--variants", help="comma-separated: full, supervised, xiao, no-recon, no-2d, no-3d, "
+                                      "no-uncertainty, no-label-aug (default full)")
     g.add_argument("--selection", help="comma-separated shot selection: kmeans, random (default kmeans)")
     g.add_argument("--seeds", help="comma-separated seeds (default: --seed)")
     g.add_argument("--dry-run", action="store_true", help="list the cells and their state; train nothing")
