@@ -186,11 +186,12 @@ def all_runs(client, experiment_id: str, filter_string: str = "") -> list:
             return runs
 
 
-def result_params(train_options: dict) -> dict[str, str]:
-    """The RESULT_PARAMS of a sweep's training options, as MLflow stores them (str of the job field)."""
+def result_params(train_options: dict, variant: str) -> dict[str, str]:
+    """The settings (``job_settings``) of a sweep's cell of ``variant``, as MLflow stores them."""
     from jobs.training import TrainJob
 
-    return job_settings(TrainJob(data="", **{k: v for k, v in train_options.items() if k != "data"}))
+    options = {k: v for k, v in train_options.items() if k not in ("data", "variant")}
+    return job_settings(TrainJob(data="", variant=variant, **options))
 
 
 def settings_digest(params: dict[str, str], data_fingerprint: str) -> str:

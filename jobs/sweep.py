@@ -152,7 +152,7 @@ def plan_sweep(cells: list[Cell], train_options: dict, experiment: str, tracking
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return Plan(todo=list(cells))
-    wanted = result_params(train_options)
+    wanted = {v: result_params(train_options, v) for v in {c.variant for c in cells}}
     fingerprints = {c.data: PreparedDataset(c.data).fingerprint for c in cells}
     by_key: dict[tuple, list] = {}
     parents: dict[str, object] = {}
@@ -172,7 +172,7 @@ def plan_sweep(cells: list[Cell], train_options: dict, experiment: str, tracking
     for cell in cells:
         same = [r for r in by_key.get(cell.key, [])
                 if r.data.params.get("data_fingerprint") == fingerprints[cell.data]
-                and all(r.data.params.get(k) == v for k, v in wanted.items())]
+                and all(r.data.params.get(k) == v for k, v in wanted[cell.variant].items())]
         finished = [r for r in same if r.info.status == "FINISHED"]
         running = [r for r in same if r.info.status == "RUNNING"]
         if finished:
@@ -398,9 +398,9 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     client.log_batch(parent_id, params=[_param(k, v) for k, v in {
         **flat_params("", {k: v for k, v in base.items() if k != "tracking_uri"}),
         "cells": len(cells), "cells_to_train": len(plan.todo), "code_version": code_version()}.items()])
-    wanted = result_params(base)
     fingerprints = {c.data: PreparedDataset(c.data).fingerprint for c in cells}
-    client.log_text(parent_id, json.dumps([{**c.to_dict(), "settings": settings_digest(wanted, fingerprints[c.data])}
+    client.log_text(parent_id, json.dumps([{**c.to_dict(), "settings": settings_digest(result_params(base, c.variant),
+                                                                                       fingerprints[c.data])}
                                            for c in cells], indent=1), CELLS_ARTIFACT)
 
     def log_table():

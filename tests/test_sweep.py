@@ -205,7 +205,7 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     exp_id = client.create_experiment("resume")
-    same = {**result_params(options), "data_fingerprint": PreparedDataset(tiny_data).fingerprint}
+    same = {**result_params(options, "full"), "data_fingerprint": PreparedDataset(tiny_data).fingerprint}
     cells = [Cell("tiny", s, "full", "random", 0, str(tiny_data)) for s in ("2", "4", "6", "8", "10", "12", "14")]
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])   # another sweep's driver
@@ -245,6 +245,9 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
     later = plan_sweep(cells, options, "resume", uri)                        # its driver has exited now
     assert later.todo == cells[1:5] + cells[6:] and later.running == {cells[5]: remote}
     assert plan_sweep(cells, options, "no-such-experiment", uri).todo == cells
+    baseline = Cell("tiny", "2", "supervised", "random", 0, str(tiny_data))     # settings per variant
+    done_baseline = _log_cell_run(client, exp_id, baseline, {**same, **result_params(options, "supervised")}, "FINISHED")
+    assert plan_sweep([baseline], options, "resume", uri).done == {baseline: done_baseline}
 
 
 # ---- end to end: a sweep on Ray Tune, its driver killed, the same command resumed ------------------------
