@@ -1,5 +1,6 @@
 """Learning test: a few hundred CPU steps on a tiny synthetic keypoint dataset (made here) must lower the
-few-shot and reconstruction losses substantially and fit the labeled examples."""
+few-shot and reconstruction losses substantially, fit the (augmented) labeled examples and beat the mean shape
+on unseen images."""
 import math
 
 import torch
@@ -50,7 +51,7 @@ def test_a_few_hundred_steps_learn_the_keypoints():
     model = KeypointModel(cfg)
     steps = 200
     optimizer = make_optimizer(model, OptimConfig(lr=1e-3))
-    loss_cfg = LossConfig(random_pairing_steps=50)
+    loss_cfg = LossConfig(random_pairing_steps=50, rotation_deg=15.0, flip_p=0.0, colour=0.2)   # as fskp label
     history = []
     for step in range(steps):
         idx = torch.randint(0, len(pool), (6,), generator=g)
@@ -59,10 +60,15 @@ def test_a_few_hundred_steps_learn_the_keypoints():
     first = {k: sum(h[k] for h in history[:10]) / 10 for k in history[0]}
     last = {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]}
     assert all(math.isfinite(v) for h in history for v in h.values())
-    assert last["few_shot"] < 0.25 * first["few_shot"], (first, last)
+    assert last["few_shot"] < 0.3 * first["few_shot"], (first, last)        # on augmented labeled images
     assert last["recon"] < 0.8 * first["recon"], (first, last)
     error = (predict(model, labeled)["keypoints"] - labels).norm(dim=-1).mean().item()
-    assert error < 0.08, error                                  # < 2 px at 48 px (normalised units: 2 px = 0.083)
+    unseen, unseen_labels = synthetic(32, g)
+    unseen_error = (predict(model, unseen)["keypoints"] - unseen_labels).norm(dim=-1).mean().item()
+    mean_shape_error = (labels.mean(0) - unseen_labels).norm(dim=-1).mean().item()
+    assert error < 0.125, error                                 # < 3 px at 48 px (normalised units: 3 px = 0.125)
+    # and not by memorising them: on unseen images it beats the labels' mean shape (measured 0.167 vs 0.217)
+    assert unseen_error < 0.9 * mean_shape_error, (unseen_error, mean_shape_error)
 
 
 def test_xiao_baseline_learns_from_the_labeled_images():
