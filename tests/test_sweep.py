@@ -251,6 +251,19 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
 
 
 # ---- end to end: a sweep on Ray Tune, its driver killed, the same command resumed ------------------------
+def _sweeps_with_a_table(uri: str, experiment: str) -> set[str]:
+    """The sweep runs that have logged their results table."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.grid import KIND_TAG
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    return {r.info.run_id for r in runs if r.data.tags.get(KIND_TAG) == "sweep"
+            and "table.md" in {a.path for a in client.list_artifacts(r.info.run_id)}}
+
+
 def _finished_runs(uri: str, experiment: str) -> dict[str, list[str]]:
     from mlflow.tracking import MlflowClient
 
@@ -291,10 +304,12 @@ def test_killed_sweep_resumes_only_the_missing_cells(tiny_data, tmp_path):
     first = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
-        deadline = time.time() + 600
-        while not _finished_runs(uri, "e2e") and time.time() < deadline and first.poll() is None:
-            time.sleep(2)
+        deadline = time.time() + 600                   # a cell finished and the table was logged after it
+        while not (_finished_runs(uri, "e2e") and _sweeps_with_a_table(uri, "e2e")) and time.time() < deadline \
+                and first.poll() is None:
+            time.sleep(1)
         assert _finished_runs(uri, "e2e"), (tmp_path / "first.log").read_text()[-3000:]
+        assert _sweeps_with_a_table(uri, "e2e"), (tmp_path / "first.log").read_text()[-3000:]
     finally:
         _kill_session(first.pid)                       # the driver and every process it started
         first.wait()
@@ -321,7 +336,7 @@ def test_killed_sweep_resumes_only_the_missing_cells(tiny_data, tmp_path):
     assert all(client.get_run(rid).data.tags["mlflow.parentRunId"] == resumed for rid in new)
     assert "table.md" in {a.path for a in client.list_artifacts(resumed)}
     killed = next(r for r in sweeps if r.info.status == "KILLED").info.run_id
-    assert "table.md" in {a.path for a in client.list_artifacts(killed)}   # logged as its cells finished
+    assert killed in _sweeps_with_a_table(uri, "e2e")       # logged as its cells finished, before it was killed
     cell_runs = [r.info for r in runs if "dataset" in r.data.tags]
     assert any(a.run_id != b.run_id and a.start_time < b.end_time and b.start_time < a.end_time
                for a in cell_runs for b in cell_runs)                  # trials ran side by side
