@@ -120,11 +120,17 @@ def other_metric(spec):
 def learning_curve_point(model, ds, split: str = "test", limit: int = CURVE_INSTANCES, device="cpu") -> dict:
     """The card's metric and the spread ratio on the first ``limit`` instances of ``split``, for the learning
     curve logged at every checkpoint: {"curve/<metric>": value, "curve/spread_ratio": value}."""
-    from models.metrics import score, spread_ratio
     from pipeline.prepared import rows_to_arrays
 
     arr = rows_to_arrays(ds.table(split).slice(0, limit).to_pylist(), ds.card.num_keypoints)
     pred = predict_arrays(model, arr["images"], device=device)["keypoints"]    # eval mode, then back
+    return _curve_point(ds, split, pred, arr)
+
+
+def _curve_point(ds, split: str, pred: np.ndarray, arr: dict) -> dict:
+    """{"curve/<metric>", "curve/spread_ratio"} of predictions [N, K, 2] against ``arr``'s labels."""
+    from models.metrics import score, spread_ratio
+
     spec = ds.card.metric
     value = score(spec, pred, arr["keypoints"], arr["visible"], image_size=ds.size)["value"]
     return {f"curve/{metric_name(spec, split).split('/', 1)[1]}": value,
@@ -169,8 +175,9 @@ def evaluate_model(model, ds, split: str = "test", device="cpu", max_figure: int
     n = min(max_figure, len(arr["id"]))
     figure = prediction_grid(arr["images"][:n], pred["keypoints"][:n], pred["uncertainty"][:n], ds.card.links,
                              gt=arr["keypoints"][:n], gt_visible=arr["visible"][:n])
+    first = {k: arr[k][:CURVE_INSTANCES] for k in ("keypoints", "visible")}   # the learning curve's last point
     return {"metrics": metrics, "per_keypoint": per_kp, "figure": figure, "split": split,
-            "instances": s["instances"]}
+            "instances": s["instances"], "curve": _curve_point(ds, split, pred["keypoints"][:CURVE_INSTANCES], first)}
 
 
 def prediction_grid(images: np.ndarray, keypoints: np.ndarray, uncertainty: np.ndarray, links, gt: np.ndarray,

@@ -366,8 +366,7 @@ def train_func(config: dict) -> None:
             say(f"warning: the predictions on {job.evaluate_split} collapsed toward one point (their spread is "
                 f"{spread:.2f} of the labels'): the detector fits its labeled images but not others")
         final.update(result["metrics"])
-        log_to_mlflow(job.tracking_uri, config["mlflow_run_id"],
-                      learning_curve_point(net, ds, job.evaluate_split, device=device), job.iterations)
+        log_to_mlflow(job.tracking_uri, config["mlflow_run_id"], result["curve"], job.iterations)
         final["_eval"] = result
     save_and_report(job.iterations, final, final=True)
 
