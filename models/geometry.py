@@ -62,8 +62,24 @@ def part_weights(num_parts: int, whole_object_weight: float, device=None) -> tor
     return torch.tensor([1.0] * num_parts + [whole_object_weight], device=device)
 
 
+def shape_spread(points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMS distance of the masked points from their centroid.  points [..., K, D], mask [..., K] -> [...]."""
+    m = mask.float()
+    n = m.sum(-1, keepdim=True).clamp_min(1.0)
+    centroid = (points * m[..., None]).sum(-2, keepdim=True) / n[..., None]
+    return (((points - centroid) ** 2).sum(-1) * m).sum(-1).div(n[..., 0]).sqrt()
+
+
+def scale_free(per_instance: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """A distance made blind to a uniform rescaling of the predicted shapes: divided by each shape's spread
+    (with gradient), times the batch's mean spread (without), so that its size stays that of the plain loss.
+    Eq. 3 and Eq. 5 as written cost less for a smaller shape; this version does not reward shrinking."""
+    spread = spread.clamp_min(1e-3)
+    return per_instance / spread * spread.mean().detach()
+
+
 def similarity_loss_3d(kp3d: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor,
-                       random_pairing: bool) -> torch.Tensor:
+                       random_pairing: bool, scale_invariant: bool = False) -> torch.Tensor:
     """Eq. 5.  kp3d [N, K, 3] (keypoints with depth); masks [G, K], weights [G] (``part_masks/weights``).
 
     For each instance i and part P a partner c != i is chosen: at random (``random_pairing``, the first
@@ -71,6 +87,7 @@ def similarity_loss_3d(kp3d: torch.Tensor, masks: torch.Tensor, weights: torch.T
     distance.  The similarity eta is estimated without gradients (Supplement A: "the gradients are stopped
     in the similarity transformation estimation"), and the loss is the part's mean L1 distance between
     k_P(I_i) and eta(k_P(I_c)), summed over parts with ``weights``, averaged over instances.
+    ``scale_invariant``: each part's distance divided by the part's spread in I_i (``scale_free``).
     """
     N, K, _ = kp3d.shape
     G = masks.shape[0]
@@ -98,6 +115,8 @@ def similarity_loss_3d(kp3d: torch.Tensor, masks: torch.Tensor, weights: torch.T
         aligned = apply_similarity(kp3d[partner], scale, R, t)                      # [N, G, K, 3]
         l1 = (kp3d[:, None] - aligned).abs().sum(-1)                                # [N, G, K]
         per_part = (l1 * masks).sum(-1) / masks.sum(-1)                             # (1/|P|) sum
+        if scale_invariant:
+            per_part = scale_free(per_part, shape_spread(kp3d[:, None], masks.expand(N, G, K)))
         return (per_part * weights).sum(-1).mean()
 
 
@@ -208,12 +227,16 @@ def warp_images(images: torch.Tensor, T: Transform2D) -> torch.Tensor:
 
 
 def equivariance_loss(kp_on_transformed: torch.Tensor, keypoints: torch.Tensor, T: Transform2D,
-                      perm: torch.Tensor) -> torch.Tensor:
+                      perm: torch.Tensor, scale_invariant: bool = False) -> torch.Tensor:
     """Eq. 3: mean over keypoints of |k(T(I)) - T(k(I))|_1, ignoring keypoints T moves out of the image.
 
-    kp_on_transformed, keypoints [N, K, 2]; gradients flow into both detections."""
+    kp_on_transformed, keypoints [N, K, 2]; gradients flow into both detections.  ``scale_invariant``: each
+    instance's distance divided by the spread of T(k(I)) (``scale_free``)."""
     with _fp32(keypoints):
         target = transform_keypoints(keypoints, T, perm)
         valid = inside(target.detach()).float()
         l1 = (kp_on_transformed.float() - target).abs().sum(-1)
-        return (l1 * valid).sum() / valid.sum().clamp_min(1.0)
+        if not scale_invariant:
+            return (l1 * valid).sum() / valid.sum().clamp_min(1.0)
+        per_instance = (l1 * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+        return scale_free(per_instance, shape_spread(target, torch.ones_like(valid))).mean()

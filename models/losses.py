@@ -71,11 +71,13 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
         losses["recon"] = reconstruction_loss(model.unet, model.perceptual, images, edges,
                                               cfg.mask_ratio, cfg.mask_patch)[0]
     if geo2d:                                                                                     # Eq. 3
-        losses["geo2d"] = equivariance_loss(kp_transformed, det.keypoints[:n_unlabeled], T, perm)
+        losses["geo2d"] = equivariance_loss(kp_transformed, det.keypoints[:n_unlabeled], T, perm,
+                                             variant.scale_invariant)
     if variant.geo3d:                                                                             # Eq. 4-5
         kp3d = torch.cat([det.keypoints, det.depth.unsqueeze(-1)], dim=-1)
         weights = part_weights(len(model.config.parts), cfg.whole_object_weight, images.device)
-        losses["geo3d"] = similarity_loss_3d(kp3d, model.part_masks, weights, step < cfg.random_pairing_steps)
+        losses["geo3d"] = similarity_loss_3d(kp3d, model.part_masks, weights, step < cfg.random_pairing_steps,
+                                              variant.scale_invariant)
     if variant.smoothing and len(model.smoothing_triples):                                        # Suppl. A
         losses["smooth"] = smoothing_loss(det.keypoints, model.smoothing_triples)
     for name in LOSS_NAMES[1:]:

@@ -25,6 +25,7 @@ class Variant:
     unlabeled: bool = True        # uses the unlabeled images at all
     augment_labeled: bool = True  # random affine + flip + colour jitter on the labeled images: without it the
                                   # method memorises its few shots and collapses on every other image (README)
+    scale_invariant: bool = False  # Eq. 3 and Eq. 5 divided by each shape's spread: blind to shrinking
     heatmap_regression: bool = False  # Xiao et al.: MSE to Gaussian heatmaps instead of Eq. 2, arg-max decoding
 
     @property
@@ -42,6 +43,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("no-3d", geo3d=False),
     Variant("no-uncertainty", uncertainty=False),
     Variant("no-label-aug", augment_labeled=False),
+    Variant("scale-free", scale_invariant=True),
     Variant("supervised", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False,
             unlabeled=False),
     Variant("xiao", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False,
