@@ -29,6 +29,7 @@ from pathlib import Path
 
 from jobs.grid import (CELLS_ARTIFACT, DRIVER_HOST_TAG, DRIVER_PID_TAG, KIND_TAG, Cell, all_runs,
                        cell_order, result_params, settings_digest, unique_cells)
+from pipeline.storage import join, resolve_location
 
 DEFAULT_DATA_ROOT = "data"
 #: Ray's built-in resource of the head node (trial drivers ask for a sliver of it)
@@ -39,7 +40,10 @@ HEARTBEAT_TAG, HEARTBEAT_S = "fskp.heartbeat", 30.0
 
 # ---- datasets: a card name under the data root, or the path of a prepared dataset ---------------------------
 def is_prepared(path: str | Path) -> bool:
-    return (Path(path) / "meta.json").is_file()
+    """Whether ``path`` (a folder or an object-store URI) holds a prepared dataset."""
+    from pipeline.storage import exists
+
+    return exists(join(resolve_location(path), "meta.json"))
 
 
 def missing_data_message(card: str, folder: Path) -> str:
@@ -65,9 +69,10 @@ def resolve_dataset(spec: str, data_root: str | Path = DEFAULT_DATA_ROOT) -> tup
     from pipeline.prepared import PreparedDataset
 
     if is_prepared(spec):
-        return PreparedDataset(spec).card.name, str(Path(spec).resolve())
+        ds = PreparedDataset(spec)
+        return ds.card.name, ds.root
     if spec in card_names():
-        return spec, str(Path(data_root) / spec)
+        return spec, join(str(data_root), spec)
     if Path(spec).exists():
         raise FileNotFoundError(f"{spec} is not a prepared dataset (no meta.json); create one with `fskp prepare`")
     raise ValueError(f"{spec!r} is neither a prepared dataset folder nor a card name "
@@ -78,7 +83,7 @@ def attach_data(cells: list[Cell], data_root: str | Path = DEFAULT_DATA_ROOT,
                 folders: dict[str, str] | None = None) -> list[Cell]:
     """Give each cell its prepared folder: ``folders[card]`` if given, else ``<data_root>/<card>``."""
     folders = folders or {}
-    return [c if c.data else replace(c, data=folders.get(c.card) or str(Path(data_root) / c.card)) for c in cells]
+    return [c if c.data else replace(c, data=folders.get(c.card) or join(str(data_root), c.card)) for c in cells]
 
 
 def check_data(cells: list[Cell]) -> None:
@@ -366,7 +371,7 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     from pipeline.storage import resolve_location
 
     check_data(cells)
-    cells = unique_cells(replace(c, data=str(Path(c.data).resolve())) for c in cells)
+    cells = unique_cells(replace(c, data=resolve_location(c.data)) for c in cells)
     check_cells(cells, train_options)
     driver_cpus = TRIAL_DRIVER_CPUS if driver_cpus is None else driver_cpus
     experiment = experiment or train_options.get("experiment") or "fskp"

@@ -452,7 +452,7 @@ def run_training(job: TrainJob, *, shot_ids: list[str] | None = None, parent_run
 
     ds = PreparedDataset(job.data)
     check_job(job, ds)
-    job = replace(job, data=str(Path(job.data).resolve()), tracking_uri=resolve_tracking_uri(job.tracking_uri),
+    job = replace(job, data=ds.root, tracking_uri=resolve_tracking_uri(job.tracking_uri),
                   storage_path=resolve_location(job.storage_path or "runs"))
     name = job.run_name or job.default_name(ds.card.name)
     selection_info = {}
@@ -556,6 +556,7 @@ def check_job(job: TrainJob, ds) -> None:
     from models.config import LossConfig, ModelConfig
     from models.precision import PRECISIONS
     from models.variants import get_variant
+    from pipeline.storage import exists as storage_exists
 
     problems = []
     try:
@@ -593,7 +594,7 @@ def check_job(job: TrainJob, ds) -> None:
     if not shots.endswith("%") and shots.isdigit() and int(shots) > n_train:
         problems.append(f"--shots {shots}: the train split has only {n_train} labeled rows")
     for source in ([job.pool] if isinstance(job.pool, str) else list(job.pool or ())):
-        if not Path(source).exists():
+        if not storage_exists(source):
             problems.append(f"--pool {source}: not found")
     if problems:
         raise ValueError(f"{ds.root}: " + "\n  ".join(problems) if len(problems) == 1 else

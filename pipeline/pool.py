@@ -169,15 +169,17 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
     """
     import ray.data
 
-    paths = [Path(p) for p in ([source] if isinstance(source, (str, Path)) else source)]
-    if len(paths) == 1 and (paths[0] / "meta.json").exists():
+    from pipeline import storage
+
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if len(sources) == 1 and storage.exists(storage.join(storage.resolve_location(sources[0]), "meta.json")):
         from pipeline.prepared import PreparedDataset
 
-        ds = PreparedDataset(paths[0])
+        ds = PreparedDataset(sources[0])      # local or in an object store: Ray Data reads its Parquet in place
         splits = [split] if isinstance(split, str) else list(split)
         files = [f for s in splits for f in ds.files(s)]
         if not files:
-            raise ValueError(f"{paths[0]}: no rows in split(s) {', '.join(splits)} to use as the unlabeled pool")
+            raise ValueError(f"{ds.root}: no rows in split(s) {', '.join(splits)} to use as the unlabeled pool")
         # Ray 2.60's default Parquet path (datasource V2) lists files in a "ListFiles" task that always asks for
         # a whole CPU (ray/data/_internal/planner/plan_list_files_op.py, no option): with the Train worker
         # holding the rest of a 2-CPU node it never starts and training waits forever.  The V1 reader's tasks
@@ -188,6 +190,12 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
             ["id", "image"]).map_batches(decode_encoded, fn_kwargs={"size": size}, batch_size=64,
                                          num_cpus=DATA_TASK_CPUS)
 
+    remote = [str(p) for p in sources if storage.is_uri(p)]
+    if remote:
+        raise ValueError(f"{remote[0]}: a pool of raw images or videos must be on a local or shared (NFS) path; "
+                         f"for a pool in an object store, prepare it (`fskp prepare` / `fskp synth --out s3://...`) "
+                         f"and give the prepared dataset")
+    paths = [Path(p) for p in sources]
     files: list[Path] = []
     for p in paths:
         if p.is_dir():

@@ -30,8 +30,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
-from pipeline.card import Card, load_card
+from pipeline import storage
+from pipeline.card import Card, load_card, parse_card
 
 FORMAT_VERSION = 1
 ROWS_PER_SHARD = 2048
@@ -197,7 +199,20 @@ def write_prepared(out_dir: str | os.PathLike, card: Card, instances: Iterable[I
 
     Rows are written to a temporary sibling folder; on any error it is removed and ``out_dir`` is left
     untouched.  ``skipped`` maps a reason to a count of inputs a converter skipped (reported in meta.json).
+    ``out_dir`` may be an object-store URI (s3://...): the folder is written locally, then uploaded with
+    meta.json last (a reader never takes half an upload for a dataset), and the URI is returned.
     """
+    if storage.is_uri(out_dir):
+        location = storage.resolve_location(out_dir)
+        if storage.exists(storage.join(location, "meta.json")) and not overwrite:
+            raise FileExistsError(f"{location} already exists (pass --overwrite to replace it)")
+        with tempfile.TemporaryDirectory(prefix="fskp-prepare-") as local:
+            written = write_prepared(Path(local) / "dataset", card, instances, size=size, margin=margin,
+                                     extra_meta=extra_meta, skipped=skipped, progress=progress)
+            if storage.exists(location):
+                storage.delete_folder(location)
+            storage.upload_folder(written, location, last="meta.json")
+        return location   # type: ignore[return-value]
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
@@ -254,18 +269,22 @@ def write_prepared(out_dir: str | os.PathLike, card: Card, instances: Iterable[I
 
 # ---- reading -----------------------------------------------------------------------------------------
 class PreparedDataset:
-    """Read access to a prepared dataset folder."""
+    """Read access to a prepared dataset folder: a local/NFS path or an object-store URI (s3://...), read
+    in place through pyarrow's filesystems (nothing is copied to local disk)."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        meta_path = self.root / "meta.json"
-        if not meta_path.exists():
+        self.root = storage.resolve_location(root)        # str: a URI or an absolute path
+        self.remote = storage.is_uri(self.root)
+        meta_path = storage.join(self.root, "meta.json")
+        if not storage.exists(meta_path):
             raise FileNotFoundError(f"{self.root} is not a prepared dataset (no meta.json); "
                                     f"create one with `fskp prepare` or `fskp synth`")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = json.loads(storage.read_text(meta_path))
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format version {self.meta.get('format_version')} != {FORMAT_VERSION}")
-        self.card = load_card(self.root / "card.yaml")
+        card_path = storage.join(self.root, "card.yaml")
+        self.card = parse_card(yaml.safe_load(storage.read_text(card_path)), origin=card_path) if self.remote \
+            else load_card(card_path)
 
     @property
     def size(self) -> int:
@@ -276,7 +295,8 @@ class PreparedDataset:
         return self.meta["data_fingerprint"]
 
     def files(self, split: str) -> list[str]:
-        return sorted(str(p) for p in self.root.glob(f"{split}-*.parquet"))
+        return [f for f in storage.list_files(self.root)
+                if f.rsplit("/", 1)[-1].startswith(f"{split}-") and f.endswith(".parquet")]
 
     def count(self, split: str) -> int:
         return int(self.meta["counts"].get(split, 0))
@@ -285,7 +305,11 @@ class PreparedDataset:
         files = self.files(split)
         if not files:
             return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
-        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+        tables = []
+        for f in files:
+            with storage.open_input(f) as handle:
+                tables.append(pq.read_table(handle, columns=columns))
+        return pa.concat_tables(tables)
 
     def arrays(self, split: str, ids: list[str] | None = None, with_images: bool = True) -> dict[str, np.ndarray]:
         """Decode a split (or the rows with ``ids``, in that order) into numpy arrays.
@@ -327,6 +351,6 @@ def rows_to_arrays(rows: list[dict], k: int) -> dict[str, np.ndarray]:
 def iter_rows(paths: list[str], columns: list[str] | None = None, batch_rows: int = 256) -> Iterator[dict]:
     """Stream rows from Parquet files without loading them whole."""
     for p in paths:
-        f = pq.ParquetFile(p)
-        for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
-            yield from batch.to_pylist()
+        with storage.open_input(p) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
+                yield from batch.to_pylist()

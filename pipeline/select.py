@@ -107,8 +107,9 @@ class ShotSelection:
 
 
 def default_output(dataset: PreparedDataset, selection: ShotSelection) -> Path:
-    """DIR/shots/<method>-<N>-seed<S>.json"""
-    return dataset.root / "shots" / f"{selection.method}-{selection.n}-seed{selection.seed}.json"
+    """DIR/shots/<method>-<N>-seed<S>.json; ./shots/... for a dataset in an object store."""
+    folder = Path("shots") if dataset.remote else Path(dataset.root) / "shots"
+    return folder / f"{selection.method}-{selection.n}-seed{selection.seed}.json"
 
 
 # ---- shot counts -----------------------------------------------------------------------------------------
@@ -346,7 +347,7 @@ def extract_features(dataset: PreparedDataset, model, batch_size: int = 32,
 
 
 def _cache_path(dataset: PreparedDataset, backbone: str, weights: _Weights) -> Path:
-    return dataset.root / "shots" / "features" / f"{backbone}-{weights.key}.npz"
+    return Path(dataset.root) / "shots" / "features" / f"{backbone}-{weights.key}.npz"
 
 
 def _read_cache(path: Path, fingerprint: str, ids: list[str], layer: str) -> tuple[np.ndarray, str] | None:
@@ -417,7 +418,8 @@ def select_shots(dataset: PreparedDataset, n: int | str, method: str = "kmeans",
     """Choose ``n`` training examples to annotate (paper §3.6); see the module docstring for the method.
 
     n: a count or a percentage string ("5%") of the labelled train images.  backbone, weights: kmeans only.
-    cache: read/write the feature cache under DIR/shots/features.
+    cache: read/write the feature cache under DIR/shots/features (local datasets only: a dataset in an object
+    store is read, never written to, so its features are computed each time).
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r} (one of {', '.join(METHODS)})")
@@ -435,6 +437,7 @@ def select_shots(dataset: PreparedDataset, n: int | str, method: str = "kmeans",
     model, info = load_backbone(backbone, weights)
     _say_once(info.note)
     layer = model.feature_info.module_name()[-1]
+    cache = cache and not dataset.remote
     path = _cache_path(dataset, backbone, info)
     cached = _read_cache(path, dataset.fingerprint, ids, layer) if cache else None
     if cached is not None:

@@ -55,6 +55,41 @@ def read_text(location: str) -> str:
         return f.read().decode()
 
 
+def open_input(location: str):
+    """A random-access binary file (pyarrow NativeFile) at a URI or path: Parquet and PNG readers seek in it."""
+    fs, path = filesystem(location)
+    return fs.open_input_file(path)
+
+
+def list_files(location: str, recursive: bool = False) -> list[str]:
+    """The files in a folder at a URI or path, as locations of the same kind, sorted."""
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    base = resolve_location(location)
+    return sorted(join(base, i.path[len(path):].lstrip("/")) for i in infos if i.type == pyarrow.fs.FileType.File)
+
+
+def upload_folder(local: str | Path, location: str, last: str | None = None) -> None:
+    """Copy a local folder's files to ``location`` (a URI), the file named ``last`` after every other one, so
+    that a reader who checks for it never sees half an upload as complete."""
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    for f in sorted(files, key=lambda f: f.name == last):
+        rel = f.relative_to(local).as_posix()
+        pyarrow.fs.copy_files(str(f), f"{path}/{rel}", source_filesystem=pyarrow.fs.LocalFileSystem(),
+                              destination_filesystem=fs)
+
+
+def delete_folder(location: str) -> None:
+    fs, path = filesystem(location)
+    fs.delete_dir(path)
+
+
 def exists(location: str) -> bool:
     import pyarrow.fs
 

@@ -2,8 +2,9 @@
 their own resources), an S3-compatible object store (moto in server mode) and an `mlflow server` whose
 artifacts go to that store, all on 127.0.0.1; then, as the README tells a cluster user:
 
+  0. a prepared synthetic dataset written to the object store (`fskp synth face --out s3://...`);
   1. `ray job submit --working-dir . -- fskp reproduce ...` of a grid of 4 cells, 2 Train workers per cell,
-     checkpoints in the object store, results on the tracking server;
+     data and checkpoints in the object store, results on the tracking server;
   2. `ray job stop` while cells run, and one worker node's raylet killed;
   3. the same command again: finished cells are not retrained, an interrupted cell continues from its checkpoint,
      the sweep completes;
@@ -170,8 +171,8 @@ class Flow:
             p.wait()
 
     # ---- the user's steps --------------------------------------------------------------------------------
-    def reproduce_command(self, data: Path) -> list[str]:
-        return [PY, "-m", "jobs.cli", "reproduce", "--datasets", str(data), "--shots", ",".join(SHOTS),
+    def reproduce_command(self, data: str) -> list[str]:
+        return [PY, "-m", "jobs.cli", "reproduce", "--datasets", data, "--shots", ",".join(SHOTS),
                 "--variants", ",".join(VARIANTS), "--selection", "random", "--workers", "2", "--iterations", "40",
                 "--checkpoint-every", "5", "--log-every", "5", "--size", "64", "--backbone", "resnet18",
                 "--perceptual-network", "vit_tiny_patch16_224", "--backbone-weights", "none",
@@ -227,15 +228,17 @@ class Flow:
 
 
 def run(work: Path) -> None:
-    from pipeline.synth.dataset import generate
-
     flow = Flow(work)
     try:
         flow.start_object_store()
         flow.start_tracking_server()
         flow.start_cluster()
         flow.await_tracking_server()
-        data = generate("face", work / "data" / "synth_face", 24, seed=0, size=64, workers=1)
+        data = f"s3://{BUCKET}/data/synth_face"        # the dataset lives in the store: no node reads a local copy
+        made = subprocess.run([PY, "-m", "jobs.cli", "synth", "face", "--out", data, "--n", "24", "--size", "64",
+                               "--workers", "1"], cwd=work, env=flow.env, capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, made.stderr[-2000:]
+        say(f"prepared dataset uploaded to {data}")
         command = flow.reproduce_command(data)
 
         job = flow.submit(command, wait=False)

@@ -74,6 +74,41 @@ def test_locations_keep_their_scheme(tmp_path):
     assert join("s3://bucket/runs", "cell", "rank0.json") == "s3://bucket/runs/cell/rank0.json"
 
 
+def test_a_prepared_dataset_in_the_object_store_reads_as_the_local_one(s3_store, tmp_path):
+    """Written to the store by `fskp synth --out s3://...` (meta.json last), read in place: the same rows,
+    arrays and card as the same dataset written locally; the pool streams from it through Ray Data."""
+    import boto3
+
+    from pipeline.prepared import PreparedDataset
+    from pipeline.synth.dataset import generate
+
+    local = generate("face", tmp_path / "synth_face", 12, seed=3, size=32, workers=1, progress=False)
+    remote = generate("face", f"{s3_store}/prepared/synth_face/", 12, seed=3, size=32, workers=1, progress=False)
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="prepared/")["Contents"]]
+    assert "prepared/synth_face/meta.json" in keys and any(k.endswith(".parquet") for k in keys)
+    a, b = PreparedDataset(local), PreparedDataset(remote)
+    assert b.root == f"{s3_store}/prepared/synth_face" and b.remote and not a.remote
+    assert b.fingerprint == a.fingerprint and b.card == a.card and b.meta["counts"] == a.meta["counts"]
+    assert [f.rsplit("/", 1)[1] for f in b.files("train")] == [Path(f).name for f in a.files("train")]
+    for key, value in a.arrays("test").items():
+        assert (b.arrays("test")[key] == value).all() if value.dtype != object else list(b.arrays("test")[key]) == list(value)
+    with pytest.raises(FileExistsError, match="already exists"):
+        generate("face", remote, 12, seed=3, size=32, workers=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="not a prepared dataset"):
+        PreparedDataset(f"{s3_store}/prepared/nothing-here")
+
+
+def test_the_pool_streams_from_the_object_store(ray_with_s3, tmp_path):
+    from pipeline.pool import pool_dataset
+    from pipeline.synth.dataset import generate
+
+    remote = generate("face", f"{ray_with_s3}/pool/synth_face", 12, seed=1, size=32, workers=1, progress=False)
+    rows = pool_dataset(remote, 32).take_all()
+    assert len(rows) == 10 and all(r["image"].shape == (32, 32, 3) for r in rows)   # the train split (2 of 12 are test)
+    with pytest.raises(ValueError, match="must be on a local or shared"):
+        pool_dataset([f"{ray_with_s3}/raw/frames"], 32)
+
+
 def test_checkpoints_go_to_the_object_store_and_load_back(ray_with_s3, tmp_path, monkeypatch):
     import boto3
     from mlflow.tracking import MlflowClient
@@ -82,11 +117,12 @@ def test_checkpoints_go_to_the_object_store_and_load_back(ray_with_s3, tmp_path,
     from jobs.training import TrainJob, run_training
     from pipeline.synth.dataset import generate
 
-    data = generate("face", tmp_path / "data" / "synth_face", 24, seed=0, size=64, workers=1)
+    data = generate("face", f"{ray_with_s3}/data/synth_face", 24, seed=0, size=64, workers=1, progress=False)
+    assert data == f"{ray_with_s3}/data/synth_face"     # written straight to the store: no local copy to read
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    job = TrainJob(data=str(data), shots="4", selection="random", iterations=4, backbone="resnet18", size=64,
+    job = TrainJob(data=data, shots="4", selection="random", iterations=4, backbone="resnet18", size=64,
                    unlabeled_batch=4, checkpoint_every=2, log_every=2, experiment="s3",
                    tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage_path=f"{ray_with_s3}/runs",
                    perceptual_vit="vit_tiny_patch16_224", backbone_weights="none", perceptual_weights="none",
@@ -103,7 +139,9 @@ def test_checkpoints_go_to_the_object_store_and_load_back(ray_with_s3, tmp_path,
     assert any(k.endswith("/model.pt") for k in keys) and any(k.endswith("/rank0.json") for k in keys)
     model, state = load_checkpoint(tags["checkpoint_path"])
     assert state["step"] == 4 and state["card_name"] == "synth_face"
-    assert list(work.iterdir()) == []                 # nothing local: no "runs", no "s3:" folder, no "mlruns"
+    assert client.get_run(result.run_id).data.params["data"] == data       # the location is recorded as given
+    assert list(work.iterdir()) == []        # nothing local: no "runs", no "s3:" folder, no "mlruns", no "shots"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "work"]
     assert not Path("s3:").exists()
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(f"{ray_with_s3}/runs/no-such-run/model.pt")
