@@ -1,0 +1,155 @@
+"""Video inference end to end: frames per second and peak memory of `fskp predict --video` on a 640x480 video,
+at two or more video lengths (memory flat in video length is the point of streaming).
+
+For each length a synthetic 640x480, 30 frames/s H.264 video (a textured background with moving blobs, a
+keyframe every 250 frames as a camera would write) is encoded once, then `fskp predict --checkpoint C --video V
+--out O` runs as a user would type it, in its own process: Ray start, model actors, decoding, prediction and the
+DeepLabCut CSV/HDF5 outputs all count.  Peak memory is the largest sum of resident memory over that process and
+all its children (the Ray processes it starts), sampled every 0.2 s.  Prints figures, asserts nothing.
+
+    .venv/bin/python benchmarks/video_speed.py --minutes 1,4
+    .venv/bin/python benchmarks/video_speed.py --minutes 60 --checkpoint runs/label-.../checkpoint_.../model.pt
+
+Without ``--checkpoint`` the model is the architecture `fskp label` trains (jobs/commands/label.py's defaults:
+resnet18 at 192 px) with untrained weights, said in the output: speed does not depend on the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, HEIGHT, FPS, GOP = 640, 480, 30, 250
+
+
+def write_video(path: Path, frames: int, seed: int = 0) -> Path:
+    """A 640x480 H.264 video: a fixed textured background and three blobs moving on smooth paths."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    background = (rng.integers(60, 120, (HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
+                  .repeat(8, 0).repeat(8, 1))
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.options = {"g": str(GOP), "preset": "veryfast", "crf": "23"}
+        for i in range(frames):
+            image = background.copy()
+            for b in range(3):
+                cx = WIDTH / 2 + 200 * np.sin(i / 40 + 2 * b)
+                cy = HEIGHT / 2 + 150 * np.cos(i / 55 + b)
+                image[(xx - cx) ** 2 + (yy - cy) ** 2 < 30 ** 2] = (220, 80 + 60 * b, 60)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def untrained_checkpoint(path: Path) -> Path:
+    """model.pt of `fskp label`'s architecture (synth_animal's keypoints) with untrained weights."""
+    import torch
+
+    from jobs.commands.label import LABEL_DEFAULTS
+    from models.config import ModelConfig
+    from models.model import KeypointModel
+    from pipeline.card import load_card
+
+    card = load_card("synth_animal")
+    config = ModelConfig.from_card(card, backbone=LABEL_DEFAULTS["backbone"], image_size=LABEL_DEFAULTS["size"],
+                                   backbone_weights="none", perceptual_weights="none")
+    torch.save({**KeypointModel(config).checkpoint(), "step": 0, "card_name": card.name,
+                "card_fingerprint": card.fingerprint, "num_keypoints": card.num_keypoints,
+                "keypoint_names": list(card.keypoints)}, path)
+    return path
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (Linux /proc)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        children = [c for c, pp in parent.items() if pp in frontier and c not in tree]
+        tree.update(children)
+        frontier = children
+    total = 0
+    for p in tree:
+        try:
+            rss = next(line for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("VmRSS"))
+            total += int(rss.split()[1]) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak tree RSS bytes, last lines of output) of one `fskp predict` run."""
+    command = [sys.executable, "-m", "jobs.cli", "predict", "--checkpoint", str(checkpoint), "--video", str(video),
+               "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
+    t0 = time.time()
+    proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = proc.communicate()[0]
+    took = time.time() - t0
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"fskp predict failed ({proc.returncode}):\n{output[-3000:]}")
+    return took, peak[0], output
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", default="1,4", help="video lengths in minutes, comma-separated")
+    p.add_argument("--checkpoint", help="model.pt to run (default: fskp label's architecture, untrained)")
+    p.add_argument("--work", help="folder for the videos and outputs (default: a temporary folder)")
+    p.add_argument("predict_args", nargs="*", help="extra `fskp predict` options after --, e.g. -- --actors 1")
+    args = p.parse_args()
+    sys.path.insert(0, str(REPO))
+    from models.precision import machine_summary
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="fskp-video-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else untrained_checkpoint(work / "untrained.pt")
+    print(f"video inference, 640x480 H.264 at {FPS} frames/s; model: "
+          f"{checkpoint if args.checkpoint else 'fskp label architecture, untrained weights'}; {machine_summary()}",
+          flush=True)
+    print("| video | frames | encode s | predict wall s | frames/s | peak memory GiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for minutes in [float(m) for m in args.minutes.split(",")]:
+        frames = int(round(minutes * 60 * FPS))
+        video = work / f"video-{minutes:g}min.mp4"
+        t0 = time.time()
+        if not video.exists():
+            write_video(video, frames)
+        encode = time.time() - t0
+        out = work / f"predict-{minutes:g}min"
+        took, peak, output = run_predict(checkpoint, video, out, args.predict_args)
+        rates = [line for line in output.splitlines() if "frames/s" in line]
+        print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {peak / 2 ** 30:.2f} |",
+              flush=True)
+        if rates:
+            print(f"  (last progress line: {rates[-1].strip()})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
