@@ -87,7 +87,7 @@ def similarity_loss_3d(kp3d: torch.Tensor, masks: torch.Tensor, weights: torch.T
     distance.  The similarity eta is estimated without gradients (Supplement A: "the gradients are stopped
     in the similarity transformation estimation"), and the loss is the part's mean L1 distance between
     k_P(I_i) and eta(k_P(I_c)), summed over parts with ``weights``, averaged over instances.
-    ``scale_invariant``: each part's distance divided by the part's spread in I_i (``scale_free``).
+    ``scale_invariant``: each part's distance divided by the part's image-plane spread in I_i (``scale_free``).
     """
     N, K, _ = kp3d.shape
     G = masks.shape[0]
@@ -116,7 +116,8 @@ def similarity_loss_3d(kp3d: torch.Tensor, masks: torch.Tensor, weights: torch.T
         l1 = (kp3d[:, None] - aligned).abs().sum(-1)                                # [N, G, K]
         per_part = (l1 * masks).sum(-1) / masks.sum(-1)                             # (1/|P|) sum
         if scale_invariant:
-            per_part = scale_free(per_part, shape_spread(kp3d[:, None], masks.expand(N, G, K)))
+            # the image-plane spread: a spread with depth would pay the detector to inflate the free depth
+            per_part = scale_free(per_part, shape_spread(kp3d[:, None, :, :2], masks.expand(N, G, K)))
         return (per_part * weights).sum(-1).mean()
 
 
