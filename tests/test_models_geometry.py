@@ -222,3 +222,33 @@ def test_colour_jitter_identity_brightness_and_hue():
     red[:, 0] = 0.8
     shifted = colour_jitter(red, torch.tensor([[1.0, 1.0, 1.0, 1 / 3]]))                       # a third of a turn
     assert shifted[0, 1].mean() > shifted[0, 0].mean()                                          # red -> greenish
+
+
+def _shrink_rate(loss_fn, *points):
+    """d loss / d a of loss(a * points) at a = 1: positive when shrinking every shape lowers the loss."""
+    points = [p.detach().clone().requires_grad_() for p in points]
+    grads = torch.autograd.grad(loss_fn(*points), points)
+    return sum((g * p).sum() for g, p in zip(grads, points)).item()
+
+
+def test_scale_free_losses_do_not_reward_shrinking_while_the_plain_ones_do():
+    torch.manual_seed(0)
+    kp, kp_t = torch.rand(8, 6, 2) - 0.5, torch.rand(8, 6, 2) - 0.5
+    T = sample_transforms(8, 0.5, LossConfig(), None)
+    perm = torch.arange(6)
+    plain = _shrink_rate(lambda a, b: equivariance_loss(a, b, T, perm), kp_t, kp)
+    free = _shrink_rate(lambda a, b: equivariance_loss(a, b, T, perm, scale_invariant=True), kp_t, kp)
+    assert plain > 0.3 and abs(free) < 0.1 * plain
+    kp3 = torch.rand(8, 6, 3) - 0.5
+    kp3[..., 2] *= 0.1
+    kp3 = kp3 - kp3.mean(1, keepdim=True)     # shapes about the origin: shrinking them is a similarity
+    masks, weights = part_masks(((0, 1, 2), (3, 4, 5)), 6), part_weights(2, 1.0)
+    plain = _shrink_rate(lambda x: similarity_loss_3d(x, masks, weights, False), kp3)
+    free = _shrink_rate(lambda x: similarity_loss_3d(x, masks, weights, False, scale_invariant=True), kp3)
+    # not exactly 0: each part's similarity is estimated without gradient, and its translation does not shrink
+    assert plain > 0.1 and abs(free) < 0.25 * plain
+    # the depth is not in the normaliser: inflating it alone must not lower the loss
+    deep = kp3.clone()
+    deep[..., 2] *= 10
+    assert similarity_loss_3d(deep, masks, weights, False, scale_invariant=True) > \
+        similarity_loss_3d(kp3, masks, weights, False, scale_invariant=True)
