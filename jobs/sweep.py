@@ -46,10 +46,13 @@ def is_prepared(path: str | Path) -> bool:
     return exists(join(resolve_location(path), "meta.json"))
 
 
-def missing_data_message(card: str, folder: Path) -> str:
+def missing_data_message(card: str, folder: str | Path) -> str:
     """How to create the prepared dataset a card name points at."""
     from pipeline.converters import FORMATS, converter
 
+    if card.startswith("synth_"):
+        return (f"{folder}: no prepared dataset for card {card!r}. Render it with\n"
+                f"    fskp synth {card[len('synth_'):]} --n 1000 --out {folder}")
     fmt = next((f for f in FORMATS if getattr(converter(f), "CARD", None) == card), None)
     steps = f"fskp download {card} --root datasets   (fetches it, or says how to obtain it)"
     if fmt:
@@ -91,7 +94,7 @@ def check_data(cells: list[Cell]) -> None:
     missing = {}
     for c in cells:
         if not is_prepared(c.data):
-            missing.setdefault(c.card, Path(c.data))
+            missing.setdefault(c.card, c.data)
     if missing:
         raise FileNotFoundError("\n".join(missing_data_message(card, folder) for card, folder in missing.items()))
 

@@ -145,3 +145,19 @@ def test_checkpoints_go_to_the_object_store_and_load_back(ray_with_s3, tmp_path,
     assert not Path("s3:").exists()
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(f"{ray_with_s3}/runs/no-such-run/model.pt")
+
+
+def test_a_sweep_finds_its_datasets_in_the_object_store(s3_store):
+    """`fskp reproduce --datasets s3://...` and `--data-root s3://...` (the cluster's way) resolve before Ray starts."""
+    from jobs.grid import Cell
+    from jobs.sweep import attach_data, check_data, resolve_dataset
+    from pipeline.synth.dataset import generate
+
+    uri = generate("car", f"{s3_store}/root/synth_car", 10, seed=0, size=32, workers=1, progress=False)
+    assert resolve_dataset(uri + "/") == ("synth_car", uri)
+    cells = attach_data([Cell("synth_car", "2", "supervised"), Cell("synth_face", "2", "supervised")],
+                        data_root=f"{s3_store}/root")
+    assert [c.data for c in cells] == [uri, f"{s3_store}/root/synth_face"]
+    with pytest.raises(FileNotFoundError, match=f"--out {s3_store}/root/synth_face"):
+        check_data(cells)                   # the face dataset is not in the store: named before Ray starts
+    check_data(cells[:1])
