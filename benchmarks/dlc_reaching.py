@@ -40,7 +40,8 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true", help="print the table from an earlier run's --out")
     args = p.parse_args()
 
-    from jobs.labeling import label, read_dlc_project
+    from jobs.labeling.inputs import read_dlc_project
+    from jobs.labeling.job import label
 
     out = Path(args.out).resolve()
     rows, checks = [], []

@@ -33,7 +33,9 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/refine_loop")
     args = p.parse_args()
 
-    from jobs.labeling import held_out_report, label, read_dlc_project
+    from jobs.labeling.inputs import read_dlc_project
+    from jobs.labeling.job import label
+    from jobs.labeling.scoring import held_out_report
 
     project, out = Path(args.project), Path(args.out).resolve()
     inp = read_dlc_project(project)

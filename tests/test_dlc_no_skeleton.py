@@ -100,7 +100,7 @@ def brute_force_tree(weights: np.ndarray) -> set[tuple[int, int]]:
 
 
 def test_derived_links_are_the_minimum_spanning_tree_of_mean_distances():
-    from jobs.labeling import derive_links
+    from jobs.labeling.inputs import derive_links
 
     rng = np.random.default_rng(0)
     for trial in range(20):
@@ -115,7 +115,7 @@ def test_derived_links_are_the_minimum_spanning_tree_of_mean_distances():
 
 
 def test_pairs_never_labeled_together_and_keypoints_never_labeled():
-    from jobs.labeling import derive_links
+    from jobs.labeling.inputs import derive_links
 
     kp = np.array([[[0, 0], [10, 0], [0, 0], [0, 0]],
                    [[0, 0], [0, 0], [30, 0], [0, 0]]], float)
@@ -133,7 +133,7 @@ def test_pairs_never_labeled_together_and_keypoints_never_labeled():
 # ---- reading projects without a skeleton ---------------------------------------------------------------
 @pytest.mark.parametrize("skeleton", [[], None], ids=["empty-skeleton", "no-skeleton-key"])
 def test_project_without_skeleton_reads_and_derives_its_links(tmp_path, capsys, skeleton):
-    from jobs.labeling import links_for_training, read_dlc_project
+    from jobs.labeling.inputs import links_for_training, read_dlc_project
 
     project = make_project(tmp_path / "walk", config={"skeleton": skeleton})
     inp = read_dlc_project(project)
@@ -146,7 +146,7 @@ def test_project_without_skeleton_reads_and_derives_its_links(tmp_path, capsys, 
 
 
 def test_links_option_replaces_the_projects_skeleton(tmp_path):
-    from jobs.labeling import links_for_training, read_dlc_project
+    from jobs.labeling.inputs import links_for_training, read_dlc_project
 
     project = make_project(tmp_path / "walk", config={"skeleton": [["nose", "head"], ["head", "body"]],
                                                        "iteration": 3})
@@ -186,7 +186,7 @@ def test_project_without_a_labeled_keypoint_is_refused_before_ray_starts(tmp_pat
 def test_training_frames_with_one_labeled_keypoint_cannot_give_links(tmp_path):
     from dataclasses import replace
 
-    from jobs.labeling import links_for_training, read_dlc_project
+    from jobs.labeling.inputs import links_for_training, read_dlc_project
     from pipeline.prepared import DataError
 
     inp = read_dlc_project(make_project(tmp_path / "walk"))

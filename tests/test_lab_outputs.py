@@ -135,7 +135,8 @@ def test_label_outputs_include_h5_and_nwb_beside_the_csv(tmp_path):
     from pynwb import NWBHDF5IO, validate
 
     from jobs.inference import Predictions
-    from jobs.labeling import LabelingInput, write_outputs
+    from jobs.labeling.inputs import LabelingInput
+    from jobs.labeling.outputs import write_outputs
 
     project = tmp_path / "project"
     folder = project / "labeled-data" / "session1"

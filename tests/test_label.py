@@ -195,7 +195,8 @@ def test_predict_on_a_video_with_the_run(labeled, project, tmp_path):
 
 
 def test_label_refuses_unknown_frames(project, tmp_path):
-    from jobs.labeling import choose_shots, read_dlc_project
+    from jobs.labeling.inputs import read_dlc_project
+    from jobs.labeling.shots import choose_shots
 
     inp = read_dlc_project(project)
     with pytest.raises(ValueError, match="img999"):
@@ -214,7 +215,7 @@ def write_dlc_csv_for(path: Path, names: list[str], frames: dict[str, np.ndarray
 
 
 def test_read_video_extracts_the_labeled_frames_by_number(project, tmp_path):
-    from jobs.labeling import read_video
+    from jobs.labeling.inputs import read_video
 
     labels = write_dlc_csv_for(tmp_path / "labels.csv", PARTS, {f"img{i:04d}.png": mouse_frame(i)[1] for i in (2, 11)})
     inp = read_video(project / "videos" / "session1.mp4", labels, tmp_path / "work", links="nose-head,head-tail")
@@ -231,7 +232,7 @@ def test_read_video_extracts_the_labeled_frames_by_number(project, tmp_path):
 def test_read_images_with_coco_labels(tmp_path):
     from PIL import Image
 
-    from jobs.labeling import read_images
+    from jobs.labeling.inputs import read_images
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -252,7 +253,7 @@ def test_read_images_with_coco_labels(tmp_path):
 
 
 def test_labels_naming_missing_video_frames_are_refused(project, tmp_path):
-    from jobs.labeling import read_video
+    from jobs.labeling.inputs import read_video
     from pipeline.prepared import DataError
 
     labels = write_dlc_csv_for(tmp_path / "labels.csv", PARTS, {"img0500.png": mouse_frame(0)[1]})

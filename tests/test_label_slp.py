@@ -64,7 +64,7 @@ def test_label_a_sleap_project_and_write_sleap_predictions(ray_local, tmp_path):
 
 
 def test_several_animals_in_a_frame_are_refused_before_training(tmp_path):
-    from jobs.labeling import read_slp_project
+    from jobs.labeling.inputs import read_slp_project
     from pipeline.prepared import DataError
 
     root = tmp_path / "two"

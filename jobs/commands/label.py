@@ -91,7 +91,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from jobs.commands.train import job_kwargs
-    from jobs.labeling import label, read_dlc_project, read_images, read_slp_project, read_video
+    from jobs.labeling.inputs import read_dlc_project, read_images, read_slp_project, read_video
+    from jobs.labeling.job import label
     from pipeline.card import load_card
 
     card = load_card(args.card) if args.card else None

@@ -43,7 +43,7 @@ def run(args) -> int:
 
     from jobs.commands.label import parse_crop
     from jobs.inference import predict_frames
-    from jobs.labeling import write_outputs
+    from jobs.labeling.outputs import write_outputs
     from pipeline.converters.coco import card_from_keypoints
 
     ckpt, crop = args.checkpoint, parse_crop(args.crop)

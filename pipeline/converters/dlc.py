@@ -126,7 +126,7 @@ def card_for(src: Path, links: list[tuple[int, int]] | None = None) -> Card:
 
     links: index pairs to use instead of the skeleton (``fskp label --links``).  A project without a
     skeleton (``skeleton: []`` or no key, as many labs have) gets a card without links; ``fskp label``
-    then derives them from the labeled frames (jobs/labeling.py ``derive_links``)."""
+    then derives them from the labeled frames (jobs/labeling/inputs.py ``derive_links``)."""
     path = Path(src) / "config.yaml"
     cfg = read_config(src)
     names = cfg["bodyparts"]
@@ -190,6 +190,53 @@ def _likelihood(text: str, path: Path, line: int, name: str) -> float:
     return v
 
 
+@dataclass(frozen=True)
+class CsvHeader:
+    """The three header rows of a DeepLabCut label CSV, checked."""
+
+    n_index: int                                   # leading columns naming the image (1, or 3 in DeepLabCut 2.2+)
+    width: int                                     # columns per row
+    columns: dict[tuple[str, str], int]            # (body part, "x" | "y" | "likelihood") -> column
+    bodyparts: tuple[str, ...]                     # in column order
+    has_likelihood: bool                           # machine labels (x, y, likelihood per body part)
+    rows: tuple[tuple[str, ...], ...]              # the three rows as read
+
+
+def parse_header(path: Path, header: list[list[str] | None]) -> CsvHeader:
+    """Check the scorer / bodyparts / coords rows of a label CSV (the one reading of them in the project)."""
+    if any(h is None for h in header):
+        raise DataError(path, None, "expected three header rows (scorer, bodyparts, coords)")
+    if header[1] and header[1][0] == "individuals":
+        raise DataError(path, 2, "multi-animal label files (an 'individuals' header row) are not supported")
+    if [h[0] if h else "" for h in header] != ["scorer", "bodyparts", "coords"]:
+        raise DataError(path, 1, "expected header rows starting with scorer, bodyparts, coords; got "
+                                 f"{[h[0] if h else '' for h in header]}")
+    width = len(header[2])
+    if len(header[1]) != width:
+        raise DataError(path, 2, f"bodyparts row has {len(header[1])} columns, coords row {width}")
+    n_index = next((j for j in range(1, width) if header[2][j] in ("x", "y")), None)
+    if n_index is None:
+        raise DataError(path, 3, "coords row has no x / y column")
+    columns: dict[tuple[str, str], int] = {}
+    for j in range(n_index, width):
+        part, coord = header[1][j], header[2][j]
+        if coord not in ("x", "y", "likelihood") or (part, coord) in columns:
+            raise DataError(path, 3, f"column {j + 1}: unexpected or repeated ({part!r}, {coord!r})")
+        columns[(part, coord)] = j
+    return CsvHeader(n_index=n_index, width=width, columns=columns,
+                     bodyparts=tuple(dict.fromkeys(p for p, _ in columns)),
+                     has_likelihood=any(c == "likelihood" for _, c in columns),
+                     rows=tuple(tuple(h) for h in header))
+
+
+def read_csv(path: Path) -> tuple[CsvHeader, list[tuple[int, list[str]]]]:
+    """(checked header, [(line number, row)] of the non-empty data rows) of a label CSV."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        head = parse_header(path, [next(reader, None) for _ in range(3)])
+        return head, [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+
+
 def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...],
                     pcutoff: float = DEFAULT_PCUTOFF) -> list[LabeledFrame]:
     """Parse one DeepLabCut label CSV into frames with the card's keypoints (by body part name).
@@ -199,34 +246,14 @@ def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...],
     """
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        header = [next(reader, None) for _ in range(3)]
-        if any(h is None for h in header):
-            raise DataError(path, None, "expected three header rows (scorer, bodyparts, coords)")
-        if header[1] and header[1][0] == "individuals":
-            raise DataError(path, 2, "multi-animal label files (an 'individuals' header row) are not supported")
-        if [h[0] if h else "" for h in header] != ["scorer", "bodyparts", "coords"]:
-            raise DataError(path, 1, "expected header rows starting with scorer, bodyparts, coords; got "
-                                     f"{[h[0] if h else '' for h in header]}")
-        width = len(header[2])
-        if len(header[1]) != width:
-            raise DataError(path, 2, f"bodyparts row has {len(header[1])} columns, coords row {width}")
-        n_index = next((j for j in range(1, width) if header[2][j] in ("x", "y")), None)
-        if n_index is None:
-            raise DataError(path, 3, "coords row has no x / y column")
-        columns: dict[tuple[str, str], int] = {}
-        for j in range(n_index, width):
-            part, coord = header[1][j], header[2][j]
-            if coord not in ("x", "y", "likelihood") or (part, coord) in columns:
-                raise DataError(path, 3, f"column {j + 1}: unexpected or repeated ({part!r}, {coord!r})")
-            columns[(part, coord)] = j
-        parts = {p for p, _ in columns}
-        has_likelihood = any(c == "likelihood" for _, c in columns)
+        head = parse_header(path, [next(reader, None) for _ in range(3)])
+        n_index, width, columns, has_likelihood = head.n_index, head.width, head.columns, head.has_likelihood
         for name in keypoints:
             if (name, "x") not in columns or (name, "y") not in columns:
                 raise DataError(path, 2, f"body part {name!r} of the card has no x / y columns")
             if has_likelihood and (name, "likelihood") not in columns:
                 raise DataError(path, 3, f"body part {name!r} has no likelihood column (other body parts have one)")
-        extra = sorted(parts - set(keypoints))
+        extra = sorted(set(head.bodyparts) - set(keypoints))
         if extra:
             raise DataError(path, 2, f"body parts {extra} are not in the card's keypoints {list(keypoints)}")
 

@@ -1,0 +1,110 @@
+"""`fskp label` from inputs to outputs: shots, crop, training, prediction, scoring, files."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jobs.labeling.inputs import LabelingInput, check_trainable, links_for_training
+from jobs.labeling.outputs import write_outputs
+from jobs.labeling.scoring import held_out_report, print_held_out
+from jobs.labeling.shots import choose_shots, prepare_dataset, shots_crop
+from pipeline.atomic import write_text_atomic
+from pipeline.prepared import DataError
+
+
+@dataclass
+class LabelResult:
+    run_id: str
+    checkpoint: str
+    shots: list[str]
+    held_out: dict | None
+    outputs: dict[str, str]
+
+
+def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, frames: Sequence[str] | None = None,
+          crop: Sequence[float] | None = None, margin: float = 0.1, job_options: dict | None = None,
+          overlay: bool = True, suggestions: int = 20, predict_batch: int = 32) -> LabelResult:
+    """Train on the shots, predict every frame, score the held-out frames, write every output to ``out``."""
+    from jobs.inference import predict_frames
+    from jobs.training import TrainJob, run_training
+
+    out = Path(out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    opts = dict(job_options or {})
+    check_trainable(inp)
+    shot_ids = choose_shots(inp, work, shots, frames, seed=opts.get("seed", 0),
+                            backbone=opts.get("selection_backbone") or "vgg16",
+                            weights=opts.get("selection_weights") or "auto")
+    chosen = set(shot_ids)
+    train = [i for i in inp.labeled if i.id in chosen]
+    held = [i for i in inp.labeled if i.id not in chosen]
+    if not any(i.visible.any() for i in train):
+        raise DataError(train[0].origin[0], None, f"the {len(train)} training frames label no keypoint: "
+                                                  f"nothing to train on (choose other --frames or more --shots)")
+    inp = links_for_training(inp, train)
+    crop = tuple(float(c) for c in crop) if crop else shots_crop(train, margin)
+    (out / "shots.txt").write_text("".join(f"{inp.relative(i.source)}\n" for i in train))
+    print(f"{len(train)} labeled frames for training, {len(held)} held out; crop {tuple(round(c, 1) for c in crop)} "
+          f"(side {crop[2] - crop[0]:.0f} px) -> {opts.get('size', 128)} px", flush=True)
+
+    size = int(opts.get("size", 128))
+    data = prepare_dataset(inp, shot_ids, crop, size, work / "dataset")
+    splits = ("train", "test", "unlabeled")
+    settings = dict(storage_path=str((out / "runs").resolve()), run_name=f"label-{inp.card.name}")
+    settings.update({k: v for k, v in opts.items() if v is not None})
+    job = TrainJob(data=str(data), shots=str(len(shot_ids)), selection="given" if frames else "kmeans",
+                   pool=tuple(str(v) for v in inp.videos) or None, pool_splits=splits, pool_crop=crop,
+                   evaluate_split="test" if held else None, **settings)
+    result = run_training(job, shot_ids=shot_ids)
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error} (MLflow run {result.run_id})")
+
+    print("predicting every frame ...", flush=True)
+    sources = [i.source for i in inp.labeled] + [str(p) for p in inp.unlabeled] + [str(v) for v in inp.videos]
+    preds = predict_frames(result.checkpoint_path, sources, crop, batch_size=predict_batch, gpu=job.gpu)
+
+    report = None
+    if held:
+        at = preds.index()
+        rows = [at[str(Path(i.source))] for i in held]
+        report = held_out_report(inp.card, preds.keypoints[rows], np.stack([i.keypoints for i in held]),
+                                 np.stack([i.visible for i in held]), [inp.relative(i.source) for i in held])
+        write_text_atomic(out / "held_out.json", json.dumps(report, indent=2))
+        print_held_out(report)
+    outputs = write_outputs(inp, preds, out, overlay=overlay, exclude={str(Path(i.source)) for i in train},
+                            labeled_ids=[str(Path(i.source)) for i in train], n_suggestions=suggestions)
+    summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
+               "keypoints": list(inp.card.keypoints),
+               "links": [[inp.card.keypoints[a], inp.card.keypoints[b]] for a, b in inp.card.links],
+               "crop_box": list(crop), "size": size,
+               "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs}
+    _log_to_run(job, result.run_id, report, out, crop)
+    write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
+    return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
+
+
+def _log_to_run(job, run_id: str, report: dict | None, out: Path, crop) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tracking import resolve_tracking_uri
+
+    client = MlflowClient(resolve_tracking_uri(job.tracking_uri))
+    client.set_tag(run_id, "crop_box", json.dumps([round(c, 3) for c in crop]))
+    client.set_tag(run_id, "fskp.job", "label")
+    if report:
+        metrics = {"held_out/mean_error_px": report["mean_error_px"], "held_out/median_error_px":
+                   report["median_error_px"], "held_out/pck": report["pck"]}
+        metrics.update({f"held_out/px/{k}": v for k, v in report["per_bodypart_px"].items() if np.isfinite(v)})
+        for k, v in metrics.items():
+            client.log_metric(run_id, k, float(v))
+        client.log_artifact(run_id, str(out / "held_out.json"))
+    for name in ("shots.txt", "suggestions.csv", "suggestions.png"):
+        if (out / name).exists():
+            client.log_artifact(run_id, str(out / name))
+
+

@@ -1,0 +1,248 @@
+"""What `fskp label` and `fskp predict` write: DeepLabCut CSV/HDF5, COCO JSON, NWB, SLEAP, overlays,
+suggestions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jobs.labeling.inputs import LabelingInput
+from pipeline.card import Card
+from pipeline.converters.dlc import DEFAULT_PCUTOFF   # DeepLabCut's default pcutoff (0.6)
+
+
+def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclude: set[str] = frozenset(),
+                  labeled_ids: Sequence[str] = (), n_suggestions: int = 20, pcutoff: float | None = None,
+                  relative=None) -> dict[str, str]:
+    """DeepLabCut CSVs (one per frame folder and per video), a COCO JSON, overlays and suggestions; with the
+    ``lab`` extra installed also DeepLabCut HDF5 files and an NWB file per frame folder and video
+    (``_lab_outputs``); with the ``sleap`` extra a SLEAP predictions file (``<stem>.predictions.slp``) each."""
+    import importlib.util
+
+    from pipeline import exports
+    from jobs.inference import frame_order
+
+    card = inp_or_card.card if isinstance(inp_or_card, LabelingInput) else inp_or_card
+    if isinstance(inp_or_card, LabelingInput):
+        relative, pcutoff = inp_or_card.relative, inp_or_card.pcutoff if pcutoff is None else pcutoff
+        scorer = inp_or_card.scorer
+    else:
+        relative, scorer = relative or (lambda p: Path(p).as_posix()), "fskp"
+    pcutoff = DEFAULT_PCUTOFF if pcutoff is None else pcutoff
+    iteration = inp_or_card.iteration if isinstance(inp_or_card, LabelingInput) else 0
+    lab = _lab_packages()
+    sleap = importlib.util.find_spec("sleap_io") is not None      # the ``sleap`` extra: SLEAP predictions files
+    machine_folders: set[str] = set()       # labeled-data/<folder> names given to frame folders so far
+    likelihood = exports.likelihood_from_uncertainty(preds.uncertainty)
+    outputs: dict[str, str] = {}
+    groups: dict[str, list[int]] = {}
+    for n, frame_id in enumerate(preds.ids):
+        video, number = frame_order(frame_id)
+        key = video if number >= 0 else str(Path(frame_id).parent)
+        groups.setdefault(key, []).append(n)
+    pred_dir = out / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    images_meta = []
+    for key, rows in groups.items():
+        is_video = frame_order(preds.ids[rows[0]])[1] >= 0
+        stem = Path(key).stem if is_video else (relative(key).strip("./").replace("/", "_") or "images")
+        index = [frame_order(preds.ids[n])[1] for n in rows] if is_video else [relative(preds.ids[n]) for n in rows]
+        path = pred_dir / f"{stem}.csv"
+        exports.write_dlc_csv(path, f"fskp_{scorer}", list(card.keypoints), index, preds.keypoints[rows],
+                              likelihood[rows])
+        outputs[f"dlc_csv:{stem}"] = str(path)
+        if lab:
+            outputs.update(_lab_outputs(card, key, stem, is_video, index, [preds.ids[n] for n in rows],
+                                        preds.keypoints[rows], likelihood[rows], pred_dir, f"fskp_{scorer}",
+                                        iteration, machine_folders))
+        if sleap:
+            from pipeline.converters.slp import write_slp_predictions
+
+            target = pred_dir / f"{stem}.predictions.slp"          # SLEAP's name for a predictions file
+            write_slp_predictions(target, card.keypoints, card.links,
+                                  key if is_video else [preds.ids[n] for n in rows],
+                                  index if is_video else range(len(rows)), preds.keypoints[rows], likelihood[rows])
+            outputs[f"slp:{stem}"] = str(target)
+        if overlay:
+            if is_video:
+                frames = {frame_order(preds.ids[n])[1]: (preds.keypoints[n], likelihood[n]) for n in rows}
+                target = out / "overlay" / f"{stem}.mp4"
+                exports.write_overlay_video(Path(key), target, frames, card.links, pcutoff,
+                                            progress=_every_few_seconds(f"overlay {target.name}"))
+                outputs[f"overlay:{stem}"] = str(target)
+            else:
+                exports.write_overlay_images([Path(preds.ids[n]) for n in rows], out / "overlay" / stem,
+                                             preds.keypoints[rows], likelihood[rows], card.links, pcutoff)
+                outputs[f"overlay:{stem}"] = str(out / "overlay" / stem)
+    for n, frame_id in enumerate(preds.ids):
+        video, number = frame_order(frame_id)
+        images_meta.append({"file_name": relative(frame_id) if number < 0 else f"{Path(video).name}#{number}",
+                            **({"frame_index": number} if number >= 0 else {}), **_frame_size(frame_id)})
+    coco_path = out / "predictions" / "keypoints_coco.json"
+    exports.write_coco_json(coco_path, card, images_meta, preds.keypoints, likelihood, pcutoff)
+    outputs["coco_json"] = str(coco_path)
+    outputs.update(write_suggestions(preds, out, exclude, labeled_ids, n_suggestions, relative))
+    return outputs
+
+
+def _lab_packages() -> bool:
+    """Whether the ``lab`` extra (PyTables, pynwb, ndx-pose) is installed; says what is skipped when not."""
+    import importlib.util
+
+    missing = [m for m in ("tables", "pynwb", "ndx_pose") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"DeepLabCut .h5 and NWB outputs skipped: {', '.join(missing)} not installed "
+              f"(pip install 'fskp[lab]')", flush=True)
+    return not missing
+
+
+def _lab_outputs(card: Card, key: str, stem: str, is_video: bool, index: list, frame_ids: list[str],
+                 keypoints: np.ndarray, likelihood: np.ndarray, pred_dir: Path, scorer: str,
+                 iteration: int, machine_folders: set[str]) -> dict[str, str]:
+    """The files labs load into DeepLabCut and NWB tools, beside a group's CSV (pipeline/exports.py).
+
+    A video: ``<stem>DLC_<scorer>.h5`` (analysed-video layout, rows = frame numbers) and ``<stem>.nwb``
+    (time = frame number / the video's frame rate).  A frame folder: ``labeled-data/<folder>/
+    machinelabels-iter<iteration>.h5`` for DeepLabCut's refine GUI (<folder>: the frames' folder name, as
+    in a DeepLabCut project; ``-2``, ``-3`` ... appended when two frame folders share a name, recorded in
+    ``machine_folders``) and ``<stem>.nwb`` (frame i of the folder at i seconds: images carry no time; each
+    frame's file is in the NWB file's source_video).
+    """
+    from pipeline import exports
+
+    out: dict[str, str] = {}
+    if is_video:
+        rate, frames = _video_timing(key)
+        out[f"dlc_h5:{stem}"] = str(exports.write_dlc_video_h5(pred_dir, key, scorer, list(card.keypoints), index,
+                                                               keypoints, likelihood))
+        timing = {"rate": rate} if index == list(range(len(index))) else \
+            {"timestamps": [float(i / rate) for i in index]}
+        out[f"nwb:{stem}"] = str(exports.write_nwb(
+            pred_dir / f"{stem}.nwb", card, keypoints, likelihood, **timing, source=[key], source_rate=rate,
+            source_frames=frames, scorer=exports.dlc_scorer(scorer),
+            description=f"keypoints of {Path(key).name} predicted by fskp ({card.name})"))
+    else:
+        folder, n = Path(key).name, 1
+        while folder in machine_folders:
+            n += 1
+            folder = f"{Path(key).name}-{n}"
+        machine_folders.add(folder)
+        images = [f"labeled-data/{folder}/{Path(f).name}" for f in frame_ids]
+        out[f"dlc_machinelabels:{stem}"] = str(exports.write_dlc_machinelabels(
+            pred_dir, iteration, scorer, list(card.keypoints), images, keypoints, likelihood))
+        out[f"nwb:{stem}"] = str(exports.write_nwb(
+            pred_dir / f"{stem}.nwb", card, keypoints, likelihood, rate=1.0, source=frame_ids,
+            scorer=exports.dlc_scorer(scorer),
+            description=f"keypoints of the images in {Path(key).name} predicted by fskp ({card.name}); frame i "
+                        f"(source_video's file i) at i seconds, since images carry no time"))
+    return out
+
+
+def _video_timing(video: str) -> tuple[float, int]:
+    """(frames per second, number of frames) of a video (30 fps when the container does not say)."""
+    import av
+
+    from pipeline.pool import video_length
+
+    with av.open(video) as c:
+        s = c.streams.video[0]
+        rate = float(s.average_rate or s.guessed_rate or 30)
+    return rate, video_length(video)
+
+
+def _every_few_seconds(what: str, seconds: float = 10.0):
+    """A progress(done, total) callback that prints at most every ``seconds`` (and at the end)."""
+    import time
+
+    last = [time.time()]
+
+    def report(done: int, total: int | None) -> None:
+        if time.time() - last[0] >= seconds or done == total:
+            last[0] = time.time()
+            print(f"{what}: {done}/{total or '?'} frames", flush=True)
+    return report
+
+
+_SIZES: dict[str, dict] = {}
+
+
+def _frame_size(frame_id: str) -> dict:
+    """{"width", "height"} of an image file or of a video's frames (cached per video)."""
+    from jobs.inference import frame_order
+
+    video, number = frame_order(frame_id)
+    key = video if number >= 0 else frame_id
+    if key not in _SIZES:
+        if number >= 0:
+            import av
+
+            with av.open(video) as c:
+                s = c.streams.video[0]
+                _SIZES[key] = {"width": int(s.width), "height": int(s.height)}
+        else:
+            from PIL import Image
+
+            try:
+                with Image.open(frame_id) as im:
+                    _SIZES[key] = {"width": im.width, "height": im.height}
+            except OSError:
+                _SIZES[key] = {"width": 0, "height": 0}
+    return _SIZES[key]
+
+
+def write_suggestions(preds, out: Path, exclude: set[str], labeled_ids: Sequence[str], n: int,
+                      relative) -> dict[str, str]:
+    """suggestions.csv (ranked frames to label next) and suggestions.png (a contact sheet of them)."""
+    from pipeline.suggest import suggest_frames, suggestion_sheet
+    from pipeline.suggest import write_suggestions as write_csv
+
+    if n <= 0:
+        return {}
+    at = preds.index()
+    ok = [i for i, good in zip(preds.ids, preds.ok) if good]
+    rows = [at[i] for i in ok]
+    lab = [at[i] for i in labeled_ids if i in at]
+    emb = preds.embedding.astype(np.float32)
+    picks = suggest_frames(ok, preds.uncertainty[rows], emb[rows], emb[lab], n=n, exclude=set(exclude))
+    if not picks:
+        return {}
+    write_csv(out / "suggestions.csv", picks, {p.id: relative(p.id) for p in picks})
+    sheet = suggestion_sheet(_thumbnails([p.id for p in picks]), picks)
+    from PIL import Image
+
+    Image.fromarray(sheet).save(out / "suggestions.png")
+    return {"suggestions_csv": str(out / "suggestions.csv"), "suggestions_png": str(out / "suggestions.png")}
+
+
+def _thumbnails(frame_ids: Sequence[str], size: int = 160) -> list[np.ndarray]:
+    """Each frame (an image file or ``<video>#<i>``) fitted into a size x size tile; one decode pass per video."""
+    from PIL import Image
+
+    from jobs.inference import frame_order
+    from pipeline.converters._common import enclosing_square
+    from pipeline.prepared import crop_resize
+
+    def tile(image: np.ndarray) -> np.ndarray:
+        return crop_resize(image, enclosing_square(image.shape[1], image.shape[0]), size)
+
+    tiles: dict[str, np.ndarray] = {}
+    wanted: dict[str, set[int]] = {}
+    for f in frame_ids:
+        video, number = frame_order(f)
+        if number >= 0:
+            wanted.setdefault(video, set()).add(number)
+        else:
+            with Image.open(f) as im:
+                tiles[f] = tile(np.asarray(im.convert("RGB")))
+    for video, numbers in wanted.items():
+        import av
+
+        with av.open(video) as c:
+            for i, frame in enumerate(c.decode(video=0)):
+                if i in numbers:
+                    tiles[f"{video}#{i}"] = tile(frame.to_ndarray(format="rgb24"))
+                if i >= max(numbers):
+                    break
+    return [tiles[f] for f in frame_ids]
