@@ -62,6 +62,11 @@ from pipeline.converters.coco import card_from_keypoints
 from pipeline.prepared import DataError, Instance, square_crop_box
 
 CARD = None  # no fixed card: built from config.yaml (card_for) unless --card is given
+#: what a multi-animal project gets, and what is planned
+MULTI_ANIMAL = ("multi-animal DeepLabCut projects are not supported yet: fskp trains one animal per frame. "
+                "Planned: each individual of a frame as its own labeled instance (identities kept, one crop per "
+                "animal). Today: make a single-animal project of one individual's labels (DeepLabCut's "
+                "single-animal layout: scorer, bodyparts, coords header rows) and label that")
 HELP = "a DeepLabCut project: config.yaml + labeled-data/<video>/CollectedData_<scorer>.csv and its frames"
 
 #: crop margin per side, as a fraction of the project box's larger side (``fskp prepare``'s default)
@@ -94,7 +99,7 @@ def read_config(src: Path) -> dict:
     if not isinstance(cfg, dict):
         raise DataError(path, None, "expected a mapping of DeepLabCut settings")
     if cfg.get("multianimalproject") or cfg.get("bodyparts") == "MULTI!":
-        raise DataError(path, "multianimalproject", "multi-animal DeepLabCut projects are not supported")
+        raise DataError(path, "multianimalproject", MULTI_ANIMAL)
     parts = cfg.get("bodyparts")
     if not isinstance(parts, list) or not parts or not all(isinstance(p, str) and p for p in parts):
         raise DataError(path, "bodyparts", f"expected a non-empty list of body part names, got {parts!r}")
@@ -207,7 +212,7 @@ def parse_header(path: Path, header: list[list[str] | None]) -> CsvHeader:
     if any(h is None for h in header):
         raise DataError(path, None, "expected three header rows (scorer, bodyparts, coords)")
     if header[1] and header[1][0] == "individuals":
-        raise DataError(path, 2, "multi-animal label files (an 'individuals' header row) are not supported")
+        raise DataError(path, 2, "a multi-animal label file (an 'individuals' header row): " + MULTI_ANIMAL)
     if [h[0] if h else "" for h in header] != ["scorer", "bodyparts", "coords"]:
         raise DataError(path, 1, "expected header rows starting with scorer, bodyparts, coords; got "
                                  f"{[h[0] if h else '' for h in header]}")
