@@ -204,3 +204,24 @@ def test_only_runs_with_the_grids_settings_and_data_count(tmp_path):
     md = build_table("digests", client.tracking_uri, "md")
     assert _row(md, "ours (full)", "## WFLW") == ["**70.0** (paper 9.19)"]
     assert _row(md, "supervised baseline (same detector, Eq. 2)", "## WFLW") == ["— (paper 21.9)"]
+
+
+def test_the_quickstart_says_whether_the_papers_ordering_holds():
+    from jobs.commands.quickstart import ordering_verdict
+
+    shots = ["1", "10", "50"]
+    held = {("full", "1"): 30.0, ("full", "10"): 20.0, ("full", "50"): 10.0,
+            ("supervised", "1"): 35.0, ("supervised", "10"): 25.0, ("supervised", "50"): 15.0}
+    lines = ordering_verdict(held, shots)
+    assert lines == ["full vs supervised: better at 1, 10, 50 shots.", "more shots, better full: yes (30.0 -> 20.0 -> 10.0).",
+                     "more shots, better supervised: yes (35.0 -> 25.0 -> 15.0)."]
+    measured = {("full", "1"): 35.5, ("full", "10"): 32.9, ("full", "50"): 31.9,     # the README's quickstart
+                ("supervised", "1"): 34.6, ("supervised", "10"): 34.2, ("supervised", "50"): 29.1}
+    lines = ordering_verdict(measured, shots)
+    assert lines[0] == "full vs supervised: better at 10 shots; not better at 1, 50 shots."
+    assert "does not hold everywhere" in lines[-1]
+    pck = ordering_verdict({("full", "10"): 60.0, ("supervised", "10"): 50.0}, ["10"], lower_is_better=False)
+    assert pck == ["full vs supervised: better at 10 shots."]
+    shrinking = {**held, ("supervised", "50"): 40.0}
+    assert "more shots, better supervised: no (35.0 -> 25.0 -> 40.0)." in ordering_verdict(shrinking, shots)
+    assert "does not hold everywhere" in ordering_verdict(shrinking, shots)[-1]
