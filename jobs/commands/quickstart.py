@@ -112,7 +112,7 @@ def run(args) -> int:
     client = MlflowClient(options["tracking_uri"])
     values = {(o.cell.variant, o.cell.shots): client.get_run(o.run_id).data.metrics[key] for o in result.outcomes
               if o.run_id and key in client.get_run(o.run_id).data.metrics}
-    table += "\n\n" + "\n".join(ordering_verdict(values, shots, lower_is_better=ds.card.metric.kind == "nme"))
+    table = table.rstrip() + "\n\n" + "\n".join(ordering_verdict(values, shots, lower_is_better=ds.card.metric.kind == "nme"))
     print(table)
     (out / "table.md").write_text(table)
     print(f"\nwrote {out / 'table.md'}; browse every run with:\n"
