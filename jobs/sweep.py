@@ -29,7 +29,7 @@ from pathlib import Path
 
 from jobs.grid import (CELLS_ARTIFACT, DRIVER_HOST_TAG, DRIVER_PID_TAG, KIND_TAG, Cell, all_runs,
                        cell_order, result_params, settings_digest, unique_cells)
-from pipeline.storage import join, resolve_location
+from pipeline.storage import exists, join, resolve_location
 
 DEFAULT_DATA_ROOT = "data"
 #: Ray's built-in resource of the head node (trial drivers ask for a sliver of it)
@@ -41,8 +41,6 @@ HEARTBEAT_TAG, HEARTBEAT_S = "fskp.heartbeat", 30.0
 # ---- datasets: a card name under the data root, or the path of a prepared dataset ---------------------------
 def is_prepared(path: str | Path) -> bool:
     """Whether ``path`` (a folder or an object-store URI) holds a prepared dataset."""
-    from pipeline.storage import exists
-
     return exists(join(resolve_location(path), "meta.json"))
 
 
@@ -371,7 +369,6 @@ def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None 
     from jobs.resources import TRIAL_DRIVER_CPUS
     from jobs.tracking import code_version, flat_params, resolve_tracking_uri
     from pipeline.prepared import PreparedDataset
-    from pipeline.storage import resolve_location
 
     check_data(cells)
     cells = unique_cells(replace(c, data=resolve_location(c.data)) for c in cells)

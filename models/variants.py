@@ -2,7 +2,9 @@
 
 ``full`` is §3, its labeled images augmented like the baselines' (the paper does not say; without it the method
 memorises its few shots and predicts one point on every other image, see ``no-label-aug`` and the README);
-``no-recon``, ``no-2d``, ``no-3d`` and ``no-uncertainty`` are the rows of Table 3;
+``no-recon``, ``no-2d``, ``no-3d`` and ``no-uncertainty`` are the rows of Table 3; ``scale-free`` divides
+Eq. 3 and Eq. 5 by each predicted shape's spread, so that shrinking every prediction does not lower them (not
+the paper's; measured in the README);
 ``supervised`` is the same detector trained on the labeled examples alone with the paper's few-shot loss
 (soft-argmax L1, Eq. 2) and standard augmentation; ``xiao`` is the baseline of Tables 1 and 5-7 as Xiao et
 al. [92] train it: heatmap regression (MSE to Gaussians around the labels, arg-max decoding with a quarter-pixel

@@ -48,6 +48,15 @@ def ordering_verdict(values: dict[tuple[str, str], float], shots: list[str], low
     return lines
 
 
+def cell_metrics(result, key: str) -> dict[tuple[str, str], float]:
+    """{(variant, shots): metric ``key``} of a sweep's cells that have it in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(result.tracking_uri)
+    metrics = {o.cell: client.get_run(o.run_id).data.metrics for o in result.outcomes if o.run_id}
+    return {(cell.variant, cell.shots): m[key] for cell, m in metrics.items() if key in m}
+
+
 def register(p):
     p.add_argument("--category", default="face", choices=["face", "car", "animal"], help="synthetic category")
     p.add_argument("--n", type=int, default=600, help="rendered instances (80%% train = the unlabeled pool)")
@@ -68,6 +77,7 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
+    from jobs.evaluation import metric_name
     from jobs.grid import Cell
     from jobs.sweep import run_sweep
     from jobs.table import build_table
@@ -104,15 +114,9 @@ def run(args) -> int:
 
     print(f"[3/3] results ({time.time() - t0:.0f}s in all)\n", flush=True)
     table = build_table("quickstart", options["tracking_uri"], "md")
-    from mlflow.tracking import MlflowClient
-
-    from jobs.evaluation import metric_name
-
-    key = metric_name(ds.card.metric)
-    client = MlflowClient(options["tracking_uri"])
-    values = {(o.cell.variant, o.cell.shots): client.get_run(o.run_id).data.metrics[key] for o in result.outcomes
-              if o.run_id and key in client.get_run(o.run_id).data.metrics}
-    table = table.rstrip() + "\n\n" + "\n".join(ordering_verdict(values, shots, lower_is_better=ds.card.metric.kind == "nme"))
+    values = cell_metrics(result, metric_name(ds.card.metric))
+    verdict = ordering_verdict(values, shots, lower_is_better=ds.card.metric.kind == "nme")
+    table = table.rstrip() + "\n\n" + "\n".join(verdict)
     print(table)
     (out / "table.md").write_text(table)
     print(f"\nwrote {out / 'table.md'}; browse every run with:\n"
