@@ -116,7 +116,8 @@ def run(args) -> int:
     table = build_table("quickstart", options["tracking_uri"], "md")
     values = cell_metrics(result, metric_name(ds.card.metric))
     verdict = ordering_verdict(values, shots, lower_is_better=ds.card.metric.kind == "nme")
-    table = table.rstrip() + "\n\n" + "\n".join(verdict)
+    if verdict:
+        table = table.rstrip() + "\n\n" + "\n".join(verdict) + "\n"
     print(table)
     (out / "table.md").write_text(table)
     print(f"\nwrote {out / 'table.md'}; browse every run with:\n"
