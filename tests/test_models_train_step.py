@@ -55,6 +55,7 @@ EXPECTED_GRADS = {  # which parts get gradients under each variant
     "no-3d": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head"},
     "no-uncertainty": {"backbone", "theta", "gamma", "unet", "heatmap_head", "depth_head"},
     "no-label-aug": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head", "depth_head"},
+    "scale-free": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head", "depth_head"},
     "supervised": {"backbone", "heatmap_head"},
     "xiao": {"backbone", "heatmap_head"},                   # heatmap regression: only the heatmaps are trained
 }
