@@ -13,7 +13,10 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-VARIANTS = ("full", "supervised", "xiao", "no-recon", "no-2d", "no-3d", "no-uncertainty", "no-label-aug")
+from models.variants import VARIANTS as DEFINED_VARIANTS
+
+#: every variant of models/variants.py in table order: the method, the baselines, then the others as defined there
+VARIANTS = ("full", "supervised", "xiao") + tuple(v for v in DEFINED_VARIANTS if v not in ("full", "supervised", "xiao"))
 #: variants that reproduce another variant's paper row: Xiao et al.'s recipe is the paper's baseline row
 PAPER_ROW_OF = {"xiao": "supervised"}
 #: the variant a paper row is reproduced with in table presets (the "Xiao et al." row: their recipe)
