@@ -29,7 +29,8 @@ from pathlib import Path
 
 from jobs.grid import (CELLS_ARTIFACT, DRIVER_HOST_TAG, DRIVER_PID_TAG, KIND_TAG, Cell, all_runs,
                        cell_order, result_params, settings_digest, unique_cells)
-from pipeline.storage import exists, join, resolve_location
+from pipeline.prepared import is_prepared
+from pipeline.storage import join, resolve_location
 
 DEFAULT_DATA_ROOT = "data"
 #: Ray's built-in resource of the head node (trial drivers ask for a sliver of it)
@@ -39,11 +40,6 @@ HEARTBEAT_TAG, HEARTBEAT_S = "fskp.heartbeat", 30.0
 
 
 # ---- datasets: a card name under the data root, or the path of a prepared dataset ---------------------------
-def is_prepared(path: str | Path) -> bool:
-    """Whether ``path`` (a folder or an object-store URI) holds a prepared dataset."""
-    return exists(join(resolve_location(path), "meta.json"))
-
-
 def missing_data_message(card: str, folder: str | Path) -> str:
     """How to create the prepared dataset a card name points at."""
     from pipeline.converters import FORMATS, converter

@@ -556,6 +556,7 @@ def check_job(job: TrainJob, ds) -> None:
     from models.config import LossConfig, ModelConfig
     from models.precision import PRECISIONS
     from models.variants import get_variant
+    from pipeline.pool import remote_pool_problem
     from pipeline.storage import exists as storage_exists
 
     problems = []
@@ -593,9 +594,11 @@ def check_job(job: TrainJob, ds) -> None:
     shots = job.shots.strip()
     if not shots.endswith("%") and shots.isdigit() and int(shots) > n_train:
         problems.append(f"--shots {shots}: the train split has only {n_train} labeled rows")
-    for source in ([job.pool] if isinstance(job.pool, str) else list(job.pool or ())):
-        if not storage_exists(source):
-            problems.append(f"--pool {source}: not found")
+    pool = [job.pool] if isinstance(job.pool, str) else list(job.pool or ())
+    problems += [f"--pool {source}: not found" for source in pool if not storage_exists(source)]
+    remote = remote_pool_problem(pool)
+    if remote:
+        problems.append(f"--pool {remote}")
     if problems:
         raise ValueError(f"{ds.root}: " + "\n  ".join(problems) if len(problems) == 1 else
                          f"{ds.root}: {len(problems)} problems:\n  " + "\n  ".join(problems))

@@ -158,6 +158,18 @@ def video_length(path: str | Path) -> int:
         return sum(1 for packet in c.demux(stream) if packet.size > 0)
 
 
+def remote_pool_problem(sources: Sequence[str | Path]) -> str | None:
+    """Why raw pool images or videos cannot be read (one of them is in an object store), else None."""
+    from pipeline import storage
+
+    remote = [str(p) for p in sources if storage.is_uri(p)]
+    if remote:
+        return (f"{remote[0]}: a pool of raw images or videos must be on a local or shared (NFS) path; for a pool "
+                f"in an object store, prepare it (`fskp prepare` / `fskp synth --out s3://...`) and give the "
+                f"prepared dataset")
+    return None
+
+
 def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split: str | Sequence[str] = "train",
                  crop_box: Sequence[float] | None = None, frame_step: int = 1, frames_per_task: int = 256):
     """The unlabeled pool as a ``ray.data.Dataset`` of {id, image uint8 [size, size, 3], ok}.
@@ -169,11 +181,10 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
     """
     import ray.data
 
-    from pipeline import storage
+    from pipeline.prepared import PreparedDataset, is_prepared
 
     sources = [source] if isinstance(source, (str, Path)) else list(source)
-    if len(sources) == 1 and storage.exists(storage.join(storage.resolve_location(sources[0]), "meta.json")):
-        from pipeline.prepared import PreparedDataset
+    if len(sources) == 1 and is_prepared(sources[0]):
 
         ds = PreparedDataset(sources[0])      # local or in an object store: Ray Data reads its Parquet in place
         splits = [split] if isinstance(split, str) else list(split)
@@ -190,11 +201,9 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
             ["id", "image"]).map_batches(decode_encoded, fn_kwargs={"size": size}, batch_size=64,
                                          num_cpus=DATA_TASK_CPUS)
 
-    remote = [str(p) for p in sources if storage.is_uri(p)]
-    if remote:
-        raise ValueError(f"{remote[0]}: a pool of raw images or videos must be on a local or shared (NFS) path; "
-                         f"for a pool in an object store, prepare it (`fskp prepare` / `fskp synth --out s3://...`) "
-                         f"and give the prepared dataset")
+    problem = remote_pool_problem(sources)
+    if problem:
+        raise ValueError(problem)
     paths = [Path(p) for p in sources]
     files: list[Path] = []
     for p in paths:

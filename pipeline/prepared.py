@@ -268,6 +268,11 @@ def write_prepared(out_dir: str | os.PathLike, card: Card, instances: Iterable[I
 
 
 # ---- reading -----------------------------------------------------------------------------------------
+def is_prepared(location: str | os.PathLike) -> bool:
+    """Whether ``location`` (a folder or an object-store URI) holds a prepared dataset."""
+    return storage.exists(storage.join(storage.resolve_location(location), "meta.json"))
+
+
 class PreparedDataset:
     """Read access to a prepared dataset folder: a local/NFS path or an object-store URI (s3://...), read
     in place through pyarrow's filesystems (nothing is copied to local disk)."""

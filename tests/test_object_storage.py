@@ -107,6 +107,11 @@ def test_the_pool_streams_from_the_object_store(ray_with_s3, tmp_path):
     assert len(rows) == 10 and all(r["image"].shape == (32, 32, 3) for r in rows)   # the train split (2 of 12 are test)
     with pytest.raises(ValueError, match="must be on a local or shared"):
         pool_dataset([f"{ray_with_s3}/raw/frames"], 32)
+    from jobs.training import TrainJob, check_job             # and `fskp train --pool s3://...` before Ray starts
+    from pipeline.prepared import PreparedDataset
+
+    with pytest.raises(ValueError, match=r"--pool s3://.*raw/frames: a pool of raw images or videos must be"):
+        check_job(TrainJob(data=remote, pool=f"{ray_with_s3}/raw/frames"), PreparedDataset(remote))
 
 
 def test_checkpoints_go_to_the_object_store_and_load_back(ray_with_s3, tmp_path, monkeypatch):
