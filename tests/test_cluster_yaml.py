@@ -103,6 +103,21 @@ def test_mlflow_starts_as_a_service_with_a_health_check_and_a_lasting_database(c
     assert "/home/ubuntu/.fskp/mlflow-db-uri" in config["file_mounts"]
 
 
+def test_every_node_starts_ray_with_token_authentication_and_the_users_token(config):
+    """Ray's autoscaler copies no token: `ray start` on a node without ~/.ray/auth_token and without
+    RAY_AUTH_MODE started the cluster with authentication off (a warning only).  Every node gets the user's
+    token by file_mounts and starts Ray with RAY_AUTH_MODE=token, so a missing token fails the start."""
+    from ray._private.authentication.authentication_token_setup import _get_default_token_path
+
+    home = Path.home()
+    token = "/home/ubuntu/" + _get_default_token_path().relative_to(home).as_posix()    # Ray's default path
+    assert config["file_mounts"].get(token) == "~/" + _get_default_token_path().relative_to(home).as_posix()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        assert "RAY_AUTH_MODE=token" in start.split("ray start")[0], key
+    assert "ray get-auth-token --generate" in CLUSTER_YAML.read_text()
+
+
 def test_a_sweep_is_sized_for_the_nodes_the_autoscaler_can_add(monkeypatch):
     """At `ray job submit` only the head is up: sizing from it ran one cell at a time on a cluster of 8 GPUs."""
     import ray
