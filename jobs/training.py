@@ -6,6 +6,7 @@ storage path → evaluation on the test split → one MLflow run.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -256,8 +257,10 @@ def _restore(model, optimizer, device, rank: int) -> int:
     ckpt = ray.train.get_checkpoint()
     if not ckpt:
         return 0
-    with ckpt.as_directory() as d:
-        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    # read in place through the checkpoint's filesystem (S3, GCS or local): as_directory() would download it to
+    # the system temp folder, where a worker killed mid-read leaves the copy behind
+    with ckpt.filesystem.open_input_file(f"{ckpt.path}/{CHECKPOINT_FILE}") as f:
+        state = torch.load(io.BytesIO(f.read()), map_location=device, weights_only=True)
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     if rank == 0:
@@ -313,7 +316,8 @@ def train_func(config: dict) -> None:
     def save_and_report(step: int, metrics: dict, final: bool = False):
         """Every worker calls this the same number of times (ray.train.report is a barrier)."""
         check_ranks_agree(net, step, world)
-        with tempfile.TemporaryDirectory() as d:
+        # staged in Ray's temp folder of this node: a worker killed mid-save leaves nothing elsewhere on its disk
+        with tempfile.TemporaryDirectory(prefix="fskp-checkpoint-", dir=ray.get_runtime_context().get_temp_dir()) as d:
             checkpoint = None
             if rank == 0:
                 torch.save({**net.checkpoint(), "optimizer": optimizer.state_dict(), "step": step,

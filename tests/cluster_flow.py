@@ -13,14 +13,17 @@ artifacts go to that store, all on 127.0.0.1; then, as the README tells a cluste
     python tests/cluster_flow.py            # prints each step; exit status 0 when every check holds
 
 Processes are found and stopped by their own ports and folders: `ray stop` would also stop any other Ray on
-the machine.  On this project's 2-core machine the whole flow takes about 20 minutes (most of it Ray Train and
-Ray Data start-up of 6 cell runs on 3 raylets), too long for CI's 30 minutes beside the other tests: it is run
-by hand (`python tests/cluster_flow.py`), not by `pytest`.
+the machine.  Token authentication is on, as on the cluster of cluster.yaml: the Ray nodes and the `ray` client
+share a home folder of their own whose ``~/.ray/auth_token`` is a fresh token (cluster.yaml mounts yours on every
+node).  That home and the nodes' TMPDIR are checked at the end: the cells wrote nothing to the local disk but
+Ray's own temp folder (data, checkpoints and artifacts all went to the object store and the tracking server).
+About 8 minutes on this project's 2-core machine; tests/test_cluster_flow.py runs it in CI.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -90,9 +93,16 @@ class Flow:
                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.ports['s3']}", "AWS_ACCESS_KEY_ID": "flow",
                     "AWS_SECRET_ACCESS_KEY": "flow", "AWS_DEFAULT_REGION": "us-east-1",
                     "AWS_EC2_METADATA_DISABLED": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-                    "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "",
-                    "RAY_AUTH_MODE": "token"}                  # token authentication on every node and client
+                    "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
         self.env.pop("RAY_ADDRESS")
+        # the Ray nodes and the `ray` client: token authentication on (a missing token is an error, not "off"),
+        # the token in the home folder as cluster.yaml puts it on every node, and a home and TMPDIR of their
+        # own, checked at the end for files the cells left on the local disk
+        self.home, self.node_tmp = work / "node-home", work / "node-tmp"
+        for d in (self.home / ".ray", self.node_tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+        self.ray_env = {**self.env, "RAY_AUTH_MODE": "token", "HOME": str(self.home), "TMPDIR": str(self.node_tmp)}
         self.tracking = f"http://127.0.0.1:{self.ports['mlflow']}"
         self.dashboard = f"http://127.0.0.1:{self.ports['dashboard']}"
         self.procs: list[subprocess.Popen] = []
@@ -128,7 +138,7 @@ class Flow:
         say(f"MLflow server at {self.tracking}, artifacts in s3://{BUCKET}/mlartifacts")
 
     def ray(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run([str(BIN / "ray"), *args], env=self.ray_env, capture_output=True, text=True, timeout=300)
         if check and out.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
         return out
@@ -137,11 +147,12 @@ class Flow:
         self.ray("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.ports["gcs"]),
                  "--num-cpus", "1", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                  "--dashboard-port", str(self.ports["dashboard"]),
-                 "--temp-dir", str(self.ray_tmp))
+                 "--temp-dir", str(self.ray_tmp / "head"))
         workers = [subprocess.Popen([str(BIN / "ray"), "start", "--address", f"127.0.0.1:{self.ports['gcs']}",
                                      "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-                                     "--resources", json.dumps({f"flow_worker_{name}": 1})],
-                                    env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     "--resources", json.dumps({f"flow_worker_{name}": 1}),
+                                     "--temp-dir", str(self.ray_tmp / name)],
+                                    env=self.ray_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                    for name in ("a", "b")]                    # both worker nodes join at once
         for w in workers:
             out, _ = w.communicate(timeout=300)
@@ -217,14 +228,30 @@ class Flow:
 
         return max((m.step for m in MlflowClient(self.tracking).get_metric_history(run_id, "train/loss")), default=0)
 
-    def cell_runs(self) -> list:
+    def expected_local_files(self) -> set[Path]:
+        """Files outside Ray's temp folder that are not the cells' doing: the token, Ray's own lock files (Ray
+        puts them in TMPDIR), MLflow's installation id (written by the MLflow client on first use)."""
+        return ({self.home / ".ray" / "auth_token", self.home / ".config" / "mlflow" / "telemetry.json"}
+                | set((self.node_tmp / "_ray_lockfiles").glob("*.lock")))
+
+    def runs(self) -> list:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(self.tracking)
-        exp = client.get_experiment_by_name("flow")
-        if exp is None:
-            return []
-        return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if "dataset" in r.data.tags]
+        exp = MlflowClient(self.tracking).get_experiment_by_name("flow")
+        return MlflowClient(self.tracking).search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+    def cell_runs(self) -> list:
+        return [r for r in self.runs() if "dataset" in r.data.tags]
+
+    def sweep_runs(self) -> list:
+        from jobs.grid import KIND_TAG
+
+        return [r for r in self.runs() if r.data.tags.get(KIND_TAG) == "sweep"]
+
+    def has_table(self, run_id: str) -> bool:
+        from mlflow.tracking import MlflowClient
+
+        return "table.md" in {a.path for a in MlflowClient(self.tracking).list_artifacts(run_id)}
 
 
 def run(work: Path) -> None:
@@ -249,9 +276,10 @@ def run(work: Path) -> None:
             done = [r for r in runs if r.info.status == "FINISHED"]
             # a cell past its second checkpoint and far from its end (cells that started together finish together)
             going = [r for r in runs if r.info.status == "RUNNING" and 10 <= flow.last_step(r.info.run_id) <= 25]
-            return (done, going) if done and going else None
+            tabled = any(flow.has_table(r.info.run_id) for r in flow.sweep_runs())   # logged as cells finish
+            return (done, going) if done and going and tabled else None
 
-        done, going = wait_for("a finished cell and a cell past its first checkpoints", one_done_one_checkpointed,
+        done, going = wait_for("a finished cell, its table, and a cell past its first checkpoints", one_done_one_checkpointed,
                                900, 3)
         flow.ray("job", "stop", "--address", flow.dashboard, job)
         flow.kill_worker_node("b")
@@ -260,6 +288,9 @@ def run(work: Path) -> None:
 
         job2 = flow.submit(command, wait=True)
         say(f"resubmitted as {job2}: finished")
+        log = (work / f"{job2}.log").read_text()
+        expected = f"{len(done)} already finished in MLflow, 0 running in another live sweep, {4 - len(done)} to train"
+        assert expected in log, log[-3000:]
         runs = flow.cell_runs()
         finished = [r for r in runs if r.info.status == "FINISHED"]
         by_cell: dict[str, list] = {}
@@ -274,6 +305,20 @@ def run(work: Path) -> None:
         assert resumed, "no interrupted cell continued from its checkpoint"
         say(f"no finished cell retrained; {len(resumed)} cell(s) continued from a checkpoint (step "
             f"{', '.join(str(int(r.data.metrics['resumed_from_step'])) for r in resumed)})")
+        sweeps = flow.sweep_runs()
+        assert sorted(r.info.status for r in sweeps) == ["FINISHED", "KILLED"], [r.info.status for r in sweeps]
+        killed, resumer = (next(r for r in sweeps if r.info.status == st) for st in ("KILLED", "FINISHED"))
+        assert all(r.data.tags["mlflow.parentRunId"] == (killed if r.info.run_id in finished_before.values()
+                                                         else resumer).info.run_id for r in finished)
+        assert all(flow.has_table(r.info.run_id) for r in sweeps), "a sweep did not log its table as cells finished"
+        cells = [r.info for r in runs]
+        assert any(a.run_id != b.run_id and a.start_time < b.end_time and b.start_time < a.end_time
+                   for a in cells for b in cells), "no two cells ran side by side"
+        left = sorted(str(p.relative_to(work)) for d in (flow.home, flow.node_tmp) for p in d.rglob("*")
+                      if p.is_file() and p not in flow.expected_local_files())
+        assert not left, f"the cells wrote to the local disk outside Ray's temp folder: {left[:20]}"
+        say("the killed sweep was closed KILLED, its table logged before it died; the new sweep owns the new cells; "
+            "nothing was written to the nodes' home or TMPDIR")
         keys = [o["Key"] for page in flow.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
                 for o in page.get("Contents", [])]
         assert any(k.startswith("runs/") and k.endswith("model.pt") for k in keys), "no checkpoint in the store"

@@ -1,10 +1,10 @@
-"""`fskp reproduce`: grids and the paper-table presets, dataset resolution, resuming from MLflow, and (slow)
-a real sweep on Ray Tune whose driver is killed and resumed."""
+"""`fskp reproduce`: grids and the paper-table presets, dataset resolution, resuming from MLflow, and the
+coefficient search.  A real sweep whose driver dies and is resumed runs in tests/test_cluster_flow.py (on a
+three-node Ray cluster, with object storage and a tracking server)."""
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -248,102 +248,6 @@ def test_plan_skips_finished_cells_and_retrains_dead_ones(tiny_data, tmp_path):
     baseline = Cell("tiny", "2", "supervised", "random", 0, str(tiny_data))     # settings per variant
     done_baseline = _log_cell_run(client, exp_id, baseline, {**same, **result_params(options, "supervised")}, "FINISHED")
     assert plan_sweep([baseline], options, "resume", uri).done == {baseline: done_baseline}
-
-
-# ---- end to end: a sweep on Ray Tune, its driver killed, the same command resumed ------------------------
-def _sweeps_with_a_table(uri: str, experiment: str) -> set[str]:
-    """The sweep runs that have logged their results table."""
-    from mlflow.tracking import MlflowClient
-
-    from jobs.grid import KIND_TAG
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id]) if exp else []
-    return {r.info.run_id for r in runs if r.data.tags.get(KIND_TAG) == "sweep"
-            and "table.md" in {a.path for a in client.list_artifacts(r.info.run_id)}}
-
-
-def _finished_runs(uri: str, experiment: str) -> dict[str, list[str]]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    out: dict[str, list[str]] = {}
-    if exp is None:
-        return out
-    for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"):
-        if "dataset" in run.data.tags:
-            out.setdefault(run.data.tags["shots"], []).append(run.info.run_id)
-    return out
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of the session ``sid`` (a driver started with start_new_session=True; Ray's
-    workers open process groups of their own, but stay in the driver's session)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    os.kill(int(entry), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_killed_sweep_resumes_only_the_missing_cells(tiny_data, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "jobs.cli", "reproduce", "--datasets", str(tiny_data), "--shots", "2,3,4",
-               "--selection", "random", "--smoke-test", "--experiment", "e2e", "--tracking-uri", uri,
-               "--storage-path", str(tmp_path / "runs"), "--max-concurrent", "2", "--num-cpus", "4"]
-    MlflowClient(uri).search_experiments()           # create the store now, not in a race with the driver
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-    try:
-        deadline = time.time() + 600                   # a cell finished and the table was logged after it
-        while not (_finished_runs(uri, "e2e") and _sweeps_with_a_table(uri, "e2e")) and time.time() < deadline \
-                and first.poll() is None:
-            time.sleep(1)
-        assert _finished_runs(uri, "e2e"), (tmp_path / "first.log").read_text()[-3000:]
-        assert _sweeps_with_a_table(uri, "e2e"), (tmp_path / "first.log").read_text()[-3000:]
-    finally:
-        _kill_session(first.pid)                       # the driver and every process it started
-        first.wait()
-    time.sleep(2)
-    before = _finished_runs(uri, "e2e")
-    assert 1 <= sum(map(len, before.values())) < 3
-
-    second = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    after = _finished_runs(uri, "e2e")
-    assert sorted(after) == ["2", "3", "4"] and all(len(ids) == 1 for ids in after.values())   # one run per cell
-    for shots, ids in before.items():
-        assert after[shots] == ids                     # finished cells were not trained again
-    assert f"{len(before)} already finished in MLflow, 0 running in another live sweep, {3 - len(before)} to train" \
-        in second.stdout
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("e2e")
-    runs = client.search_runs([exp.experiment_id])
-    assert not [r for r in runs if r.info.status == "RUNNING"]          # the dead driver's runs were closed
-    sweeps = [r for r in runs if r.data.tags.get("fskp.kind") == "sweep"]
-    assert sorted(r.info.status for r in sweeps) == ["FINISHED", "KILLED"]
-    resumed = next(r for r in sweeps if r.info.status == "FINISHED").info.run_id
-    new = {rid for ids in after.values() for rid in ids} - {rid for ids in before.values() for rid in ids}
-    assert all(client.get_run(rid).data.tags["mlflow.parentRunId"] == resumed for rid in new)
-    assert "table.md" in {a.path for a in client.list_artifacts(resumed)}
-    killed = next(r for r in sweeps if r.info.status == "KILLED").info.run_id
-    assert killed in _sweeps_with_a_table(uri, "e2e")       # logged as its cells finished, before it was killed
-    cell_runs = [r.info for r in runs if "dataset" in r.data.tags]
-    assert any(a.run_id != b.run_id and a.start_time < b.end_time and b.start_time < a.end_time
-               for a in cell_runs for b in cell_runs)                  # trials ran side by side
-
-    third = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0 and "3 already finished in MLflow" in third.stdout
-    assert _finished_runs(uri, "e2e") == after
 
 
 # ---- fskp tune-coefficients ----------------------------------------------------------------------------------
