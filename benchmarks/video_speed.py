@@ -4,8 +4,10 @@ at two or more video lengths (memory flat in video length is the point of stream
 For each length a synthetic 640x480, 30 frames/s H.264 video (a textured background with moving blobs, a
 keyframe every 250 frames as a camera would write) is encoded once, then `fskp predict --checkpoint C --video V
 --out O` runs as a user would type it, in its own process: Ray start, model actors, decoding, prediction and the
-DeepLabCut CSV/HDF5 outputs all count.  Peak memory is the largest sum of resident memory over that process and
-all its children (the Ray processes it starts), sampled every 0.2 s.  Prints figures, asserts nothing.
+DeepLabCut CSV/HDF5 outputs all count.  Memory is sampled every 0.5 s over that process and all its children (the
+Ray processes it starts): the peak of the summed PSS (each shared page split between the processes that map it:
+what the run takes from the machine), of the summed RSS (shared pages such as Ray's object store counted once per
+process that touched them: an over-count) and of the driver's own RSS.  Prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/video_speed.py --minutes 1,4
     .venv/bin/python benchmarks/video_speed.py --minutes 60 --checkpoint runs/label-.../checkpoint_.../model.pt
@@ -70,8 +72,8 @@ def untrained_checkpoint(path: Path) -> Path:
     return path
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (Linux /proc)."""
+def process_tree(pid: int) -> set[int]:
+    """A process and all its descendants (Linux /proc)."""
     parent: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -84,28 +86,40 @@ def tree_rss(pid: int) -> int:
         children = [c for c, pp in parent.items() if pp in frontier and c not in tree]
         tree.update(children)
         frontier = children
-    total = 0
-    for p in tree:
-        try:
-            rss = next(line for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("VmRSS"))
-            total += int(rss.split()[1]) * 1024
-        except (OSError, StopIteration):
-            pass
-    return total
+    return tree
 
 
-def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str]) -> tuple[float, int, str]:
-    """(wall seconds, peak tree RSS bytes, last lines of output) of one `fskp predict` run."""
+def memory_of(pid: int, field: str) -> int:
+    """Bytes of one /proc/<pid>/smaps_rollup field: ``Rss`` counts every page the process maps, shared ones
+    (Ray's object store in /dev/shm, libraries) in full; ``Pss`` splits each shared page between its users."""
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines() if x.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return 0
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """{"rss": summed Rss of the tree (shared pages counted once per process), "pss": summed Pss (what the
+    tree takes from the machine), "driver": the `fskp predict` process's own Rss (what it gathers)}."""
+    tree = process_tree(pid)
+    return {"rss": sum(memory_of(p, "Rss") for p in tree), "pss": sum(memory_of(p, "Pss") for p in tree),
+            "driver": memory_of(pid, "Rss")}
+
+
+def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str]) -> tuple[float, dict[str, int], str]:
+    """(wall seconds, peak of each ``tree_memory`` figure, output) of one `fskp predict` run."""
     command = [sys.executable, "-m", "jobs.cli", "predict", "--checkpoint", str(checkpoint), "--video", str(video),
                "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
+    peak = {"rss": 0, "pss": 0, "driver": 0}
 
     def sample():
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
-            time.sleep(0.2)
+            for key, value in tree_memory(proc.pid).items():
+                peak[key] = max(peak[key], value)
+            time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -114,7 +128,7 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str]) -> t
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"fskp predict failed ({proc.returncode}):\n{output[-3000:]}")
-    return took, peak[0], output
+    return took, peak, output
 
 
 def main() -> None:
@@ -133,8 +147,8 @@ def main() -> None:
     print(f"video inference, 640x480 H.264 at {FPS} frames/s; model: "
           f"{checkpoint if args.checkpoint else 'fskp label architecture, untrained weights'}; {machine_summary()}",
           flush=True)
-    print("| video | frames | encode s | predict wall s | frames/s | peak memory GiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| video | frames | encode s | predict wall s | frames/s | peak PSS GiB | peak RSS sum GiB | driver RSS GiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for minutes in [float(m) for m in args.minutes.split(",")]:
         frames = int(round(minutes * 60 * FPS))
         video = work / f"video-{minutes:g}min.mp4"
@@ -145,8 +159,9 @@ def main() -> None:
         out = work / f"predict-{minutes:g}min"
         took, peak, output = run_predict(checkpoint, video, out, args.predict_args)
         rates = [line for line in output.splitlines() if "frames/s" in line]
-        print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {peak / 2 ** 30:.2f} |",
-              flush=True)
+        gib = {k: v / 2 ** 30 for k, v in peak.items()}
+        print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {gib['pss']:.2f} | "
+              f"{gib['rss']:.2f} | {gib['driver']:.2f} |", flush=True)
         if rates:
             print(f"  (last progress line: {rates[-1].strip()})", flush=True)
 

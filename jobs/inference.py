@@ -19,6 +19,10 @@ import numpy as np
 
 #: cores per CPU model actor (torch scales well to about this many threads on a batch of 32 frames)
 CPUS_PER_CPU_ACTOR = 4
+#: object store bytes the inference stream may hold at once (decoded frames waiting for a model actor): Ray Data's
+#: default is a share of the node's object store, which a long video fills and keeps resident; a few hundred
+#: batches in flight keep the actors busy, and memory stops growing with the video's length
+STREAM_OBJECT_STORE_BYTES = 1 << 30
 #: embeddings wider than this are reduced by a fixed random projection (Johnson-Lindenstrauss), so a
 #: long video's embeddings stay small on the driver
 EMBED_DIMS = 128
@@ -143,7 +147,10 @@ def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_b
     size = int(state["config"]["image_size"])
     if not ray.is_initialized():
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
+        object_store_memory=STREAM_OBJECT_STORE_BYTES)
     total = count_frames(sources, frame_step)
     actors, actor_cpus = plan_actors(cluster_nodes(), gpu, actors)
     batch_size = batch_size or (128 if gpu else 32)
