@@ -344,9 +344,16 @@ def init_ray(num_cpus: int | None = None, worker_output: bool = True) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
+def print_line(text: str) -> None:
+    """The sweep's progress output.  Not the builtin ``print`` itself: Ray Tune pickles the callbacks that hold
+    ``log``, and cloudpickle refuses a builtin ``print`` once Ray's tqdm integration has replaced
+    ``builtins.print`` in the driver (seen in a job started from pytest)."""
+    print(text, flush=True)
+
+
 def run_sweep(cells: list[Cell], train_options: dict, *, experiment: str | None = None,
               tracking_uri: str | None = None, max_concurrent: int | None = None, driver_cpus: float | None = None,
-              num_cpus: int | None = None, log=print, quiet: bool = False) -> SweepResult:
+              num_cpus: int | None = None, log=print_line, quiet: bool = False) -> SweepResult:
     """Train every cell MLflow does not already hold, as parallel Ray Tune trials; one MLflow run per cell.
 
     cells: with ``data`` set (see ``attach_data``).  train_options: ``TrainJob`` fields shared by every

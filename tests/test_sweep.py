@@ -165,6 +165,21 @@ def test_a_prepared_folder_is_a_dataset_with_its_own_card(tiny_data, capsys, tmp
         ("tiny", "4", "to train", str(tiny_data)), ("tiny", "25%", "to train", str(tiny_data))]
 
 
+def test_the_sweeps_progress_callback_pickles_after_print_is_replaced(monkeypatch):
+    """Ray Tune pickles the callbacks that hold the sweep's ``log``; Ray's tqdm integration can replace
+    ``builtins.print`` in the driver first, and then the builtin itself no longer pickles (a job failed so)."""
+    import builtins
+    import inspect
+
+    import ray.cloudpickle
+
+    from jobs.sweep import cell_progress, run_sweep
+
+    log = inspect.signature(run_sweep).parameters["log"].default
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: None)
+    ray.cloudpickle.dumps(cell_progress(log, 4, {"tiny-2shots": "test/nme"}))
+
+
 def test_smoke_test_settings_yield_to_explicit_options():
     from jobs.cli import build_parser
     from jobs.commands.reproduce import train_options
