@@ -61,6 +61,13 @@ def kill(pids) -> None:
             pass
 
 
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,7 +119,7 @@ class Flow:
     def start_object_store(self) -> None:
         log = open(self.work / "moto.log", "w")
         self.procs.append(subprocess.Popen([PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports["s3"])],
-                                           stdout=log, stderr=subprocess.STDOUT, env=self.env))
+                                           stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
         import boto3
 
         s3 = lambda: boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], aws_access_key_id="flow",  # noqa: E731
@@ -128,7 +135,8 @@ class Flow:
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.ports["mlflow"]),
              "--backend-store-uri", f"sqlite:///{self.work}/mlflow.db", "--workers", "1",
              "--artifacts-destination", f"s3://{BUCKET}/mlartifacts"],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env))
+            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True))          # its uvicorn and huey workers too are stopped by their session
 
     def await_tracking_server(self) -> None:
         import urllib.request
@@ -177,7 +185,8 @@ class Flow:
     def stop(self) -> None:
         marks = (f":{self.ports['gcs']}", str(self.ray_tmp), "flow_worker_")
         kill([pid for pid, cmd in processes() if pid != os.getpid() and any(m in cmd for m in marks)])
-        kill([p.pid for p in self.procs if p.poll() is None])
+        services = {p.pid for p in self.procs}               # each the leader of its own session
+        kill([pid for pid, _ in processes() if _session(pid) in services])
         for p in self.procs:
             p.wait()
 
@@ -197,8 +206,13 @@ class Flow:
                 "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "*.db", "runs", "mlruns"],
                                                   "env_vars": {k: self.env[k] for k in self.env
                                                                if k.startswith("AWS_")}})]
-        out = self.ray(*args, "--", *command, check=False)
-        text = out.stdout + out.stderr
+        deadline = time.time() + 120
+        while True:                  # the head's job agent can still be starting ("try again later"): retry
+            out = self.ray(*args, "--", *command, check=False)
+            text = out.stdout + out.stderr
+            if "No available agent to submit job" not in text or time.time() > deadline:
+                break
+            time.sleep(3)
         job = next((w.strip("'\"") for line in text.splitlines() if "submitted successfully" in line
                     for w in line.split() if w.strip("'\"").startswith("raysubmit_")), None)
         if job is None:
