@@ -185,7 +185,6 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
 
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     if len(sources) == 1 and is_prepared(sources[0]):
-
         ds = PreparedDataset(sources[0])      # local or in an object store: Ray Data reads its Parquet in place
         splits = [split] if isinstance(split, str) else list(split)
         files = [f for s in splits for f in ds.files(s)]

@@ -48,13 +48,9 @@ def ordering_verdict(values: dict[tuple[str, str], float], shots: list[str], low
     return lines
 
 
-def cell_metrics(result, key: str) -> dict[tuple[str, str], float]:
-    """{(variant, shots): metric ``key``} of a sweep's cells that have it in MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(result.tracking_uri)
-    metrics = {o.cell: client.get_run(o.run_id).data.metrics for o in result.outcomes if o.run_id}
-    return {(cell.variant, cell.shots): m[key] for cell, m in metrics.items() if key in m}
+def block_values(block) -> dict[tuple[str, str], float]:
+    """{(variant, shots): mean metric} of a table block's cells that have a value (jobs/table.py ``Block``)."""
+    return {(row[0], shots): e.mean for (row, shots), e in block.entries.items() if e.mean is not None}
 
 
 def register(p):
@@ -77,10 +73,9 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from jobs.evaluation import metric_name
     from jobs.grid import Cell
     from jobs.sweep import run_sweep
-    from jobs.table import build_table
+    from jobs.table import collect, render_md
     from pipeline.prepared import PreparedDataset
 
     t0 = time.time()
@@ -113,9 +108,9 @@ def run(args) -> int:
         print(f"      {o.cell.name} failed: {o.error}")
 
     print(f"[3/3] results ({time.time() - t0:.0f}s in all)\n", flush=True)
-    table = build_table("quickstart", options["tracking_uri"], "md")
-    values = cell_metrics(result, metric_name(ds.card.metric))
-    verdict = ordering_verdict(values, shots, lower_is_better=ds.card.metric.kind == "nme")
+    blocks = collect("quickstart", options["tracking_uri"])        # read once: the table and its verdict
+    table = render_md(blocks, "quickstart")
+    verdict = ordering_verdict(block_values(blocks[0]), shots, lower_is_better=not blocks[0].higher_is_better)
     if verdict:
         table = table.rstrip() + "\n\n" + "\n".join(verdict) + "\n"
     print(table)
