@@ -44,7 +44,7 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -339,11 +339,13 @@ def _coco_image(n: int, item: dict) -> dict:
     return entry
 
 
-def write_coco_json(path: str | Path, card: Card, images: list[dict], keypoints: np.ndarray,
+def write_coco_json(path: str | Path, card: Card, images: Iterable[dict], keypoints: np.ndarray,
                     likelihood: np.ndarray, cutoff: float) -> Path:
     """Write the predictions as a COCO keypoint JSON: one image and one annotation per frame.
 
-    images: N dicts with ``file_name``, ``width``, ``height`` (and optionally ``frame_index``), ids 1..N.
+    images: N dicts (any iterable, e.g. a generator) with ``file_name``, ``width``, ``height`` (and optionally
+    ``frame_index``), ids 1..N.  The file is streamed entry by entry: an hour of video (10^5 frames) never
+    exists as one Python structure or string.
     keypoints: [N, K, 2] prepared convention, written as COCO pixel indices (``- 0.5``).
     likelihood: [N, K] in [0, 1].
 
@@ -359,20 +361,25 @@ def write_coco_json(path: str | Path, card: Card, images: list[dict], keypoints:
     """
     cutoff = _check_cutoff(cutoff)
     kp, lk = _predictions(keypoints, likelihood, card.num_keypoints)
-    if len(images) != len(kp):
-        raise ValueError(f"{len(images)} images for {len(kp)} frames of keypoints")
-    data = {
-        "info": {"description": f"keypoints predicted by fskp ({card.name}); v = 2 where likelihood >= "
-                                f"{cutoff:g}, keypoint_scores hold the model's likelihoods",
-                 "keypoint_cutoff": cutoff},
-        "images": [_coco_image(n, item) for n, item in enumerate(images)],
-        "annotations": [_coco_annotation(n, kp[n], lk[n], cutoff) for n in range(len(kp))],
-        "categories": [{"id": 1, "name": card.name, "supercategory": card.name, "keypoints": list(card.keypoints),
-                        "skeleton": [[a + 1, b + 1] for a, b in card.links]}],
-    }
+    info = {"description": f"keypoints predicted by fskp ({card.name}); v = 2 where likelihood >= {cutoff:g}, "
+                           f"keypoint_scores hold the model's likelihoods", "keypoint_cutoff": cutoff}
+    categories = [{"id": 1, "name": card.name, "supercategory": card.name, "keypoints": list(card.keypoints),
+                   "skeleton": [[a + 1, b + 1] for a, b in card.links]}]
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, allow_nan=False))
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(f'{{"info": {json.dumps(info)}, "images": [')
+        count = 0
+        for n, item in enumerate(images):
+            if n >= len(kp):
+                raise ValueError(f"more images than the {len(kp)} frames of keypoints")
+            f.write((", " if n else "") + json.dumps(_coco_image(n, item)))
+            count = n + 1
+        if count != len(kp):
+            raise ValueError(f"{count} images for {len(kp)} frames of keypoints")
+        f.write('], "annotations": [')
+        for n in range(len(kp)):
+            f.write((", " if n else "") + json.dumps(_coco_annotation(n, kp[n], lk[n], cutoff), allow_nan=False))
+        f.write(f'], "categories": {json.dumps(categories)}}}')
     return path
 
 

@@ -9,6 +9,7 @@ import pickle
 import re
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import scipy.io
@@ -508,8 +509,19 @@ def test_write_slp_predictions_opens_with_the_same_skeleton(tmp_path, with_video
         np.testing.assert_allclose(inst.score, np.nanmean(scores[n]), atol=1e-6)
     if with_video:
         assert Path(labels.videos[0].filename) == root / "arena.mp4"
+        assert labels.videos[0].shape == sio.load_video(str(root / "arena.mp4")).shape   # from the header
     else:
         assert [Path(f) for f in labels.videos[0].filename] == source
+    # the per-frame tables, written from arrays, are the ones sleap-io writes from its own objects
+    reference = sio.Labels(labeled_frames=[sio.LabeledFrame(video=labels.videos[0], frame_idx=f, instances=[
+        sio.PredictedInstance.from_numpy(np.where(np.isfinite(kp[n]), kp[n] - 0.5, np.nan), skeleton=labels.skeletons[0],
+                                         point_scores=np.nan_to_num(scores[n]), score=float(np.nanmean(scores[n])))])
+        for n, f in enumerate(frames)], videos=labels.videos, skeletons=labels.skeletons)
+    sio.save_slp(reference, str(tmp_path / "reference.slp"), verbose=False)
+    with h5py.File(out) as ours, h5py.File(tmp_path / "reference.slp") as theirs:
+        for table in ("frames", "instances", "pred_points"):
+            assert ours[table].dtype == theirs[table].dtype
+            assert ours[table][:].tobytes() == theirs[table][:].tobytes(), table
 
 
 def test_write_slp_predictions_refuses_bad_input(tmp_path):

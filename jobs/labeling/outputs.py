@@ -44,7 +44,6 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
         groups.setdefault(key, []).append(n)
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
-    images_meta = []
     for key, rows in groups.items():
         is_video = frame_order(preds.ids[rows[0]])[1] >= 0
         stem = Path(key).stem if is_video else (relative(key).strip("./").replace("/", "_") or "images")
@@ -76,12 +75,13 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
                 exports.write_overlay_images([Path(preds.ids[n]) for n in rows], out / "overlay" / stem,
                                              preds.keypoints[rows], likelihood[rows], card.links, pcutoff)
                 outputs[f"overlay:{stem}"] = str(out / "overlay" / stem)
-    for n, frame_id in enumerate(preds.ids):
-        video, number = frame_order(frame_id)
-        images_meta.append({"file_name": relative(frame_id) if number < 0 else f"{Path(video).name}#{number}",
-                            **({"frame_index": number} if number >= 0 else {}), **_frame_size(frame_id)})
+    def images_meta():                       # streamed into the JSON file, one frame at a time
+        for frame_id in preds.ids:
+            video, number = frame_order(frame_id)
+            yield {"file_name": relative(frame_id) if number < 0 else f"{Path(video).name}#{number}",
+                   **({"frame_index": number} if number >= 0 else {}), **_frame_size(frame_id)}
     coco_path = out / "predictions" / "keypoints_coco.json"
-    exports.write_coco_json(coco_path, card, images_meta, preds.keypoints, likelihood, pcutoff)
+    exports.write_coco_json(coco_path, card, images_meta(), preds.keypoints, likelihood, pcutoff)
     outputs["coco_json"] = str(coco_path)
     outputs.update(write_suggestions(preds, out, exclude, labeled_ids, n_suggestions, relative))
     return outputs

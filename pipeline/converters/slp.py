@@ -217,7 +217,16 @@ def _video(video_path_or_image_paths, sio):
         path = Path(video_path_or_image_paths)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: video not found")
-        return sio.Video.from_filename(str(path))
+        import av
+
+        from pipeline.pool import video_length
+
+        video = sio.Video.from_filename(str(path))
+        with av.open(str(path)) as c:      # the container's header; sleap-io would count frames by decoding
+            s = c.streams.video[0]
+            video.backend_metadata.update(shape=(video_length(path), s.height, s.width, 3), grayscale=False,
+                                          fps=float(s.average_rate or s.guessed_rate or 30))
+        return video
     paths = [Path(p) for p in video_path_or_image_paths]
     if not paths:
         raise ValueError("no image paths given")
@@ -272,14 +281,52 @@ def write_slp_predictions(path: str | Path, skeleton_names: Sequence[str], links
     video = _video(video_path_or_image_paths, sio)
     if isinstance(video.filename, list) and max(frames, default=0) >= len(video.filename):
         raise ValueError(f"frame index {max(frames)} is past the {len(video.filename)} images")
-    labeled = []
-    for f, xy, s, ok in zip(frames, kp - PIXEL_INDEX_OFFSET, sc, given):
-        points = np.where(ok[:, None], xy, np.nan)
-        inst = sio.PredictedInstance.from_numpy(points, skeleton=skeleton, point_scores=np.where(ok, s, 0.0),
-                                                score=float(s[ok].mean()) if ok.any() else 0.0)
-        labeled.append(sio.LabeledFrame(video=video, frame_idx=f, instances=[inst]))
-    labels = sio.Labels(labeled_frames=labeled, videos=[video], skeletons=[skeleton])
+    xy = np.where(given[..., None], kp - PIXEL_INDEX_OFFSET, np.nan)
+    point_scores = np.where(given, sc, 0.0)
+    shown = given.sum(1)
+    instance_scores = np.where(shown > 0, point_scores.sum(1) / np.maximum(shown, 1), 0.0)
     path = Path(path)
     with atomic_path(path) as tmp:
-        sio.save_slp(labels, str(tmp), verbose=False)
+        # sleap-io writes the file's metadata, skeleton and video for the first frame; the per-frame tables
+        # (frames, instances, pred_points) are then written whole from arrays: one Python object per frame
+        # would take ~5 KB each, 0.5 GB for an hour of video
+        first = [sio.LabeledFrame(video=video, frame_idx=frames[0], instances=[sio.PredictedInstance.from_numpy(
+            xy[0], skeleton=skeleton, point_scores=point_scores[0], score=float(instance_scores[0]))])] if frames else []
+        sio.save_slp(sio.Labels(labeled_frames=first, videos=[video], skeletons=[skeleton]), str(tmp), verbose=False)
+        if len(frames) > 1:
+            _write_prediction_tables(tmp, np.asarray(frames), xy, point_scores, instance_scores)
+    return path
+
+
+def _write_prediction_tables(path: Path, frames: np.ndarray, xy: np.ndarray, point_scores: np.ndarray,
+                             instance_scores: np.ndarray) -> None:
+    """Rewrite the ``frames``, ``instances`` and ``pred_points`` tables of a one-frame .slp file written by
+    sleap-io for all N frames (one predicted instance of K points each, video 0, skeleton 0, no track), in
+    the dtypes sleap-io gave them and with its row of frame 0 as the check that the layout is the one
+    assumed here.  xy: [N, K, 2] SLEAP coordinates, NaN where missing; point_scores: [N, K];
+    instance_scores: [N]."""
+    import h5py
+
+    n, k = xy.shape[:2]
+    with h5py.File(path, "r+") as f:
+        tables = {name: f[name][:] for name in ("frames", "instances", "pred_points")}
+        first = {name: t.copy() for name, t in tables.items()}
+        rows = {name: np.zeros(n * (k if name == "pred_points" else 1), dtype=t.dtype) for name, t in tables.items()}
+        fr, inst, pts = rows["frames"], rows["instances"], rows["pred_points"]
+        ids = np.arange(n)
+        fr["frame_id"], fr["video"], fr["frame_idx"] = ids, 0, frames
+        fr["instance_id_start"], fr["instance_id_end"] = ids, ids + 1
+        inst["instance_id"], inst["instance_type"], inst["frame_id"], inst["skeleton"] = ids, 1, ids, 0
+        inst["track"], inst["from_predicted"], inst["score"] = -1, -1, instance_scores
+        inst["point_id_start"], inst["point_id_end"], inst["tracking_score"] = ids * k, ids * k + k, np.nan
+        visible = np.isfinite(xy).all(2).reshape(-1)
+        pts["x"], pts["y"] = xy[..., 0].reshape(-1), xy[..., 1].reshape(-1)
+        pts["visible"], pts["complete"], pts["score"] = visible, False, point_scores.reshape(-1)
+        for name, table in rows.items():
+            head = table[:len(first[name])]
+            if head.tobytes() != first[name].tobytes():
+                raise RuntimeError(f"sleap-io wrote a {name} table this writer does not know: {first[name]!r} "
+                                   f"(expected {head!r}); pin sleap-io to a version it was tested with")
+            del f[name]
+            f.create_dataset(name, data=table)
     return path
