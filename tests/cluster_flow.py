@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -189,6 +190,12 @@ class Flow:
         kill([pid for pid, _ in processes() if _session(pid) in services])
         for p in self.procs:
             p.wait()
+        # the nodes' logs are kept with the flow's other logs; the rest of Ray's temp folders (~0.4 GB of
+        # sessions, runtime environments and spilled objects under /tmp) goes
+        for logs in self.ray_tmp.glob("*/session_20*/logs"):
+            shutil.copytree(logs, self.work / "ray-logs" / logs.parent.parent.name / logs.parent.name,
+                            symlinks=True, dirs_exist_ok=True)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     # ---- the user's steps --------------------------------------------------------------------------------
     def reproduce_command(self, data: str) -> list[str]:

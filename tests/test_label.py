@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -122,6 +123,14 @@ def test_label_writes_every_output(labeled, project):
     assert np.isfinite(report["mean_error_px"])
     held = {f"labeled-data/session1/img{i:03d}.png" for i in LABELED} - set(summary["shots"])
     assert set(report["per_frame_px"]) == held
+    # how far the likelihood can be trusted on them: AUROC and the reliability plot
+    confidence = report["confidence"]
+    assert confidence["keypoints"] == 12
+    assert sum(b["keypoints"] for b in confidence["reliability"]) == 12
+    auroc = confidence["auroc_likelihood_right"]
+    assert auroc is None if confidence["right"] in (0.0, 1.0) else 0.0 <= auroc <= 1.0
+    with Image.open(out / "reliability.png") as im:
+        assert im.format == "PNG" and im.size == (480, 360)
 
     # DeepLabCut machine labels: the video (one row per frame, frame numbers) and the extracted frames
     header, rows = read_dlc_rows(out / "predictions" / "session1.csv")

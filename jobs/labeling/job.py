@@ -10,7 +10,7 @@ import numpy as np
 
 from jobs.labeling.inputs import LabelingInput, check_trainable, links_for_training
 from jobs.labeling.outputs import write_outputs
-from jobs.labeling.scoring import held_out_report, print_held_out
+from jobs.labeling.scoring import confidence_report, draw_reliability, held_out_report, print_held_out
 from jobs.labeling.shots import choose_shots, prepare_dataset, shots_crop
 from pipeline.atomic import write_text_atomic
 from pipeline.prepared import DataError
@@ -72,10 +72,15 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     if held:
         at = preds.index()
         rows = [at[str(Path(i.source))] for i in held]
-        report = held_out_report(inp.card, preds.keypoints[rows], np.stack([i.keypoints for i in held]),
-                                 np.stack([i.visible for i in held]), [inp.relative(i.source) for i in held])
+        gt, visible = np.stack([i.keypoints for i in held]), np.stack([i.visible for i in held])
+        report = held_out_report(inp.card, preds.keypoints[rows], gt, visible, [inp.relative(i.source) for i in held])
+        report["confidence"] = confidence_report(1.0 - preds.uncertainty[rows], preds.keypoints[rows], gt, visible)
+        draw_reliability(report["confidence"], out / "reliability.png", f"{len(held)} held-out frames")
         write_text_atomic(out / "held_out.json", json.dumps(report, indent=2))
         print_held_out(report)
+    else:                                      # an earlier run's into the same folder would read as this one's
+        for stale in ("held_out.json", "reliability.png"):
+            (out / stale).unlink(missing_ok=True)
     outputs = write_outputs(inp, preds, out, overlay=overlay, exclude={str(Path(i.source)) for i in train},
                             labeled_ids=[str(Path(i.source)) for i in train], n_suggestions=suggestions)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
@@ -100,10 +105,12 @@ def _log_to_run(job, run_id: str, report: dict | None, out: Path, crop) -> None:
         metrics = {"held_out/mean_error_px": report["mean_error_px"], "held_out/median_error_px":
                    report["median_error_px"], "held_out/pck": report["pck"]}
         metrics.update({f"held_out/px/{k}": v for k, v in report["per_bodypart_px"].items() if np.isfinite(v)})
+        if report["confidence"]["auroc_likelihood_right"] is not None:
+            metrics["held_out/auroc_likelihood"] = report["confidence"]["auroc_likelihood_right"]
         for k, v in metrics.items():
             client.log_metric(run_id, k, float(v))
         client.log_artifact(run_id, str(out / "held_out.json"))
-    for name in ("shots.txt", "suggestions.csv", "suggestions.png"):
+    for name in ("shots.txt", "suggestions.csv", "suggestions.png", "reliability.png"):
         if (out / name).exists():
             client.log_artifact(run_id, str(out / name))
 

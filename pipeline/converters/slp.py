@@ -290,8 +290,11 @@ def write_slp_predictions(path: str | Path, skeleton_names: Sequence[str], links
         # sleap-io writes the file's metadata, skeleton and video for the first frame; the per-frame tables
         # (frames, instances, pred_points) are then written whole from arrays: one Python object per frame
         # would take ~5 KB each, 0.5 GB for an hour of video
-        first = [sio.LabeledFrame(video=video, frame_idx=frames[0], instances=[sio.PredictedInstance.from_numpy(
-            xy[0], skeleton=skeleton, point_scores=point_scores[0], score=float(instance_scores[0]))])] if frames else []
+        first = []
+        if frames:
+            instance = sio.PredictedInstance.from_numpy(xy[0], skeleton=skeleton, point_scores=point_scores[0],
+                                                        score=float(instance_scores[0]))
+            first = [sio.LabeledFrame(video=video, frame_idx=frames[0], instances=[instance])]
         sio.save_slp(sio.Labels(labeled_frames=first, videos=[video], skeletons=[skeleton]), str(tmp), verbose=False)
         if len(frames) > 1:
             _write_prediction_tables(tmp, np.asarray(frames), xy, point_scores, instance_scores)
