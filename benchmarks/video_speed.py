@@ -7,7 +7,9 @@ keyframe every 250 frames as a camera would write) is encoded once, then `fskp p
 DeepLabCut CSV/HDF5 outputs all count.  Memory is sampled every 0.5 s over that process and all its children (the
 Ray processes it starts): the peak of the summed PSS (each shared page split between the processes that map it:
 what the run takes from the machine), of the summed RSS (shared pages such as Ray's object store counted once per
-process that touched them: an over-count) and of the driver's own RSS.  Prints figures, asserts nothing.
+process that touched them: an over-count) and of the driver's own RSS; and the summed PSS's peak in each quarter of
+the run (flat in video length: once the stream of decoded frames has filled its share of the object store, the
+quarters stay level).  Prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/video_speed.py --minutes 1,4
     .venv/bin/python benchmarks/video_speed.py --minutes 60 --checkpoint runs/label-.../checkpoint_.../model.pt
@@ -114,11 +116,14 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str]) -> t
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"rss": 0, "pss": 0, "driver": 0}
+    samples: list[tuple[float, int]] = []              # (seconds since start, summed PSS)
 
     def sample():
         while proc.poll() is None:
-            for key, value in tree_memory(proc.pid).items():
+            memory = tree_memory(proc.pid)
+            for key, value in memory.items():
                 peak[key] = max(peak[key], value)
+            samples.append((time.time() - t0, memory["pss"]))
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -128,6 +133,9 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str]) -> t
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"fskp predict failed ({proc.returncode}):\n{output[-3000:]}")
+    # flat in video length means: once the stream is full, memory stops growing -- the peak of each quarter
+    peak["pss_by_quarter"] = [max((m for t, m in samples if q * took / 4 <= t < (q + 1) * took / 4), default=0)
+                              for q in range(4)]
     return took, peak, output
 
 
@@ -147,8 +155,9 @@ def main() -> None:
     print(f"video inference, 640x480 H.264 at {FPS} frames/s; model: "
           f"{checkpoint if args.checkpoint else 'fskp label architecture, untrained weights'}; {machine_summary()}",
           flush=True)
-    print("| video | frames | encode s | predict wall s | frames/s | peak PSS GiB | peak RSS sum GiB | driver RSS GiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| video | frames | encode s | predict wall s | frames/s | peak PSS GiB | peak PSS by quarter of the run | "
+          "peak RSS sum GiB | driver RSS GiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for minutes in [float(m) for m in args.minutes.split(",")]:
         frames = int(round(minutes * 60 * FPS))
         video = work / f"video-{minutes:g}min.mp4"
@@ -159,9 +168,10 @@ def main() -> None:
         out = work / f"predict-{minutes:g}min"
         took, peak, output = run_predict(checkpoint, video, out, args.predict_args)
         rates = [line for line in output.splitlines() if "frames/s" in line]
-        gib = {k: v / 2 ** 30 for k, v in peak.items()}
+        gib = {k: v / 2 ** 30 for k, v in peak.items() if k != "pss_by_quarter"}
+        quarters = " / ".join(f"{m / 2 ** 30:.2f}" for m in peak["pss_by_quarter"])
         print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {gib['pss']:.2f} | "
-              f"{gib['rss']:.2f} | {gib['driver']:.2f} |", flush=True)
+              f"{quarters} | {gib['rss']:.2f} | {gib['driver']:.2f} |", flush=True)
         if rates:
             print(f"  (last progress line: {rates[-1].strip()})", flush=True)
 
