@@ -57,8 +57,7 @@ def main() -> None:
 
     from jobs.inference import predict_frames
     from jobs.labeling.inputs import read_dlc_project
-    from jobs.labeling.scoring import HELD_OUT_METRIC
-    from models.metrics import normaliser
+    from jobs.labeling.scoring import right_keypoints
     from models.precision import machine_summary
 
     out = Path(args.label_out)
@@ -75,11 +74,8 @@ def main() -> None:
     at = base.index()
     rows = [at[str(Path(s))] for s in sources]
     pred = base.keypoints[rows]
-    threshold = np.maximum(HELD_OUT_METRIC.alpha * normaliser(HELD_OUT_METRIC, gt, visible, 1.0),
-                           HELD_OUT_METRIC.min_threshold_px)
-    err = np.linalg.norm(pred - gt, axis=-1)
-    scored = visible & np.isfinite(err)
-    right = (err <= threshold[:, None])[scored]
+    right_all, scored = right_keypoints(pred, gt, visible)
+    right = right_all[scored]
 
     signals: dict[str, np.ndarray] = {"likelihood": (1.0 - base.uncertainty[rows])[scored]}
     steps = checkpoints_of(summary["checkpoint"])
@@ -103,7 +99,7 @@ def main() -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
     train_emb = emb[[at[str(Path(i.source))] for i in train]]
     novelty = 1.0 - (emb[rows] @ train_emb.T).max(1)
-    signals["novelty (per frame)"] = -np.broadcast_to(novelty[:, None], err.shape)[scored]
+    signals["novelty (per frame)"] = -np.broadcast_to(novelty[:, None], visible.shape)[scored]
     names = list(signals)
     agreement = [n for n in names if n.startswith(("snapshots", "shifts"))]
     signals["rank mean: " + " + ".join(n.split(" ")[0] for n in agreement)] = np.mean(

@@ -47,6 +47,18 @@ def print_held_out(report: dict, out=None) -> None:
 
 
 
+def right_keypoints(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(right, scored), both [N, K] bool: the keypoint is within the PCK threshold of ``HELD_OUT_METRIC``
+    (max(0.1 x the frame's labeled-box side, 20 px)); scored: labeled and predicted.  pred, gt [N, K, 2]."""
+    from models.metrics import normaliser
+
+    v = np.asarray(visible, bool)
+    threshold = np.maximum(HELD_OUT_METRIC.alpha * normaliser(HELD_OUT_METRIC, gt, v, 1.0),
+                           HELD_OUT_METRIC.min_threshold_px)
+    err = np.linalg.norm(np.asarray(pred, np.float64) - np.asarray(gt, np.float64), axis=-1)
+    return err <= threshold[:, None], v & np.isfinite(err)
+
+
 def confidence_report(likelihood: np.ndarray, pred: np.ndarray, gt: np.ndarray, visible: np.ndarray,
                       bins: int = 5) -> dict:
     """How well the likelihood tells right keypoints from wrong ones on held-out frames.
@@ -59,14 +71,9 @@ def confidence_report(likelihood: np.ndarray, pred: np.ndarray, gt: np.ndarray, 
     """
     from sklearn.metrics import roc_auc_score
 
-    from models.metrics import normaliser
-
-    v = np.asarray(visible, bool)
-    threshold = np.maximum(HELD_OUT_METRIC.alpha * normaliser(HELD_OUT_METRIC, gt, v, 1.0),
-                           HELD_OUT_METRIC.min_threshold_px)
-    err = np.linalg.norm(np.asarray(pred, np.float64) - np.asarray(gt, np.float64), axis=-1)
-    scored = v & np.isfinite(err) & np.isfinite(likelihood)
-    right = (err <= threshold[:, None])[scored]
+    right_all, scored = right_keypoints(pred, gt, visible)
+    scored &= np.isfinite(likelihood)
+    right = right_all[scored]
     lk = np.asarray(likelihood, np.float64)[scored]
     auroc = float(roc_auc_score(right, lk)) if 0 < right.sum() < right.size else None
     edges = np.linspace(0.0, 1.0, bins + 1)
