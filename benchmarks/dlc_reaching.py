@@ -7,6 +7,11 @@ frame's labeled-keypoint box, never under 20 px (../shared/data/README.md).  Run
 
   python benchmarks/dlc_reaching.py                                  # the README's numbers
   python benchmarks/dlc_reaching.py --variants supervised --iterations 300 --size 128   # a quick look
+  python benchmarks/dlc_reaching.py --draw 1 --out benchmarks/out/dlc_reaching_draw1    # another frame set
+
+``--draw SEED`` trains on 10 frames drawn at random (numpy seed SEED) from the labeled frames that label
+a keypoint, instead of the reference runs' frames; the other labeled frames are held out and scored.
+DeepLabCut's and SLEAP's rows are for the reference frames only.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
     p.add_argument("--margin", type=float, default=0.1, help="crop margin per side (fskp label --margin)")
     p.add_argument("--out", default="benchmarks/out/dlc_reaching")
+    p.add_argument("--draw", type=int, help="train on 10 frames drawn with this seed instead of the reference's")
     p.add_argument("--report-only", action="store_true", help="print the table from an earlier run's --out")
     args = p.parse_args()
 
@@ -44,6 +50,10 @@ def main() -> None:
     from jobs.labeling.job import label
 
     out = Path(args.out).resolve()
+    project = read_dlc_project(args.project)
+    frames = FRAMES.split(",") if args.draw is None else drawn_frames(project, args.draw)
+    print(f"training frames ({'reference' if args.draw is None else f'draw {args.draw}'}): {', '.join(frames)}",
+          flush=True)
     rows, checks = [], []
     for variant in args.variants.split(","):
         if args.report_only:
@@ -61,7 +71,7 @@ def main() -> None:
                        precision=args.precision, threads=args.threads, variant=variant, unlabeled_batch=4,
                        experiment="dlc-reaching", tracking_uri=f"sqlite:///{out}/mlflow.db")
         t0 = time.time()
-        result = label(read_dlc_project(args.project), out / variant, frames=FRAMES.split(","),
+        result = label(project, out / variant, frames=frames,
                        margin=args.margin, job_options=options, overlay=False, suggestions=20)
         minutes = (time.time() - t0) / 60
         r = result.held_out
@@ -71,16 +81,27 @@ def main() -> None:
                                                                    "minutes": minutes,
                                                                    "held_out": r}, indent=2))
         checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
-    print(f"\ndlc-reaching, 10 labeled frames, 45 held out (190 keypoints); {args.iterations} iterations, "
+    reference = REFERENCE if args.draw is None else []
+    held = r
+    print(f"\ndlc-reaching, 10 labeled frames ({'reference set' if args.draw is None else f'draw {args.draw}'}), "
+          f"{held['frames']} held out ({held['keypoints']} keypoints); {args.iterations} iterations, "
           f"{args.size} px, crop margin {args.margin}, {args.backbone}, precision {args.precision}, "
           f"threads {args.threads or 'auto'}; {machine_summary()}")
     print("| system | mean error | median | PCK | time |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for name, mean, median, pck, took in REFERENCE + rows:
+    for name, mean, median, pck, took in reference + rows:
         print(f"| {name} | {mean:.1f} px | {median:.1f} px | {pck:.1f} % | {took} |")
     for variant, top, everyone in checks:
         print(f"{variant}: the 5 frames suggested first have a mean error of {top:.1f} px; all held-out frames "
               f"{everyone:.1f} px")
+
+
+def drawn_frames(project, seed: int, n: int = 10) -> list[str]:
+    """``n`` labeled frames that label at least one keypoint, drawn without replacement (numpy seed ``seed``)."""
+    import numpy as np
+
+    ids = sorted(i.id for i in project.labeled if i.visible.any())
+    return sorted(np.random.default_rng(seed).choice(ids, size=n, replace=False).tolist())
 
 
 def truth_and_predictions(project: Path, out: Path) -> tuple[dict, dict]:
