@@ -11,7 +11,9 @@ labeled-box side, 20 px)); 0.5 is chance.  Candidates:
 - shifts: agreement under test-time crop shifts (+-4 % of the crop side in x and y) and scales (0.9, 1.1);
 - novelty: how unlike the training frames the frame looks (cosine distance of the detector's pooled features to
   the nearest training frame), one value per frame;
-- combinations: the mean of the candidates' ranks.
+- combinations: the mean of the candidates' ranks;
+- calibrated: the likelihood `fskp label` writes (jobs/labeling/confidence.py: a logistic regression on the
+  certainty and the novelty, fitted on the held-out frames), each frame's value from a fit without it.
 
 Prints figures, asserts nothing.
 
@@ -56,6 +58,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from jobs.inference import predict_frames
+    from jobs.labeling.confidence import fit_calibration
     from jobs.labeling.inputs import read_dlc_project
     from jobs.labeling.scoring import right_keypoints
     from models.precision import machine_summary
@@ -100,7 +103,12 @@ def main() -> None:
     train_emb = emb[[at[str(Path(i.source))] for i in train]]
     novelty = 1.0 - (emb[rows] @ train_emb.T).max(1)
     signals["novelty (per frame)"] = -np.broadcast_to(novelty[:, None], visible.shape)[scored]
+    calibration, out_of_fold = fit_calibration(base.uncertainty[rows], base.embedding[rows],
+                                               base.embedding[[at[str(Path(i.source))] for i in train]],
+                                               right_all, scored)
     names = list(signals)
+    if calibration is not None:           # what `fskp label` writes, judged as its held_out.json judges it
+        signals["calibrated: certainty + novelty (fskp label's likelihood, out-of-fold)"] = out_of_fold[scored]
     agreement = [n for n in names if n.startswith(("snapshots", "shifts"))]
     signals["rank mean: " + " + ".join(n.split(" ")[0] for n in agreement)] = np.mean(
         [ranks(signals[n]) for n in agreement], axis=0)

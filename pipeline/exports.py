@@ -1,12 +1,13 @@
 """Exports of predicted keypoints: DeepLabCut machine-label CSV and HDF5 files, NWB (ndx-pose), COCO keypoint
 JSON, overlay images and video.
 
-Likelihood.  The model gives each keypoint an uncertainty ``u = 1 - sigmoid(v)`` in (0, 1), where
-``sigmoid(v)`` is the keypoint's edge strength (paper Eq. 7); 0 means certain.  The exports write
-``likelihood = 1 - u`` (``likelihood_from_uncertainty``), in DeepLabCut's ``likelihood`` column and in
-COCO's ``keypoint_scores``.  It is the model's own confidence, NOT a calibrated probability: a likelihood
-of 0.9 does not mean the keypoint is right 90 % of the time.  Compare it with a threshold chosen on your
-own data (e.g. the likelihood below which held-out predictions start to be wrong), not with a probability.
+Likelihood.  The exports write the likelihood they are given, in DeepLabCut's ``likelihood`` column and in
+COCO's ``keypoint_scores``.  `fskp label` and `fskp predict` give the calibrated likelihood of
+jobs/labeling/confidence.py when the run has one (fitted on held-out labeled frames: about that fraction
+of keypoints is right); otherwise the model's own certainty ``likelihood = 1 - u``
+(``likelihood_from_uncertainty``) from its uncertainty ``u = 1 - sigmoid(v)`` in (0, 1), where
+``sigmoid(v)`` is the keypoint's edge strength (paper Eq. 7).  That one is NOT a calibrated probability: a
+likelihood of 0.9 does not mean the keypoint is right 90 % of the time.
 
 Thresholds.  Each export takes a cutoff on that likelihood and applies it the same way:
 - DeepLabCut CSV: every keypoint is written with its likelihood; the reader (``pcutoff`` of the project's
@@ -64,7 +65,8 @@ def likelihood_from_uncertainty(u: np.ndarray) -> np.ndarray:
     """Likelihood ``1 - u`` from the model's uncertainty ``u = 1 - sigmoid(v)`` (any shape, e.g. [N, K]).
 
     The result is the keypoint's edge strength ``sigmoid(v)`` (paper Eq. 7): the model's own confidence,
-    not a calibrated probability (see the module docstring).  NaN stays NaN (no prediction).
+    not a calibrated probability (see the module docstring and jobs/labeling/confidence.py).  NaN stays NaN
+    (no prediction).
     """
     u = np.asarray(u, dtype=np.float64)
     finite = u[np.isfinite(u)]

@@ -129,6 +129,8 @@ def test_label_writes_every_output(labeled, project):
     assert sum(b["keypoints"] for b in confidence["reliability"]) == 12
     auroc = confidence["auroc_likelihood_right"]
     assert auroc is None if confidence["right"] in (0.0, 1.0) else 0.0 <= auroc <= 1.0
+    # 12 held-out keypoints are too few to fit a calibration on: the outputs say the likelihood is the raw one
+    assert confidence["likelihood"].startswith("uncalibrated") and not (out / "confidence.npz").exists()
     with Image.open(out / "reliability.png") as im:
         assert im.format == "PNG" and im.size == (480, 360)
 
@@ -201,6 +203,24 @@ def test_predict_on_a_video_with_the_run(labeled, project, tmp_path):
     assert len(rows) == N_FRAMES
     # same model, same crop (read from the run): the same predictions
     np.testing.assert_allclose(np.array(rows, float), np.array(label_rows, float), atol=1e-3)
+
+    # a calibration beside the checkpoint (fskp label writes one when it can fit it) gives every likelihood
+    from jobs.labeling.confidence import Calibration
+
+    flat = Calibration(coef=np.zeros(2), intercept=float(np.log(0.3 / 0.7)), reference=np.ones((1, 128), np.float32),
+                       fitted_on=40, cross_validated_auroc=0.5)
+    saved = flat.save(Path(summary["checkpoint"]))
+    try:
+        assert main(["predict", "--run", summary["run_id"], "--video", str(project / "videos" / "session1.mp4"),
+                     "--out", str(tmp_path / "calibrated"), "--tracking-uri", uri, "--no-overlay",
+                     "--suggestions", "0"]) == 0
+    finally:
+        saved.unlink()
+    _, rows = read_dlc_rows(tmp_path / "calibrated" / "predictions" / "session1.csv")
+    values = np.array(rows, float)[:, 1:].reshape(N_FRAMES, 3, 3)
+    np.testing.assert_allclose(values[..., 2], 0.3, atol=1e-6)
+    np.testing.assert_allclose(values[..., :2], np.array(label_rows, float)[:, 1:].reshape(N_FRAMES, 3, 3)[..., :2],
+                               atol=1e-3)
 
 
 def test_label_refuses_unknown_frames(project, tmp_path):

@@ -43,6 +43,8 @@ def run(args) -> int:
 
     from jobs.commands.label import parse_crop
     from jobs.inference import predict_frames
+    from jobs.labeling.confidence import FILE_NAME as CALIBRATION_FILE
+    from jobs.labeling.confidence import find_calibration
     from jobs.labeling.outputs import write_outputs
     from pipeline.converters.coco import card_from_keypoints
 
@@ -66,6 +68,10 @@ def run(args) -> int:
     names = state.get("keypoint_names") or [f"kp{i}" for i in range(state["num_keypoints"])]
     card = card_from_keypoints(state["card_name"], "keypoints of the trained model", names,
                                [tuple(link) for link in state["config"]["links"]], origin=str(path))
+    calibration = find_calibration(path)
+    print(f"{calibration.describe()} (fskp label, {path.parent / CALIBRATION_FILE})" if calibration else
+          "likelihood: the model's own certainty, not calibrated (the checkpoint has no confidence.npz: fskp label "
+          "writes one when some labeled frames are held out)", flush=True)
     sources = [args.images] if args.images else args.video
     preds = predict_frames(ckpt, sources, crop, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
                            frame_step=args.frame_step)
@@ -78,7 +84,7 @@ def run(args) -> int:
         except ValueError:
             return Path(p).as_posix()
     outputs = write_outputs(card, preds, out, overlay=not args.no_overlay, n_suggestions=args.suggestions,
-                            pcutoff=args.pcutoff, relative=relative)
+                            pcutoff=args.pcutoff, relative=relative, calibration=calibration)
     print(f"predicted {int(preds.ok.sum())} frames ({int((~preds.ok).sum())} unreadable)")
     for name, p in sorted(outputs.items()):
         print(f"  {name:28s} {p}")

@@ -10,7 +10,10 @@ import numpy as np
 
 from jobs.labeling.inputs import LabelingInput, check_trainable, links_for_training
 from jobs.labeling.outputs import write_outputs
-from jobs.labeling.scoring import confidence_report, draw_reliability, held_out_report, print_held_out
+from jobs.labeling.confidence import FILE_NAME as CALIBRATION_FILE
+from jobs.labeling.confidence import fit_calibration
+from jobs.labeling.scoring import (confidence_report, draw_reliability, held_out_report, print_held_out,
+                                   right_keypoints)
 from jobs.labeling.shots import choose_shots, prepare_dataset, shots_crop
 from pipeline.atomic import write_text_atomic
 from pipeline.prepared import DataError
@@ -68,21 +71,25 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     sources = [i.source for i in inp.labeled] + [str(p) for p in inp.unlabeled] + [str(v) for v in inp.videos]
     preds = predict_frames(result.checkpoint_path, sources, crop, batch_size=predict_batch, gpu=job.gpu)
 
-    report = None
+    report, calibration = None, None
     if held:
-        at = preds.index()
-        rows = [at[str(Path(i.source))] for i in held]
-        gt, visible = np.stack([i.keypoints for i in held]), np.stack([i.visible for i in held])
-        report = held_out_report(inp.card, preds.keypoints[rows], gt, visible, [inp.relative(i.source) for i in held])
-        report["confidence"] = confidence_report(1.0 - preds.uncertainty[rows], preds.keypoints[rows], gt, visible)
-        draw_reliability(report["confidence"], out / "reliability.png", f"{len(held)} held-out frames")
-        write_text_atomic(out / "held_out.json", json.dumps(report, indent=2))
-        print_held_out(report)
+        report, calibration = score_held_out(inp, preds, held, train, out)
     else:                                      # an earlier run's into the same folder would read as this one's
-        for stale in ("held_out.json", "reliability.png"):
+        for stale in ("held_out.json", "reliability.png", CALIBRATION_FILE):
             (out / stale).unlink(missing_ok=True)
+    if calibration is not None:
+        calibration.save(out / CALIBRATION_FILE)
+        if Path(result.checkpoint_path).is_dir():          # `fskp predict` with this checkpoint finds it there
+            calibration.save(Path(result.checkpoint_path) / CALIBRATION_FILE)
+        print(calibration.describe(), flush=True)
+    else:
+        print("likelihood: the model's own certainty, not calibrated -- "
+              + ("too few held-out keypoints, or none wrong, to fit on" if held else
+                 "no held-out frames to fit on (train on some labeled frames only, e.g. --shots 10, and the "
+                 "others calibrate it)"), flush=True)
     outputs = write_outputs(inp, preds, out, overlay=overlay, exclude={str(Path(i.source)) for i in train},
-                            labeled_ids=[str(Path(i.source)) for i in train], n_suggestions=suggestions)
+                            labeled_ids=[str(Path(i.source)) for i in train], n_suggestions=suggestions,
+                            calibration=calibration)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
                "keypoints": list(inp.card.keypoints),
                "links": [[inp.card.keypoints[a], inp.card.keypoints[b]] for a, b in inp.card.links],
@@ -91,6 +98,33 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     _log_to_run(job, result.run_id, report, out, crop)
     write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
+
+
+def score_held_out(inp: LabelingInput, preds, held: list, train: list, out: Path):
+    """(report, calibration): the held-out frames' error (``held_out_report``), the likelihood calibration
+    fitted on them (jobs/labeling/confidence.py; None when it cannot be fitted) and how far the likelihood
+    the outputs carry can be trusted -- judged on out-of-fold likelihoods, never on a frame the calibration
+    saw.  Writes held_out.json and reliability.png to ``out``."""
+    at = preds.index()
+    rows = [at[str(Path(i.source))] for i in held]
+    gt, visible = np.stack([i.keypoints for i in held]), np.stack([i.visible for i in held])
+    pred = preds.keypoints[rows]
+    report = held_out_report(inp.card, pred, gt, visible, [inp.relative(i.source) for i in held])
+    right, scored = right_keypoints(pred, gt, visible)
+    reference = preds.embedding[[at[str(Path(i.source))] for i in train]]
+    calibration, out_of_fold = fit_calibration(preds.uncertainty[rows], preds.embedding[rows], reference,
+                                               right, scored)
+    certainty = 1.0 - preds.uncertainty[rows]
+    report["confidence"] = confidence_report(certainty if out_of_fold is None else out_of_fold, pred, gt, visible)
+    report["confidence"]["likelihood"] = "uncalibrated certainty sigmoid(v)" if calibration is None else \
+        "calibrated on the held-out frames (out-of-fold: each frame scored by a fit that did not see it)"
+    report["confidence"]["auroc_uncalibrated"] = confidence_report(certainty, pred, gt, visible)[
+        "auroc_likelihood_right"]
+    draw_reliability(report["confidence"], out / "reliability.png", f"{len(held)} held-out frames, "
+                     + ("likelihood uncalibrated" if calibration is None else "calibrated, out-of-fold"))
+    write_text_atomic(out / "held_out.json", json.dumps(report, indent=2))
+    print_held_out(report)
+    return report, calibration
 
 
 def _log_to_run(job, run_id: str, report: dict | None, out: Path, crop) -> None:
@@ -105,12 +139,13 @@ def _log_to_run(job, run_id: str, report: dict | None, out: Path, crop) -> None:
         metrics = {"held_out/mean_error_px": report["mean_error_px"], "held_out/median_error_px":
                    report["median_error_px"], "held_out/pck": report["pck"]}
         metrics.update({f"held_out/px/{k}": v for k, v in report["per_bodypart_px"].items() if np.isfinite(v)})
-        if report["confidence"]["auroc_likelihood_right"] is not None:
-            metrics["held_out/auroc_likelihood"] = report["confidence"]["auroc_likelihood_right"]
+        for name, key in (("auroc_likelihood", "auroc_likelihood_right"), ("auroc_uncalibrated", "auroc_uncalibrated")):
+            if report["confidence"][key] is not None:
+                metrics[f"held_out/{name}"] = report["confidence"][key]
         for k, v in metrics.items():
             client.log_metric(run_id, k, float(v))
         client.log_artifact(run_id, str(out / "held_out.json"))
-    for name in ("shots.txt", "suggestions.csv", "suggestions.png", "reliability.png"):
+    for name in ("shots.txt", "suggestions.csv", "suggestions.png", "reliability.png", CALIBRATION_FILE):
         if (out / name).exists():
             client.log_artifact(run_id, str(out / name))
 

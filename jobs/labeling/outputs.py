@@ -15,10 +15,12 @@ from pipeline.converters.dlc import DEFAULT_PCUTOFF   # DeepLabCut's default pcu
 
 def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclude: set[str] = frozenset(),
                   labeled_ids: Sequence[str] = (), n_suggestions: int = 20, pcutoff: float | None = None,
-                  relative=None) -> dict[str, str]:
+                  relative=None, calibration=None) -> dict[str, str]:
     """DeepLabCut CSVs (one per frame folder and per video), a COCO JSON, overlays and suggestions; with the
     ``lab`` extra installed also DeepLabCut HDF5 files and an NWB file per frame folder and video
-    (``_lab_outputs``); with the ``sleap`` extra a SLEAP predictions file (``<stem>.predictions.slp``) each."""
+    (``_lab_outputs``); with the ``sleap`` extra a SLEAP predictions file (``<stem>.predictions.slp``) each.
+    Every likelihood written is ``calibration``'s (jobs/labeling/confidence.py) when given, else the model's
+    uncalibrated certainty; the suggestions rank frames by the same likelihood."""
     import importlib.util
 
     from pipeline import exports
@@ -35,7 +37,8 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     lab = _lab_packages()
     sleap = importlib.util.find_spec("sleap_io") is not None      # the ``sleap`` extra: SLEAP predictions files
     machine_folders: set[str] = set()       # labeled-data/<folder> names given to frame folders so far
-    likelihood = exports.likelihood_from_uncertainty(preds.uncertainty)
+    likelihood = exports.likelihood_from_uncertainty(preds.uncertainty) if calibration is None else \
+        calibration.likelihood(preds.uncertainty, preds.embedding)
     outputs: dict[str, str] = {}
     groups: dict[str, list[int]] = {}
     for n, frame_id in enumerate(preds.ids):
@@ -83,7 +86,8 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     coco_path = out / "predictions" / "keypoints_coco.json"
     exports.write_coco_json(coco_path, card, images_meta(), preds.keypoints, likelihood, pcutoff)
     outputs["coco_json"] = str(coco_path)
-    outputs.update(write_suggestions(preds, out, exclude, labeled_ids, n_suggestions, relative))
+    outputs.update(write_suggestions(preds, 1.0 - likelihood, out, exclude, labeled_ids, n_suggestions,
+                                     relative))
     return outputs
 
 
@@ -192,9 +196,10 @@ def _frame_size(frame_id: str) -> dict:
     return _SIZES[key]
 
 
-def write_suggestions(preds, out: Path, exclude: set[str], labeled_ids: Sequence[str], n: int,
-                      relative) -> dict[str, str]:
-    """suggestions.csv (ranked frames to label next) and suggestions.png (a contact sheet of them)."""
+def write_suggestions(preds, uncertainty: np.ndarray, out: Path, exclude: set[str], labeled_ids: Sequence[str],
+                      n: int, relative) -> dict[str, str]:
+    """suggestions.csv (ranked frames to label next) and suggestions.png (a contact sheet of them).
+    uncertainty [N, K]: 1 - the likelihood the outputs carry, for the frames of ``preds``."""
     from pipeline.suggest import suggest_frames, suggestion_sheet
     from pipeline.suggest import write_suggestions as write_csv
 
@@ -205,7 +210,7 @@ def write_suggestions(preds, out: Path, exclude: set[str], labeled_ids: Sequence
     rows = [at[i] for i in ok]
     lab = [at[i] for i in labeled_ids if i in at]
     emb = preds.embedding.astype(np.float32)
-    picks = suggest_frames(ok, preds.uncertainty[rows], emb[rows], emb[lab], n=n, exclude=set(exclude))
+    picks = suggest_frames(ok, uncertainty[rows], emb[rows], emb[lab], n=n, exclude=set(exclude))
     if not picks:
         return {}
     write_csv(out / "suggestions.csv", picks, {p.id: relative(p.id) for p in picks})

@@ -39,9 +39,13 @@ def print_held_out(report: dict, out=None) -> None:
     for name, px in report["per_bodypart_px"].items():
         if np.isfinite(px):
             print(f"  {name:20s} {px:7.1f} px   PCK {report['per_bodypart_pck'][name]:5.1f} %", file=out)
-    auroc = report.get("confidence", {}).get("auroc_likelihood_right")
+    confidence = report.get("confidence", {})
+    auroc, raw = confidence.get("auroc_likelihood_right"), confidence.get("auroc_uncalibrated")
     if auroc is not None:
-        print(f"likelihood as a predictor of a right keypoint: AUROC {auroc:.2f} (0.5: chance; reliability.png)",
+        which = "calibrated likelihood (out-of-fold)" if confidence.get("likelihood", "").startswith("calibrated") \
+            else "likelihood"
+        print(f"{which} as a predictor of a right keypoint: AUROC {auroc:.2f} (0.5: chance; reliability.png)"
+              + (f"; the model's own certainty alone {raw:.2f}" if raw is not None and raw != auroc else ""),
               file=out)
 
 

@@ -1,0 +1,139 @@
+"""The likelihood every output writes: calibrated on held-out labeled frames so that it predicts error.
+
+The model's own certainty sigmoid(v) (paper Eq. 7) says which body part is hard, hardly which frame: on the
+reaching project its AUROC for a right keypoint is 0.58-0.62.  What does tell a bad frame is how unlike the
+training frames it looks -- the novelty, 1 - the cosine similarity of the detector's pooled features to the
+nearest training frame.  ``Calibration`` combines the two by a logistic regression fitted on the held-out
+labeled frames of `fskp label` (right = within the PCK threshold of jobs/labeling/scoring.py):
+
+    likelihood = sigmoid(a * logit(sigmoid(v)) + b * log(novelty) + c)
+
+so a likelihood of 0.8 means that about 80 % of such keypoints were right on the user's own frames, and a
+pcutoff means what DeepLabCut users expect of it.  Without held-out frames there is nothing to fit on; the
+outputs then carry the uncalibrated sigmoid(v) and `fskp label` says so.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: fewer held-out keypoints than this, or fewer of either class (right / wrong), and no calibration is fitted
+MIN_KEYPOINTS, MIN_PER_CLASS = 20, 5
+#: file name of a calibration beside a checkpoint's model.pt and in a label output folder
+FILE_NAME = "confidence.npz"
+_EPS = 1e-6
+
+
+def novelty(embedding: np.ndarray, reference: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """[N] 1 - the largest cosine similarity of each row of ``embedding`` [N, D] to a row of ``reference``
+    [T, D] (the training frames); 0 for a training frame itself.  Chunked: a long video's rows stay small."""
+    ref = np.asarray(reference, np.float64)
+    ref = ref / (np.linalg.norm(ref, axis=1, keepdims=True) + 1e-12)
+    out = np.empty(len(embedding), np.float64)
+    for s in range(0, len(embedding), chunk):
+        e = np.asarray(embedding[s:s + chunk], np.float64)
+        e = e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
+        out[s:s + chunk] = 1.0 - (e @ ref.T).max(axis=1)
+    return np.clip(out, 0.0, 2.0)
+
+
+def features(uncertainty: np.ndarray, frame_novelty: np.ndarray) -> np.ndarray:
+    """[N, K, 2]: logit of the model's certainty 1 - u, and log novelty of the keypoint's frame.
+    uncertainty [N, K] in (0, 1); frame_novelty [N]."""
+    lk = np.clip(1.0 - np.asarray(uncertainty, np.float64), _EPS, 1.0 - _EPS)
+    nov = np.broadcast_to(np.log(np.asarray(frame_novelty, np.float64) + _EPS)[:, None], lk.shape)
+    return np.stack([np.log(lk / (1.0 - lk)), nov], axis=-1)
+
+
+@dataclass
+class Calibration:
+    """likelihood = sigmoid(coef . features + intercept) (module docstring); ``reference`` [T, D] are the
+    training frames' embeddings the novelty is measured against."""
+
+    coef: np.ndarray             # [2]: on logit(certainty), on log(novelty)
+    intercept: float
+    reference: np.ndarray        # [T, D] float32
+    fitted_on: int               # held-out keypoints the regression saw
+    cross_validated_auroc: float | None   # AUROC for "right" of out-of-fold likelihoods (frames as groups)
+
+    def likelihood(self, uncertainty: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+        """[N, K] calibrated likelihood in (0, 1); NaN where the uncertainty is NaN (no prediction).
+        uncertainty [N, K]; embedding [N, D] of the same frames."""
+        u = np.asarray(uncertainty, np.float64)
+        z = features(np.nan_to_num(u, nan=0.5), novelty(embedding, self.reference)) @ self.coef + self.intercept
+        out = 1.0 / (1.0 + np.exp(-z))
+        out[~np.isfinite(u)] = np.nan
+        return out
+
+    def describe(self) -> str:
+        auroc = "" if self.cross_validated_auroc is None else \
+            f", AUROC for a right keypoint {self.cross_validated_auroc:.2f} cross-validated"
+        return (f"likelihood calibrated on {self.fitted_on} held-out keypoints (certainty and frame novelty{auroc})")
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` (a folder gets ``FILE_NAME``); atomic: a partial file never has the final name."""
+        path = Path(path)
+        path = path / FILE_NAME if path.is_dir() else path
+        tmp = path.with_name(path.name + ".tmp.npz")
+        meta = {"fitted_on": self.fitted_on, "cross_validated_auroc": self.cross_validated_auroc,
+                "features": ["logit(1 - uncertainty)", "log(novelty)"]}
+        np.savez(tmp, coef=self.coef, intercept=np.float64(self.intercept), reference=self.reference,
+                 meta=np.array(json.dumps(meta)))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        path = Path(path)
+        path = path / FILE_NAME if path.is_dir() else path
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return cls(coef=z["coef"].astype(np.float64), intercept=float(z["intercept"]),
+                           reference=z["reference"].astype(np.float32), fitted_on=int(meta["fitted_on"]),
+                           cross_validated_auroc=meta["cross_validated_auroc"])
+        except (KeyError, ValueError, OSError) as e:
+            raise ValueError(f"{path}: not a likelihood calibration written by fskp label ({e})") from e
+
+
+def find_calibration(checkpoint: str | Path) -> Calibration | None:
+    """The calibration saved beside a checkpoint (its folder, or the folder of its model.pt), if any."""
+    folder = Path(checkpoint)
+    folder = folder if folder.is_dir() else folder.parent
+    return Calibration.load(folder / FILE_NAME) if (folder / FILE_NAME).exists() else None
+
+
+def fit_calibration(uncertainty: np.ndarray, embedding: np.ndarray, reference: np.ndarray, right: np.ndarray,
+                    scored: np.ndarray) -> tuple[Calibration | None, np.ndarray | None]:
+    """Fit the likelihood on held-out frames.  uncertainty [N, K]; embedding [N, D]; reference [T, D] (the
+    training frames); right, scored [N, K] bool (jobs.labeling.scoring.right_keypoints).
+
+    Returns (calibration, out-of-fold likelihood [N, K]): the second is each held-out frame's likelihood from a
+    regression fitted without that frame (5 folds of frames), the honest input of a held-out reliability
+    report; NaN where not scored.  (None, None) when too few keypoints or too few of a class to fit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    scored = np.asarray(scored, bool)
+    y = np.asarray(right, bool)[scored]
+    if len(y) < MIN_KEYPOINTS or min(int(y.sum()), int((~y).sum())) < MIN_PER_CLASS:
+        return None, None
+    x = features(uncertainty, novelty(embedding, reference))[scored]
+    frames = np.broadcast_to(np.arange(scored.shape[0])[:, None], scored.shape)[scored]
+    model = LogisticRegression(max_iter=1000)
+    folds = min(5, len(np.unique(frames)))
+    oof = np.full(scored.shape, np.nan)
+    auroc = None
+    if folds >= 2:
+        oof[scored] = cross_val_predict(model, x, y, groups=frames, cv=GroupKFold(folds),
+                                        method="predict_proba")[:, 1]
+        auroc = float(roc_auc_score(y, oof[scored]))
+    model.fit(x, y)
+    calibration = Calibration(coef=model.coef_[0].astype(np.float64), intercept=float(model.intercept_[0]),
+                              reference=np.asarray(reference, np.float32), fitted_on=int(len(y)),
+                              cross_validated_auroc=auroc)
+    return calibration, (oof if folds >= 2 else None)
