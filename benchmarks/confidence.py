@@ -112,7 +112,8 @@ def main() -> None:
     agreement = [n for n in names if n.startswith(("snapshots", "shifts"))]
     signals["rank mean: " + " + ".join(n.split(" ")[0] for n in agreement)] = np.mean(
         [ranks(signals[n]) for n in agreement], axis=0)
-    signals["rank mean: all of the above"] = np.mean([ranks(signals[n]) for n in names], axis=0)
+    signals["rank mean: " + ", ".join(n.split(" ")[0] for n in names)] = np.mean([ranks(signals[n]) for n in names],
+                                                                                axis=0)
 
     print(f"{out}: {len(held)} held-out frames, {int(scored.sum())} labeled keypoints, {int((~right).sum())} wrong "
           f"({100 * (~right).mean():.0f} %); {machine_summary()}")

@@ -7,6 +7,13 @@ suggested frames, and a control round on the 10 frames plus ``--add`` frames dra
 rule (benchmarks/dlc_reaching.py).  A round whose `label.json` exists in ``--out`` is read, not trained again.
 
   python benchmarks/refine_loop.py                       # the README's numbers (three `fskp label` runs)
+  python benchmarks/refine_loop.py --draw 2 --round1 benchmarks/out/dlc_reaching_draw2/full \
+      --out benchmarks/out/refine_loop_draw2             # round 1 on a drawn frame set, an earlier run reused
+
+``--draw SEED`` starts from the 10 frames benchmarks/dlc_reaching.py --draw SEED trains on; ``--round1 DIR``
+reads round 1 from a finished `fskp label` output folder with those frames instead of training it again.
+Also printed: how each round 2 changed the error on round 1's own training frames (a refine round should
+not make a frame labeled earlier worse).
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc_reaching import FRAMES, suggested_frames, truth_and_predictions
+from dlc_reaching import FRAMES, drawn_frames, suggested_frames, truth_and_predictions
 from models.precision import machine_summary
 
 
@@ -31,6 +38,8 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=LABEL_DEFAULTS["iterations"])
     p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
     p.add_argument("--out", default="benchmarks/out/refine_loop")
+    p.add_argument("--draw", type=int, help="round 1 on the 10 frames of benchmarks/dlc_reaching.py --draw SEED")
+    p.add_argument("--round1", help="a finished fskp label output folder to read round 1 from")
     args = p.parse_args()
 
     from jobs.labeling.inputs import read_dlc_project
@@ -41,7 +50,13 @@ def main() -> None:
     inp = read_dlc_project(project)
     options = dict(LABEL_DEFAULTS, iterations=args.iterations, threads=args.threads, variant=args.variant,
                    unlabeled_batch=4, experiment="refine-loop", tracking_uri=f"sqlite:///{out}/mlflow.db")
-    first = FRAMES.split(",")
+    first = FRAMES.split(",") if args.draw is None else [Path(f).name for f in drawn_frames(inp, args.draw)]
+    if args.round1 and not (out / "round1").exists():
+        trained = {Path(line).stem for line in (Path(args.round1) / "shots.txt").read_text().split()}
+        if trained != set(first):
+            raise SystemExit(f"--round1 {args.round1} trained on {sorted(trained)}, not on {sorted(first)}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "round1").symlink_to(Path(args.round1).resolve(), target_is_directory=True)
 
     def run(name: str, frames: list[str]) -> dict:
         where = out / name
@@ -75,8 +90,28 @@ def main() -> None:
         took = f"{r['minutes']:.0f} min" if r["minutes"] is not None else "?"
         print(f"| {r['name']} | {len(r['frames'])} | {rep['mean_error_px']:.1f} px | {rep['median_error_px']:.1f} px "
               f"| {rep['pck']:.1f} % | {took} |")
+    earlier = earlier_frames_check(project, rounds)
+    for name, (worse, worst, n) in earlier.items():
+        print(f"{name}: on round 1's {n} training frames, {worse} got worse than in round 1 by more than 5 px "
+              f"(largest change {worst:+.1f} px)")
     (out / "refine_loop.json").write_text(json.dumps({"suggested": suggested, "random": drawn, "scored": scored,
-                                                      "results": results}, indent=2))
+                                                      "results": results, "round1_frames": earlier}, indent=2))
+
+
+def earlier_frames_check(project: Path, rounds: list[dict], tolerance: float = 5.0) -> dict:
+    """For each later round: (frames of round 1's training set whose mean error grew by more than ``tolerance``
+    px over round 1's, the largest change in px, the frames compared)."""
+    truth, first = truth_and_predictions(project, rounds[0]["out"])
+    ids = [i for i in truth if Path(i).name in set(rounds[0]["frames"]) and truth[i].visible.any()]
+
+    def error(pred, i):
+        return float(np.linalg.norm(truth[i].keypoints - pred[i].keypoints, axis=1)[truth[i].visible].mean())
+    checks = {}
+    for r in rounds[1:]:
+        _, pred = truth_and_predictions(project, r["out"])
+        change = [error(pred, i) - error(first, i) for i in ids]
+        checks[r["name"]] = (int(sum(c > tolerance for c in change)), float(max(change)), len(ids))
+    return checks
 
 
 if __name__ == "__main__":
