@@ -75,7 +75,7 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     if held:
         report, calibration = score_held_out(inp, preds, held, train, out)
     else:                                      # an earlier run's into the same folder would read as this one's
-        for stale in ("held_out.json", "reliability.png", CALIBRATION_FILE):
+        for stale in ("held_out.json", "reliability.png"):
             (out / stale).unlink(missing_ok=True)
     if calibration is not None:
         calibration.save(out / CALIBRATION_FILE)
@@ -83,6 +83,7 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
             calibration.save(Path(result.checkpoint_path) / CALIBRATION_FILE)
         print(calibration.describe(), flush=True)
     else:
+        (out / CALIBRATION_FILE).unlink(missing_ok=True)        # an earlier run's would read as this one's
         print("likelihood: the model's own certainty, not calibrated -- "
               + ("too few held-out keypoints, or none wrong, to fit on" if held else
                  "no held-out frames to fit on (train on some labeled frames only, e.g. --shots 10, and the "
