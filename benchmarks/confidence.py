@@ -58,7 +58,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from jobs.inference import predict_frames
-    from jobs.labeling.confidence import fit_calibration
+    from jobs.labeling.confidence import fit_calibration, novelty
     from jobs.labeling.inputs import read_dlc_project
     from jobs.labeling.scoring import right_keypoints
     from models.precision import machine_summary
@@ -98,13 +98,10 @@ def main() -> None:
         spread.append(np.linalg.norm(other.keypoints[[other.index()[str(Path(s_))] for s_ in sources]] - pred,
                                      axis=-1))
     signals["shifts (+-4 %, x0.9 / x1.1)"] = -np.mean(spread, axis=0)[scored]
-    emb = base.embedding.astype(np.float64)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
-    train_emb = emb[[at[str(Path(i.source))] for i in train]]
-    novelty = 1.0 - (emb[rows] @ train_emb.T).max(1)
-    signals["novelty (per frame)"] = -np.broadcast_to(novelty[:, None], visible.shape)[scored]
-    calibration, out_of_fold = fit_calibration(base.uncertainty[rows], base.embedding[rows],
-                                               base.embedding[[at[str(Path(i.source))] for i in train]],
+    train_emb = base.embedding[[at[str(Path(i.source))] for i in train]]
+    frame_novelty = novelty(base.embedding[rows], train_emb)
+    signals["novelty (per frame)"] = -np.broadcast_to(frame_novelty[:, None], visible.shape)[scored]
+    calibration, out_of_fold = fit_calibration(base.uncertainty[rows], base.embedding[rows], train_emb,
                                                right_all, scored)
     names = list(signals)
     if calibration is not None:           # what `fskp label` writes, judged as its held_out.json judges it

@@ -82,9 +82,8 @@ def main() -> None:
                                                                    "held_out": r}, indent=2))
         checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
     reference = REFERENCE if args.draw is None else []
-    held = r
     print(f"\ndlc-reaching, 10 labeled frames ({'reference set' if args.draw is None else f'draw {args.draw}'}), "
-          f"{held['frames']} held out ({held['keypoints']} keypoints); {args.iterations} iterations, "
+          f"{r['frames']} held out ({r['keypoints']} keypoints); {args.iterations} iterations, "
           f"{args.size} px, crop margin {args.margin}, {args.backbone}, precision {args.precision}, "
           f"threads {args.threads or 'auto'}; {machine_summary()}")
     print("| system | mean error | median | PCK | time |")
@@ -124,14 +123,20 @@ def suggested_frames(out: Path, n: int) -> list[str]:
         return [Path(r["source"]).parent.name + "/" + Path(r["source"]).stem for r in csv.DictReader(f)][:n]
 
 
+def frame_error(truth, pred) -> float:
+    """Mean error (source px) over the keypoints ``truth`` labels; truth, pred: frames of ``truth_and_predictions``."""
+    import numpy as np
+
+    return float(np.linalg.norm(truth.keypoints - pred.keypoints, axis=1)[truth.visible].mean())
+
+
 def suggestion_check(project: Path, out: Path, top: int = 5) -> tuple[float, float]:
     """Mean per-frame error of the first ``top`` suggested frames vs of every held-out frame (source px)."""
     import numpy as np
 
     truth, pred = truth_and_predictions(project, out)
     shots = {Path(line).stem for line in (out / "shots.txt").read_text().split()}
-    error = {i: float(np.linalg.norm(t.keypoints - pred[i].keypoints, axis=1)[t.visible].mean())
-             for i, t in truth.items() if Path(i).name not in shots and t.visible.any()}
+    error = {i: frame_error(t, pred[i]) for i, t in truth.items() if Path(i).name not in shots and t.visible.any()}
     picked = [error[i] for i in suggested_frames(out, top) if i in error]
     return float(np.mean(picked)), float(np.mean(list(error.values())))
 

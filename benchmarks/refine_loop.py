@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc_reaching import FRAMES, drawn_frames, suggested_frames, truth_and_predictions
+from dlc_reaching import FRAMES, drawn_frames, frame_error, suggested_frames, truth_and_predictions
 from models.precision import machine_summary
 
 
@@ -103,13 +103,10 @@ def earlier_frames_check(project: Path, rounds: list[dict], tolerance: float = 5
     px over round 1's, the largest change in px, the frames compared)."""
     truth, first = truth_and_predictions(project, rounds[0]["out"])
     ids = [i for i in truth if Path(i).name in set(rounds[0]["frames"]) and truth[i].visible.any()]
-
-    def error(pred, i):
-        return float(np.linalg.norm(truth[i].keypoints - pred[i].keypoints, axis=1)[truth[i].visible].mean())
     checks = {}
     for r in rounds[1:]:
         _, pred = truth_and_predictions(project, r["out"])
-        change = [error(pred, i) - error(first, i) for i in ids]
+        change = [frame_error(truth[i], pred[i]) - frame_error(truth[i], first[i]) for i in ids]
         checks[r["name"]] = (int(sum(c > tolerance for c in change)), float(max(change)), len(ids))
     return checks
 
