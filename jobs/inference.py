@@ -138,6 +138,7 @@ def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_b
     import ray.data
     import torch
 
+    from jobs.raystart import start_ray
     from jobs.resources import cluster_nodes, starvation_report
     from jobs.watchdog import watched
     from pipeline.pool import pool_dataset
@@ -145,8 +146,7 @@ def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_b
     state = torch.load(Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else checkpoint,
                        map_location="cpu", weights_only=True)
     size = int(state["config"]["image_size"])
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
+    start_ray(configure_logging=True, logging_level="WARNING")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.resource_limits = context.execution_options.resource_limits.copy(

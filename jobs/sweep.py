@@ -335,10 +335,12 @@ def init_ray(num_cpus: int | None = None, worker_output: bool = True) -> None:
     ``worker_output=False``: the workers' output stays in Ray's log files instead of the console."""
     import ray
 
+    from jobs.raystart import start_ray
+
     if ray.is_initialized():
         return
-    kwargs = {} if os.environ.get("RAY_ADDRESS") or num_cpus is None else {"num_cpus": num_cpus}
-    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=worker_output, **kwargs)
+    start_ray(logging_level="WARNING", log_to_driver=worker_output,
+              **({} if num_cpus is None else {"num_cpus": num_cpus}))
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

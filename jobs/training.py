@@ -427,11 +427,9 @@ class TrainResult:
 
 
 def _ray_init(job: TrainJob):
-    import ray
+    from jobs.raystart import start_ray
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING")
+    start_ray(log_to_driver=True, configure_logging=True, logging_level="WARNING")
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
