@@ -11,7 +11,8 @@ rule (benchmarks/dlc_reaching.py).  A round whose `label.json` exists in ``--out
       --out benchmarks/out/refine_loop_draw2             # round 1 on a drawn frame set, an earlier run reused
 
 ``--draw SEED`` starts from the 10 frames benchmarks/dlc_reaching.py --draw SEED trains on; ``--round1 DIR``
-reads round 1 from a finished `fskp label` output folder with those frames instead of training it again.
+reads round 1 from a finished `fskp label` output folder with those frames instead of training it again (a
+folder made before the likelihood was calibrated is predicted again with its checkpoint, not retrained).
 Also printed: how each round 2 changed the error on round 1's own training frames (a refine round should
 not make a frame labeled earlier worse).
 """
@@ -56,7 +57,10 @@ def main() -> None:
         if trained != set(first):
             raise SystemExit(f"--round1 {args.round1} trained on {sorted(trained)}, not on {sorted(first)}")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "round1").symlink_to(Path(args.round1).resolve(), target_is_directory=True)
+        if (Path(args.round1) / "confidence.npz").exists():
+            (out / "round1").symlink_to(Path(args.round1).resolve(), target_is_directory=True)
+        else:
+            refinish(inp, Path(args.round1), out / "round1")
 
     def run(name: str, frames: list[str]) -> dict:
         where = out / name
@@ -96,6 +100,36 @@ def main() -> None:
               f"(largest change {worst:+.1f} px)")
     (out / "refine_loop.json").write_text(json.dumps({"suggested": suggested, "random": drawn, "scored": scored,
                                                       "results": results, "round1_frames": earlier}, indent=2))
+
+
+def refinish(inp, finished: Path, where: Path) -> None:
+    """Round 1 from a `fskp label` run whose outputs predate the calibrated likelihood (no confidence.npz): its
+    checkpoint predicts every frame again and today's scoring, calibration and suggestions are written to
+    ``where`` (jobs/labeling/job.py predict_and_write).  The model is not trained again."""
+    import shutil
+
+    from jobs.labeling.inputs import links_for_training
+    from jobs.labeling.job import predict_and_write
+    from pipeline.atomic import write_text_atomic
+
+    summary = json.loads((finished / "label.json").read_text())
+    trained = {Path(line).stem for line in (finished / "shots.txt").read_text().split()}
+    train = [i for i in inp.labeled if Path(i.id).name in trained]
+    held = [i for i in inp.labeled if Path(i.id).name not in trained]
+    tmp = where.with_name(where.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(finished / "shots.txt", tmp / "shots.txt")
+    print(f"round 1: {finished} predates the calibrated likelihood; predicting again with its checkpoint")
+    report, outputs = predict_and_write(links_for_training(inp, train), tmp, summary["checkpoint"], train, held,
+                                        summary["crop_box"], overlay=False, suggestions=20)
+    if (finished / "benchmark.json").exists():
+        minutes = json.loads((finished / "benchmark.json").read_text())["minutes"]
+        (tmp / "minutes.txt").write_text(f"{minutes:.1f}\n")
+    summary.update(held_out=report, outputs={k: v.replace(str(tmp), str(where)) for k, v in outputs.items()},
+                   refinished_from=str(finished.resolve()))
+    write_text_atomic(tmp / "label.json", json.dumps(summary, indent=2))
+    tmp.rename(where)
 
 
 def earlier_frames_check(project: Path, rounds: list[dict], tolerance: float = 5.0) -> dict:

@@ -32,7 +32,6 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
           crop: Sequence[float] | None = None, margin: float = 0.1, job_options: dict | None = None,
           overlay: bool = True, suggestions: int = 20, predict_batch: int = 32) -> LabelResult:
     """Train on the shots, predict every frame, score the held-out frames, write every output to ``out``."""
-    from jobs.inference import predict_frames
     from jobs.training import TrainJob, run_training
 
     out = Path(out)
@@ -67,9 +66,28 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     if result.error:
         raise RuntimeError(f"training failed: {result.error} (MLflow run {result.run_id})")
 
+    report, outputs = predict_and_write(inp, out, result.checkpoint_path, train, held, crop, gpu=job.gpu,
+                                        overlay=overlay, suggestions=suggestions, predict_batch=predict_batch)
+    summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
+               "keypoints": list(inp.card.keypoints),
+               "links": [[inp.card.keypoints[a], inp.card.keypoints[b]] for a, b in inp.card.links],
+               "crop_box": list(crop), "size": size,
+               "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs}
+    _log_to_run(job, result.run_id, report, out, crop)
+    write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
+    return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
+
+
+def predict_and_write(inp: LabelingInput, out: Path, checkpoint: str, train: list, held: list, crop, *,
+                      gpu: bool = False, overlay: bool = True, suggestions: int = 20,
+                      predict_batch: int = 32) -> tuple[dict | None, dict[str, str]]:
+    """Everything after training: predict every frame with ``checkpoint``, score the held-out frames and fit
+    the likelihood's calibration on them, write every output to ``out``.  (held-out report or None, outputs)."""
+    from jobs.inference import predict_frames
+
     print("predicting every frame ...", flush=True)
     sources = [i.source for i in inp.labeled] + [str(p) for p in inp.unlabeled] + [str(v) for v in inp.videos]
-    preds = predict_frames(result.checkpoint_path, sources, crop, batch_size=predict_batch, gpu=job.gpu)
+    preds = predict_frames(checkpoint, sources, crop, batch_size=predict_batch, gpu=gpu)
 
     report, calibration = None, None
     if held:
@@ -79,8 +97,8 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
             (out / stale).unlink(missing_ok=True)
     if calibration is not None:
         calibration.save(out / CALIBRATION_FILE)
-        if Path(result.checkpoint_path).is_dir():          # `fskp predict` with this checkpoint finds it there
-            calibration.save(Path(result.checkpoint_path) / CALIBRATION_FILE)
+        if Path(checkpoint).is_dir():          # `fskp predict` with this checkpoint finds it there
+            calibration.save(Path(checkpoint) / CALIBRATION_FILE)
         print(calibration.describe(), flush=True)
     else:
         (out / CALIBRATION_FILE).unlink(missing_ok=True)        # an earlier run's would read as this one's
@@ -91,14 +109,7 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     outputs = write_outputs(inp, preds, out, overlay=overlay, exclude={str(Path(i.source)) for i in train},
                             labeled_ids=[str(Path(i.source)) for i in train], n_suggestions=suggestions,
                             calibration=calibration)
-    summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
-               "keypoints": list(inp.card.keypoints),
-               "links": [[inp.card.keypoints[a], inp.card.keypoints[b]] for a, b in inp.card.links],
-               "crop_box": list(crop), "size": size,
-               "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs}
-    _log_to_run(job, result.run_id, report, out, crop)
-    write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
-    return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
+    return report, outputs
 
 
 def score_held_out(inp: LabelingInput, preds, held: list, train: list, out: Path):
