@@ -62,12 +62,17 @@ class Predictor:
                 "embedding": reduce_embedding(embedding.float().cpu().numpy())}
 
 
+def embedding_projection(channels: int, dims: int = EMBED_DIMS) -> np.ndarray | None:
+    """[C, dims] the fixed (seeded) Gaussian random projection of ``reduce_embedding``; None when C <= dims."""
+    if channels <= dims:
+        return None
+    return np.random.default_rng(0).standard_normal((channels, dims)) / np.sqrt(dims)
+
+
 def reduce_embedding(e: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
     """[N, C] -> [N, min(C, dims)] float16 via a fixed (seeded) Gaussian random projection."""
-    if e.shape[1] > dims:
-        proj = np.random.default_rng(0).standard_normal((e.shape[1], dims)) / np.sqrt(dims)
-        e = e @ proj
-    return e.astype(np.float16)
+    proj = embedding_projection(e.shape[1], dims)
+    return (e if proj is None else e @ proj).astype(np.float16)
 
 
 @dataclass

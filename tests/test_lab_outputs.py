@@ -255,6 +255,9 @@ def test_onnx_export_matches_pytorch_within_a_tenth_of_a_pixel(trained_checkpoin
     difference_px = np.abs(keypoints - reference).max() * SIZE / 2
     assert difference_px < 0.1, f"onnxruntime and PyTorch differ by {difference_px:.4f} px"
     np.testing.assert_allclose(uncertainty, 1 - torch.sigmoid(det.certainty).numpy(), atol=1e-5)
+    likelihood, = session.run(["likelihood"], {"images": frames})      # no calibration beside the checkpoint
+    np.testing.assert_allclose(likelihood, 1 - uncertainty, atol=1e-6)
+    assert meta["likelihood"].startswith("[N, K] 1 - uncertainty (not calibrated")
     # the detector learned something, so the frames' keypoints differ and the comparison is not of constants
     assert reference.std(0).mean() * SIZE / 2 > 3.0
     assert np.abs(reference - truth).mean() * SIZE / 2 < 8.0
@@ -277,3 +280,44 @@ def test_export_resolves_an_mlflow_run_and_keeps_its_crop(trained_checkpoint, tm
     assert json.loads(meta["crop_box"]) == [10.0, 20.0, 74.0, 84.0]
     assert main(["export", "--run", "no-such-run", "--out", str(tmp_path / "x.onnx"), "--tracking-uri", uri]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_onnx_export_carries_the_calibrated_likelihood_fskp_predict_writes(trained_checkpoint, tmp_path):
+    """With fskp label's confidence.npz beside the checkpoint, the graph computes the calibrated likelihood
+    (certainty and the frame's distance to the training frames) that fskp predict writes, within 0.01."""
+    import shutil
+
+    import onnx
+    import onnxruntime
+    import torch
+
+    from jobs.cli import main
+    from jobs.evaluation import load_checkpoint
+    from jobs.inference import reduce_embedding
+    from jobs.labeling.confidence import Calibration
+
+    checkpoint = tmp_path / "checkpoint_000001"
+    shutil.copytree(trained_checkpoint, checkpoint)
+    model, _ = load_checkpoint(checkpoint)
+    training, _ = blob_images(4, seed=7)
+    with torch.no_grad():
+        reference = reduce_embedding(model.detector.detect_and_embed(torch.from_numpy(training))[1].numpy())
+    calibration = Calibration(coef=np.array([0.5, -0.3]), intercept=-2.0, reference=reference.astype(np.float32),
+                              fitted_on=40, cross_validated_auroc=0.7)
+    calibration.save(checkpoint / "confidence.npz")
+
+    out = tmp_path / "calibrated.onnx"
+    assert main(["export", "--run", str(checkpoint), "--out", str(out)]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert "calibrated on 40 held-out keypoints" in meta["likelihood"]
+
+    frames = np.concatenate([training[:2], blob_images(6, seed=321)[0]])    # two training frames: novelty 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    uncertainty, likelihood = session.run(["uncertainty", "likelihood"], {"images": frames})
+    with torch.no_grad():
+        _, embedding = model.detector.detect_and_embed(torch.from_numpy(frames))
+    written = calibration.likelihood(uncertainty, reduce_embedding(embedding.numpy()))
+    assert np.abs(likelihood - written).max() < 0.01
+    assert np.abs(likelihood - (1 - uncertainty)).max() > 0.05          # not the uncalibrated certainty
+    assert likelihood[:2].min() > likelihood[2:].max()       # b < 0: a training frame (novelty 0) is the likeliest
+    assert 0.05 < likelihood[2:].mean() < 0.95

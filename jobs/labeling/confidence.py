@@ -24,7 +24,7 @@ import numpy as np
 MIN_KEYPOINTS, MIN_PER_CLASS = 20, 5
 #: file name of a calibration beside a checkpoint's model.pt and in a label output folder
 FILE_NAME = "confidence.npz"
-_EPS = 1e-6
+EPS = 1e-6
 
 
 def novelty(embedding: np.ndarray, reference: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -43,8 +43,8 @@ def novelty(embedding: np.ndarray, reference: np.ndarray, chunk: int = 65536) ->
 def features(uncertainty: np.ndarray, frame_novelty: np.ndarray) -> np.ndarray:
     """[N, K, 2]: logit of the model's certainty 1 - u, and log novelty of the keypoint's frame.
     uncertainty [N, K] in (0, 1); frame_novelty [N]."""
-    lk = np.clip(1.0 - np.asarray(uncertainty, np.float64), _EPS, 1.0 - _EPS)
-    nov = np.broadcast_to(np.log(np.asarray(frame_novelty, np.float64) + _EPS)[:, None], lk.shape)
+    lk = np.clip(1.0 - np.asarray(uncertainty, np.float64), EPS, 1.0 - EPS)
+    nov = np.broadcast_to(np.log(np.asarray(frame_novelty, np.float64) + EPS)[:, None], lk.shape)
     return np.stack([np.log(lk / (1.0 - lk)), nov], axis=-1)
 
 
