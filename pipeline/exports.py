@@ -104,13 +104,33 @@ def _number(v: float) -> str:
 
 
 # ---- DeepLabCut --------------------------------------------------------------------------------------
+def _check_parts(bodyparts: list[str], individuals: Sequence[tuple[str, str]] | None) -> list[tuple]:
+    """The column owner of each keypoint: (body part,), or (individual, body part) in a multi-animal layout."""
+    if not all(isinstance(b, str) and b for b in bodyparts):
+        raise ValueError(f"body parts must be non-empty names, got {bodyparts}")
+    if individuals is None:
+        owners = [(b,) for b in bodyparts]
+    else:
+        owners = [tuple(o) for o in individuals]
+        if len(owners) != len(bodyparts) or any(len(o) != 2 or not all(isinstance(v, str) and v for v in o)
+                                                for o in owners):
+            raise ValueError(f"individuals: expected an (individual, body part) pair per keypoint, got {individuals}")
+    if len(set(owners)) != len(owners):
+        raise ValueError(f"body parts must be distinct, got {owners}")
+    return owners
+
+
 def write_dlc_csv(path: str | Path, scorer: str, bodyparts: list[str], index: list[str] | list[int],
-                  keypoints: np.ndarray, likelihood: np.ndarray) -> Path:
+                  keypoints: np.ndarray, likelihood: np.ndarray,
+                  individuals: Sequence[tuple[str, str]] | None = None) -> Path:
     """Write a DeepLabCut machine-label CSV (the layout of analyze_videos' and machinelabels' CSVs).
 
     Rows: ``scorer,<scorer> x 3K`` / ``bodyparts,<part> x 3 ...`` / ``coords,x,y,likelihood,...``, then one
     row per frame: ``index[i]`` (an image path relative to the project such as
     ``labeled-data/reachingvideo1/img005.png``, or a frame number for videos) and x, y, likelihood per part.
+    individuals: (individual, body part) of each keypoint of a multi-animal project (pipeline.converters.dlc
+    ``keypoint_columns``): then an ``individuals`` row follows the scorer row and the bodyparts row holds the
+    body parts, DeepLabCut's multi-animal layout.
 
     keypoints: [N, K, 2] prepared convention (written as DeepLabCut pixel indices, ``- 0.5``); a non-finite
     keypoint is written as empty x / y cells.  likelihood: [N, K] in [0, 1] (``likelihood_from_uncertainty``);
@@ -120,8 +140,7 @@ def write_dlc_csv(path: str | Path, scorer: str, bodyparts: list[str], index: li
     kp, lk = _predictions(keypoints, likelihood, len(bodyparts))
     if not scorer or not isinstance(scorer, str):
         raise ValueError(f"scorer must be a non-empty name, got {scorer!r}")
-    if len(set(bodyparts)) != len(bodyparts) or not all(isinstance(b, str) and b for b in bodyparts):
-        raise ValueError(f"body parts must be distinct non-empty names, got {bodyparts}")
+    owners = _check_parts(bodyparts, individuals)
     if len(index) != len(kp):
         raise ValueError(f"{len(index)} index entries for {len(kp)} frames")
     finite = np.isfinite(kp).all(2)
@@ -132,7 +151,9 @@ def write_dlc_csv(path: str | Path, scorer: str, bodyparts: list[str], index: li
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(["scorer", *[scorer] * (3 * len(bodyparts))])
-        out.writerow(["bodyparts", *[b for b in bodyparts for _ in range(3)]])
+        if individuals is not None:
+            out.writerow(["individuals", *[o[0] for o in owners for _ in range(3)]])
+        out.writerow(["bodyparts", *[o[-1] for o in owners for _ in range(3)]])
         out.writerow(["coords", *["x", "y", "likelihood"] * len(bodyparts)])
         for name, xy, p, ok in zip(index, kp - PIXEL_INDEX_OFFSET, lk, finite):
             cells = [str(name)]
@@ -154,36 +175,41 @@ def dlc_scorer(scorer: str) -> str:
     return scorer if scorer.startswith("DLC") else f"DLC_{scorer}"
 
 
-def _dlc_frame(scorer: str, bodyparts: list[str], index, keypoints: np.ndarray, likelihood: np.ndarray):
-    """DeepLabCut's single-animal DataFrame: columns (scorer, bodyparts, coords), pixel-index x, y."""
+def _dlc_frame(scorer: str, bodyparts: list[str], index, keypoints: np.ndarray, likelihood: np.ndarray,
+               individuals: Sequence[tuple[str, str]] | None = None):
+    """DeepLabCut's DataFrame: columns (scorer, bodyparts, coords), or (scorer, individuals, bodyparts, coords)
+    with ``individuals`` (see ``write_dlc_csv``); pixel-index x, y."""
     import pandas as pd
 
     kp, lk = _predictions(keypoints, likelihood, len(bodyparts))
-    if len(set(bodyparts)) != len(bodyparts) or not all(isinstance(b, str) and b for b in bodyparts):
-        raise ValueError(f"body parts must be distinct non-empty names, got {bodyparts}")
+    owners = _check_parts(bodyparts, individuals)
     if len(index) != len(kp):
         raise ValueError(f"{len(index)} index entries for {len(kp)} frames")
     xy = np.where(np.isfinite(kp).all(2, keepdims=True), kp - PIXEL_INDEX_OFFSET, np.nan)
     values = np.concatenate([xy, lk[..., None]], axis=2).reshape(len(kp), 3 * len(bodyparts))
-    columns = pd.MultiIndex.from_product([[scorer], list(bodyparts), ["x", "y", "likelihood"]],
-                                         names=["scorer", "bodyparts", "coords"])
+    levels = ["scorer", "bodyparts", "coords"] if individuals is None else \
+        ["scorer", "individuals", "bodyparts", "coords"]
+    columns = pd.MultiIndex.from_tuples([(scorer, *o, c) for o in owners for c in ("x", "y", "likelihood")],
+                                        names=levels)
     return pd.DataFrame(values, columns=columns, index=index)
 
 
 def write_dlc_video_h5(folder: str | Path, video: str | Path, scorer: str, bodyparts: list[str],
-                       frames: Sequence[int], keypoints: np.ndarray, likelihood: np.ndarray) -> Path:
+                       frames: Sequence[int], keypoints: np.ndarray, likelihood: np.ndarray,
+                       individuals: Sequence[tuple[str, str]] | None = None) -> Path:
     """Write ``folder/<video stem><DLC scorer>.h5``, the file DeepLabCut's ``analyze_videos`` writes.
 
     frames: the frame number of each row (the index); keypoints [N, K, 2] prepared convention, written as
-    pixel indices; likelihood [N, K].  Key ``df_with_missing``, PyTables "table" format, as DeepLabCut
-    writes it.  The scorer is ``dlc_scorer(scorer)``.  Written atomically; returns the path.
+    pixel indices; likelihood [N, K]; individuals: multi-animal columns (see ``write_dlc_csv``).  Key
+    ``df_with_missing``, PyTables "table" format, as DeepLabCut writes it.  The scorer is
+    ``dlc_scorer(scorer)``.  Written atomically; returns the path.
     """
     import pandas as pd
 
     name = dlc_scorer(scorer)
     if any(isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0 for f in frames):
         raise ValueError("frames must be frame numbers (whole numbers >= 0)")
-    df = _dlc_frame(name, bodyparts, pd.Index(np.asarray(frames, np.int64)), keypoints, likelihood)
+    df = _dlc_frame(name, bodyparts, pd.Index(np.asarray(frames, np.int64)), keypoints, likelihood, individuals)
     path = Path(folder) / f"{Path(video).stem}{name}.h5"
     with atomic_path(path) as tmp, pd.HDFStore(tmp, mode="w") as store:
         store.put("df_with_missing", df, format="table", track_times=False)
@@ -193,14 +219,16 @@ def write_dlc_video_h5(folder: str | Path, video: str | Path, scorer: str, bodyp
 
 
 def write_dlc_machinelabels(folder: str | Path, iteration: int, scorer: str, bodyparts: list[str],
-                            images: Sequence[str], keypoints: np.ndarray, likelihood: np.ndarray) -> Path:
+                            images: Sequence[str], keypoints: np.ndarray, likelihood: np.ndarray,
+                            individuals: Sequence[tuple[str, str]] | None = None) -> Path:
     """Write ``folder/labeled-data/<video>/machinelabels-iter<iteration>.h5`` for DeepLabCut's refine GUI.
 
     images: each row's project-relative image path ``labeled-data/<video>/<image>`` (one ``<video>`` per
     call, as DeepLabCut keeps one file per labeled-data folder); the index is DeepLabCut's three-level
     ``("labeled-data", <video>, <image>)``.  Copy the file into the project's ``labeled-data/<video>/``
     (beside the images) to refine the labels there.  Key ``df_with_missing``, PyTables "fixed" format, as
-    DeepLabCut's ``extract_outlier_frames`` writes it; scorer ``dlc_scorer(scorer)``.  Written atomically.
+    DeepLabCut's ``extract_outlier_frames`` writes it; scorer ``dlc_scorer(scorer)``; individuals:
+    multi-animal columns (see ``write_dlc_csv``).  Written atomically.
     """
     import pandas as pd
 
@@ -215,7 +243,8 @@ def write_dlc_machinelabels(folder: str | Path, iteration: int, scorer: str, bod
     videos = sorted({r[1] for r in rows})
     if len(videos) != 1:
         raise ValueError(f"machine labels are written per labeled-data folder; got frames of {videos or 'none'}")
-    df = _dlc_frame(dlc_scorer(scorer), bodyparts, pd.MultiIndex.from_tuples(rows), keypoints, likelihood)
+    df = _dlc_frame(dlc_scorer(scorer), bodyparts, pd.MultiIndex.from_tuples(rows), keypoints, likelihood,
+                    individuals)
     path = Path(folder) / "labeled-data" / videos[0] / f"machinelabels-iter{int(iteration)}.h5"
     with atomic_path(path) as tmp, pd.HDFStore(tmp, mode="w") as store:
         store.put("df_with_missing", df, format="fixed", track_times=False)
@@ -226,6 +255,11 @@ def write_dlc_machinelabels(folder: str | Path, iteration: int, scorer: str, bod
 #: what the NWB files' confidence is (see the module docstring's "Likelihood")
 NWB_CONFIDENCE = ("likelihood = sigmoid(v), the edge strength fskp's detector gives the keypoint (He et al. 2023, "
                   "Eq. 7): the model's own confidence in [0, 1], not a calibrated probability")
+#: ... when the likelihood is calibrated (jobs/labeling/confidence.py); {n}: the held-out keypoints it was fitted on
+NWB_CONFIDENCE_CALIBRATED = ("likelihood calibrated on {n} held-out labeled keypoints by fskp label: about this "
+                             "fraction of keypoints with this likelihood were within the PCK threshold of their "
+                             "label; from the model's certainty sigmoid(v) (He et al. 2023, Eq. 7) and how unlike "
+                             "the training frames the frame looks")
 NWB_REFERENCE_FRAME = ("(0, 0) is the centre of the top-left pixel of the frame, x to the right and y down, in "
                        "pixels of the source frame (DeepLabCut's pixel-index convention)")
 
@@ -233,7 +267,8 @@ NWB_REFERENCE_FRAME = ("(0, 0) is the centre of the top-left pixel of the frame,
 def write_nwb(path: str | Path, card: Card, keypoints: np.ndarray, likelihood: np.ndarray, *,
               timestamps: Sequence[float] | None = None, rate: float | None = None,
               source: Sequence[str | Path] = (), source_rate: float | None = None,
-              source_frames: int | None = None, scorer: str = "fskp", description: str = "", session_start=None) -> Path:
+              source_frames: int | None = None, scorer: str = "fskp", description: str = "", session_start=None,
+              confidence_definition: str = NWB_CONFIDENCE) -> Path:
     """Write the predictions as an NWB file with ndx-pose: ``processing/behavior`` holds a ``PoseEstimation``
     with one ``PoseEstimationSeries`` per keypoint and a ``Skeletons`` container with the card's skeleton.
 
@@ -295,7 +330,7 @@ def write_nwb(path: str | Path, card: Card, keypoints: np.ndarray, likelihood: n
             time = {"timestamps": series[0] if series else np.asarray(timestamps, np.float64)}
         series.append(PoseEstimationSeries(name=name, description=f"estimated position of {name}", data=xy[:, k],
                                            unit="pixels", reference_frame=NWB_REFERENCE_FRAME,
-                                           confidence=lk[:, k], confidence_definition=NWB_CONFIDENCE, **time))
+                                           confidence=lk[:, k], confidence_definition=confidence_definition, **time))
     pose = PoseEstimation(name="PoseEstimation", pose_estimation_series=series,
                           description=description or f"keypoints predicted by fskp ({card.name})",
                           scorer=scorer, source_software="fskp", source_software_version=fskp_version,

@@ -369,20 +369,3 @@ def test_dlc_real_reaching_project_through_the_cli(tmp_path, capsys):
         labeled = ~np.isnan(want[:, 0])
         assert a["visible"][n].tolist() == labeled.tolist()
         np.testing.assert_allclose(src_xy[n][labeled], want[labeled], atol=0.01)
-
-
-def test_multi_animal_projects_are_refused_saying_what_to_do(tmp_path):
-    """A maDLC project (config flag, or a label CSV with an 'individuals' row) is refused before anything
-    trains, naming the file and the row, with the workaround and what is planned."""
-    from pipeline.converters import dlc
-    from pipeline.prepared import DataError
-
-    (tmp_path / "config.yaml").write_text("Task: mice\nscorer: me\nmultianimalproject: true\n"
-                                          "bodyparts: MULTI!\nmultianimalbodyparts: [nose, tail]\n")
-    with pytest.raises(DataError, match=r"config.yaml.*multianimalproject.*not supported yet.*Planned.*single-animal"):
-        dlc.read_config(tmp_path)
-    csv_file = tmp_path / "CollectedData_me.csv"
-    csv_file.write_text("scorer,me,me,me,me\nindividuals,m1,m1,m2,m2\nbodyparts,nose,nose,nose,nose\n"
-                        "coords,x,y,x,y\nimg0.png,1,2,3,4\n")
-    with pytest.raises(DataError, match=r"CollectedData_me.csv.*individuals.*Planned"):
-        dlc.read_csv(csv_file)

@@ -219,6 +219,11 @@ def test_predict_on_a_video_with_the_run(labeled, project, tmp_path):
     _, rows = read_dlc_rows(tmp_path / "calibrated" / "predictions" / "session1.csv")
     values = np.array(rows, float)[:, 1:].reshape(N_FRAMES, 3, 3)
     np.testing.assert_allclose(values[..., 2], 0.3, atol=1e-6)
+    from pynwb import NWBHDF5IO                     # and the NWB file says what its confidence now is
+
+    with NWBHDF5IO(str(tmp_path / "calibrated" / "predictions" / "session1.nwb"), "r") as io:
+        for series in io.read().processing["behavior"]["PoseEstimation"].pose_estimation_series.values():
+            assert series.confidence_definition.startswith("likelihood calibrated on 40 held-out labeled keypoints")
     np.testing.assert_allclose(values[..., :2], np.array(label_rows, float)[:, 1:].reshape(N_FRAMES, 3, 3)[..., :2],
                                atol=1e-3)
 

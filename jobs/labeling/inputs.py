@@ -30,6 +30,7 @@ class LabelingInput:
     scorer: str = "fskp"
     pcutoff: float = DEFAULT_PCUTOFF
     iteration: int = 0                      # a DeepLabCut project's refinement iteration (machinelabels-iter<N>)
+    individuals: list[tuple[str, str]] | None = None   # multi-animal: (individual, body part) of each keypoint
 
     def relative(self, path: str | Path) -> str:
         p = Path(path)
@@ -59,7 +60,8 @@ def read_dlc_project(project: str | Path, links: str | None = None) -> LabelingI
                         origin=(str(f.csv), f.line)) for f in frames]
     return LabelingInput(card=card, labeled=labeled, unlabeled=dlc.unlabeled_frames(project, frames),
                          videos=dlc.pool_videos(project), root=project, scorer=str(cfg.get("scorer") or "fskp"),
-                         pcutoff=dlc.pcutoff_of(project, cfg), iteration=dlc.iteration_of(project, cfg))
+                         pcutoff=dlc.pcutoff_of(project, cfg), iteration=dlc.iteration_of(project, cfg),
+                         individuals=dlc.keypoint_columns(cfg))
 
 
 def parse_links(names: Sequence[str], links: str | None) -> list[tuple[int, int]]:
@@ -199,7 +201,16 @@ def read_images(images: str | Path, labels: str | Path, card: Card | None = None
     card, labeled = read_labels(labels, [images], card, links)
     taken = {Path(i.source).resolve() for i in labeled}
     rest = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in taken)
-    return LabelingInput(card=card, labeled=labeled, unlabeled=rest, root=images)
+    return LabelingInput(card=card, labeled=labeled, unlabeled=rest, root=images, individuals=csv_individuals(labels))
+
+
+def csv_individuals(labels: str | Path) -> list[tuple[str, str]] | None:
+    """(individual, body part) of each keypoint of a multi-animal DeepLabCut CSV; None for other label files."""
+    labels = Path(labels)
+    if labels.suffix.lower() != ".csv":
+        return None
+    found = dlc.read_csv(labels)[0].individuals
+    return list(found) if found else None
 
 
 def frame_number(name: str, where: Path, row) -> int:
@@ -246,7 +257,7 @@ def read_video(video: str | Path, labels: str | Path, work: Path, card: Card | N
     extract_frames(video, numbers, folder)
     card, labeled = read_labels(_renamed_labels(labels, names, folder), [folder], card, links)
     return LabelingInput(card=card, labeled=[replace(i, origin=(str(labels), i.origin[1])) for i in labeled],
-                         videos=[video], root=folder)
+                         videos=[video], root=folder, individuals=csv_individuals(labels))
 
 
 def read_slp_project(slp: str | Path, work: Path, links: str | None = None) -> LabelingInput:

@@ -34,6 +34,9 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
         relative, scorer = relative or (lambda p: Path(p).as_posix()), "fskp"
     pcutoff = DEFAULT_PCUTOFF if pcutoff is None else pcutoff
     iteration = inp_or_card.iteration if isinstance(inp_or_card, LabelingInput) else 0
+    individuals = inp_or_card.individuals if isinstance(inp_or_card, LabelingInput) else None
+    nwb_confidence = exports.NWB_CONFIDENCE if calibration is None else \
+        exports.NWB_CONFIDENCE_CALIBRATED.format(n=calibration.fitted_on)
     lab = _lab_packages()
     sleap = importlib.util.find_spec("sleap_io") is not None      # the ``sleap`` extra: SLEAP predictions files
     machine_folders: set[str] = set()       # labeled-data/<folder> names given to frame folders so far
@@ -53,12 +56,12 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
         index = [frame_order(preds.ids[n])[1] for n in rows] if is_video else [relative(preds.ids[n]) for n in rows]
         path = pred_dir / f"{stem}.csv"
         exports.write_dlc_csv(path, f"fskp_{scorer}", list(card.keypoints), index, preds.keypoints[rows],
-                              likelihood[rows])
+                              likelihood[rows], individuals)
         outputs[f"dlc_csv:{stem}"] = str(path)
         if lab:
             outputs.update(_lab_outputs(card, key, stem, is_video, index, [preds.ids[n] for n in rows],
                                         preds.keypoints[rows], likelihood[rows], pred_dir, f"fskp_{scorer}",
-                                        iteration, machine_folders))
+                                        iteration, machine_folders, individuals, nwb_confidence))
         if sleap:
             from pipeline.converters.slp import write_slp_predictions
 
@@ -104,11 +107,12 @@ def _lab_packages() -> bool:
 
 def _lab_outputs(card: Card, key: str, stem: str, is_video: bool, index: list, frame_ids: list[str],
                  keypoints: np.ndarray, likelihood: np.ndarray, pred_dir: Path, scorer: str,
-                 iteration: int, machine_folders: set[str]) -> dict[str, str]:
+                 iteration: int, machine_folders: set[str], individuals, nwb_confidence: str) -> dict[str, str]:
     """The files labs load into DeepLabCut and NWB tools, beside a group's CSV (pipeline/exports.py).
 
     A video: ``<stem>DLC_<scorer>.h5`` (analysed-video layout, rows = frame numbers) and ``<stem>.nwb``
-    (time = frame number / the video's frame rate).  A frame folder: ``labeled-data/<folder>/
+    (time = frame number / the video's frame rate).  ``individuals``: DeepLabCut's multi-animal columns;
+    ``nwb_confidence``: what the NWB series' confidence is.  A frame folder: ``labeled-data/<folder>/
     machinelabels-iter<iteration>.h5`` for DeepLabCut's refine GUI (<folder>: the frames' folder name, as
     in a DeepLabCut project; ``-2``, ``-3`` ... appended when two frame folders share a name, recorded in
     ``machine_folders``) and ``<stem>.nwb`` (frame i of the folder at i seconds: images carry no time; each
@@ -120,12 +124,12 @@ def _lab_outputs(card: Card, key: str, stem: str, is_video: bool, index: list, f
     if is_video:
         rate, frames = _video_timing(key)
         out[f"dlc_h5:{stem}"] = str(exports.write_dlc_video_h5(pred_dir, key, scorer, list(card.keypoints), index,
-                                                               keypoints, likelihood))
+                                                               keypoints, likelihood, individuals))
         timing = {"rate": rate} if index == list(range(len(index))) else \
             {"timestamps": [float(i / rate) for i in index]}
         out[f"nwb:{stem}"] = str(exports.write_nwb(
             pred_dir / f"{stem}.nwb", card, keypoints, likelihood, **timing, source=[key], source_rate=rate,
-            source_frames=frames, scorer=exports.dlc_scorer(scorer),
+            source_frames=frames, scorer=exports.dlc_scorer(scorer), confidence_definition=nwb_confidence,
             description=f"keypoints of {Path(key).name} predicted by fskp ({card.name})"))
     else:
         folder, n = Path(key).name, 1
@@ -135,10 +139,10 @@ def _lab_outputs(card: Card, key: str, stem: str, is_video: bool, index: list, f
         machine_folders.add(folder)
         images = [f"labeled-data/{folder}/{Path(f).name}" for f in frame_ids]
         out[f"dlc_machinelabels:{stem}"] = str(exports.write_dlc_machinelabels(
-            pred_dir, iteration, scorer, list(card.keypoints), images, keypoints, likelihood))
+            pred_dir, iteration, scorer, list(card.keypoints), images, keypoints, likelihood, individuals))
         out[f"nwb:{stem}"] = str(exports.write_nwb(
             pred_dir / f"{stem}.nwb", card, keypoints, likelihood, rate=1.0, source=frame_ids,
-            scorer=exports.dlc_scorer(scorer),
+            scorer=exports.dlc_scorer(scorer), confidence_definition=nwb_confidence,
             description=f"keypoints of the images in {Path(key).name} predicted by fskp ({card.name}); frame i "
                         f"(source_video's file i) at i seconds, since images carry no time"))
     return out

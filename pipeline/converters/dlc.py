@@ -41,7 +41,16 @@ so the same crop can be applied to video frames.
 Splits: every labeled frame goes to ``train`` (the few-shot labeling job picks its shots from them
 and holds the rest out); frames in labeled-data/ that no CSV row labels go to ``unlabeled``.  The
 project's videos, the larger unlabeled pool, are listed by ``pool_videos`` (decoding them is not this
-module's job).  Multi-animal projects (maDLC) are not supported.
+module's job).
+
+Multi-animal projects (maDLC, ``multianimalproject: true``) whose individuals are identities
+(``identity: true``: each individual can be told apart, so "mouse1" in one frame is "mouse1" in the next) are
+read as one animal with every individual's body parts: keypoint ``<individual>_<bodypart>`` for each of
+``individuals`` x ``multianimalbodyparts``, then the ``uniquebodyparts`` by their own names (DeepLabCut's
+individual "single"); the skeleton is repeated for each individual.  Their label CSVs have four header rows
+(scorer, individuals, bodyparts, coords).  ``keypoint_columns`` gives each keypoint's (individual, body part),
+which the outputs write back in DeepLabCut's multi-animal layout.  Without identities (``identity`` false or
+absent) the individuals' names are interchangeable from frame to frame and such a project is refused.
 """
 from __future__ import annotations
 
@@ -62,11 +71,16 @@ from pipeline.converters.coco import card_from_keypoints
 from pipeline.prepared import DataError, Instance, square_crop_box
 
 CARD = None  # no fixed card: built from config.yaml (card_for) unless --card is given
-#: what a multi-animal project gets, and what is planned
-MULTI_ANIMAL = ("multi-animal DeepLabCut projects are not supported yet: fskp trains one animal per frame. "
-                "Planned: each individual of a frame as its own labeled instance (identities kept, one crop per "
-                "animal). Today: make a single-animal project of one individual's labels (DeepLabCut's "
-                "single-animal layout: scorer, bodyparts, coords header rows) and label that")
+#: what a multi-animal project without identities gets, and what is planned
+MULTI_ANIMAL = ("a multi-animal DeepLabCut project whose individuals are not identities (config.yaml's identity is "
+                "not true) is not supported yet: fskp would learn 'mouse1' as a keypoint set of its own, which "
+                "only works when each individual can be told apart in every frame. If they can, set identity: "
+                "true in config.yaml (and label each individual consistently). Planned: interchangeable animals "
+                "as separate instances (one crop per animal, tracked). Today's alternative: make a single-animal "
+                "project of one individual's labels (DeepLabCut's single-animal layout: scorer, bodyparts, coords "
+                "header rows) and label that")
+#: DeepLabCut's individual name for the unique body parts of a multi-animal project
+SINGLE = "single"
 HELP = "a DeepLabCut project: config.yaml + labeled-data/<video>/CollectedData_<scorer>.csv and its frames"
 
 #: crop margin per side, as a fraction of the project box's larger side (``fskp prepare``'s default)
@@ -99,13 +113,53 @@ def read_config(src: Path) -> dict:
     if not isinstance(cfg, dict):
         raise DataError(path, None, "expected a mapping of DeepLabCut settings")
     if cfg.get("multianimalproject") or cfg.get("bodyparts") == "MULTI!":
-        raise DataError(path, "multianimalproject", MULTI_ANIMAL)
+        return _multi_animal_config(path, cfg)
     parts = cfg.get("bodyparts")
     if not isinstance(parts, list) or not parts or not all(isinstance(p, str) and p for p in parts):
         raise DataError(path, "bodyparts", f"expected a non-empty list of body part names, got {parts!r}")
     if len(set(parts)) != len(parts):
         raise DataError(path, "bodyparts", f"duplicate body part names in {parts}")
     return cfg
+
+
+def _names(path: Path, cfg: dict, key: str, required: bool = True) -> list[str]:
+    value = cfg.get(key) or ([] if not required else None)
+    if not isinstance(value, list) or (required and not value) or not all(isinstance(v, str) and v for v in value):
+        raise DataError(path, key, f"expected a {'non-empty ' if required else ''}list of names, got {cfg.get(key)!r}")
+    if len(set(value)) != len(value):
+        raise DataError(path, key, f"duplicate names in {value}")
+    return value
+
+
+def keypoint_name(individual: str, bodypart: str) -> str:
+    """The keypoint of a multi-animal project's (individual, body part): ``<individual>_<bodypart>``; a unique
+    body part (individual ``single``) keeps its name."""
+    return bodypart if individual == SINGLE else f"{individual}_{bodypart}"
+
+
+def _multi_animal_config(path: Path, cfg: dict) -> dict:
+    """A multi-animal config with identities, as a single-animal one: ``bodyparts`` the keypoint names
+    (``keypoint_name``), ``keypoint_columns`` each keypoint's (individual, body part)."""
+    if cfg.get("identity") is not True:
+        raise DataError(path, "identity", MULTI_ANIMAL)
+    individuals = _names(path, cfg, "individuals")
+    if SINGLE in individuals:
+        raise DataError(path, "individuals", f"{SINGLE!r} is DeepLabCut's name for the unique body parts, not an "
+                                             f"individual")
+    columns = [(i, b) for i in individuals for b in _names(path, cfg, "multianimalbodyparts")]
+    columns += [(SINGLE, b) for b in _names(path, cfg, "uniquebodyparts", required=False)]
+    names = [keypoint_name(i, b) for i, b in columns]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(path, "uniquebodyparts", f"keypoint names {twice} come out twice (<individual>_<bodypart> "
+                                                 f"equals another name); rename the body part or the individual")
+    return {**cfg, "bodyparts": names, "keypoint_columns": columns}
+
+
+def keypoint_columns(cfg: dict) -> list[tuple[str, str]] | None:
+    """(individual, body part) of each keypoint of a multi-animal project read by ``read_config``; None for a
+    single-animal project."""
+    return cfg.get("keypoint_columns")
 
 
 def pcutoff_of(src: Path, cfg: dict) -> float:
@@ -135,13 +189,17 @@ def card_for(src: Path, links: list[tuple[int, int]] | None = None) -> Card:
     path = Path(src) / "config.yaml"
     cfg = read_config(src)
     names = cfg["bodyparts"]
+    columns = keypoint_columns(cfg)
+    parts = list(dict.fromkeys(b for _, b in columns)) if columns else names
     given = links is not None
     links = [tuple(sorted(link)) for link in links] if given else []
     for i, edge in enumerate([] if given else cfg.get("skeleton") or []):
-        if not isinstance(edge, (list, tuple)) or len(edge) != 2 or any(e not in names for e in edge):
-            raise DataError(path, f"skeleton[{i}]", f"expected two body parts from {names}, got {edge!r}")
-        if edge[0] != edge[1]:
-            links.append(tuple(sorted((names.index(edge[0]), names.index(edge[1])))))
+        if not isinstance(edge, (list, tuple)) or len(edge) != 2 or any(e not in parts for e in edge):
+            raise DataError(path, f"skeleton[{i}]", f"expected two body parts from {parts}, got {edge!r}")
+        for individual in dict.fromkeys(i for i, _ in columns) if columns else [None]:   # per individual
+            ends = [names.index(e) if individual is None else _index_of(columns, individual, e) for e in edge]
+            if None not in ends and ends[0] != ends[1]:
+                links.append(tuple(sorted(ends)))
     task = str(cfg.get("Task") or Path(src).resolve().name)
     name = "dlc-" + (re.sub(r"[^a-z0-9]+", "-", task.lower()).strip("-") or "project")
     return card_from_keypoints(
@@ -151,6 +209,14 @@ def card_for(src: Path, links: list[tuple[int, int]] | None = None) -> Card:
               "Built by `fskp prepare dlc` from config.yaml: bodyparts, skeleton as links, flip pairs from "
               "left_/right_ names, parts from the skeleton's connected components.  All frames share one "
               "square crop around the project's labeled keypoints.")
+
+
+def _index_of(columns: list[tuple[str, str]], individual: str, bodypart: str) -> int | None:
+    """The keypoint of ``bodypart`` for ``individual`` (a unique body part is everyone's); None if it has none."""
+    for k, (i, b) in enumerate(columns):
+        if b == bodypart and i in (individual, SINGLE):
+            return k
+    return None
 
 
 # ---- labels ------------------------------------------------------------------------------------------
@@ -197,48 +263,65 @@ def _likelihood(text: str, path: Path, line: int, name: str) -> float:
 
 @dataclass(frozen=True)
 class CsvHeader:
-    """The three header rows of a DeepLabCut label CSV, checked."""
+    """The header rows of a DeepLabCut label CSV, checked: scorer, bodyparts, coords -- or scorer, individuals,
+    bodyparts, coords in a multi-animal project."""
 
     n_index: int                                   # leading columns naming the image (1, or 3 in DeepLabCut 2.2+)
     width: int                                     # columns per row
-    columns: dict[tuple[str, str], int]            # (body part, "x" | "y" | "likelihood") -> column
-    bodyparts: tuple[str, ...]                     # in column order
+    columns: dict[tuple[str, str], int]            # (keypoint, "x" | "y" | "likelihood") -> column
+    bodyparts: tuple[str, ...]                     # keypoints in column order (``keypoint_name`` in multi-animal)
     has_likelihood: bool                           # machine labels (x, y, likelihood per body part)
-    rows: tuple[tuple[str, ...], ...]              # the three rows as read
+    rows: tuple[tuple[str, ...], ...]              # the header rows as read
+    individuals: tuple[tuple[str, str], ...] | None = None   # multi-animal: (individual, body part) per keypoint
+
+
+def read_header(path: Path, reader) -> CsvHeader:
+    """The header rows from a csv.reader at the top of a label CSV (three, or four with an individuals row)."""
+    rows = [next(reader, None) for _ in range(3)]
+    if rows[1] and rows[1][0] == "individuals":
+        rows.append(next(reader, None))
+    return parse_header(path, rows)
 
 
 def parse_header(path: Path, header: list[list[str] | None]) -> CsvHeader:
-    """Check the scorer / bodyparts / coords rows of a label CSV (the one reading of them in the project)."""
-    if any(h is None for h in header):
-        raise DataError(path, None, "expected three header rows (scorer, bodyparts, coords)")
-    if header[1] and header[1][0] == "individuals":
-        raise DataError(path, 2, "a multi-animal label file (an 'individuals' header row): " + MULTI_ANIMAL)
-    if [h[0] if h else "" for h in header] != ["scorer", "bodyparts", "coords"]:
-        raise DataError(path, 1, "expected header rows starting with scorer, bodyparts, coords; got "
+    """Check the scorer / [individuals /] bodyparts / coords rows of a label CSV (the one reading of them in
+    the project)."""
+    multi = bool(header[1]) and header[1][0] == "individuals"
+    expected = ["scorer", "individuals", "bodyparts", "coords"] if multi else ["scorer", "bodyparts", "coords"]
+    if len(header) != len(expected) or any(h is None for h in header):
+        raise DataError(path, None, f"expected {len(expected)} header rows ({', '.join(expected)})")
+    if [h[0] if h else "" for h in header] != expected:
+        raise DataError(path, 1, f"expected header rows starting with {', '.join(expected)}; got "
                                  f"{[h[0] if h else '' for h in header]}")
-    width = len(header[2])
-    if len(header[1]) != width:
-        raise DataError(path, 2, f"bodyparts row has {len(header[1])} columns, coords row {width}")
-    n_index = next((j for j in range(1, width) if header[2][j] in ("x", "y")), None)
+    coords, parts, width = header[-1], header[-2], len(header[-1])
+    for r, row in enumerate(header[1:-1], start=2):
+        if len(row) != width:
+            raise DataError(path, r, f"{row[0]} row has {len(row)} columns, coords row {width}")
+    n_index = next((j for j in range(1, width) if coords[j] in ("x", "y")), None)
     if n_index is None:
-        raise DataError(path, 3, "coords row has no x / y column")
+        raise DataError(path, len(header), "coords row has no x / y column")
     columns: dict[tuple[str, str], int] = {}
+    owners: dict[str, tuple[str, str]] = {}
     for j in range(n_index, width):
-        part, coord = header[1][j], header[2][j]
+        part, coord = parts[j], coords[j]
+        if multi:
+            owners.setdefault(keypoint_name(header[1][j], part), (header[1][j], part))
+            part = keypoint_name(header[1][j], part)
         if coord not in ("x", "y", "likelihood") or (part, coord) in columns:
-            raise DataError(path, 3, f"column {j + 1}: unexpected or repeated ({part!r}, {coord!r})")
+            raise DataError(path, len(header), f"column {j + 1}: unexpected or repeated ({part!r}, {coord!r})")
         columns[(part, coord)] = j
-    return CsvHeader(n_index=n_index, width=width, columns=columns,
-                     bodyparts=tuple(dict.fromkeys(p for p, _ in columns)),
+    bodyparts = tuple(dict.fromkeys(p for p, _ in columns))
+    return CsvHeader(n_index=n_index, width=width, columns=columns, bodyparts=bodyparts,
                      has_likelihood=any(c == "likelihood" for _, c in columns),
-                     rows=tuple(tuple(h) for h in header))
+                     rows=tuple(tuple(h) for h in header),
+                     individuals=tuple(owners[b] for b in bodyparts) if multi else None)
 
 
 def read_csv(path: Path) -> tuple[CsvHeader, list[tuple[int, list[str]]]]:
     """(checked header, [(line number, row)] of the non-empty data rows) of a label CSV."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        head = parse_header(path, [next(reader, None) for _ in range(3)])
+        head = read_header(path, reader)
         return head, [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
 
 
@@ -251,7 +334,7 @@ def read_label_file(path: Path, src: Path, keypoints: tuple[str, ...],
     """
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        head = parse_header(path, [next(reader, None) for _ in range(3)])
+        head = read_header(path, reader)
         n_index, width, columns, has_likelihood = head.n_index, head.width, head.columns, head.has_likelihood
         for name in keypoints:
             if (name, "x") not in columns or (name, "y") not in columns:
