@@ -223,3 +223,13 @@ def test_label_trains_a_multi_animal_project_and_writes_its_layout(tmp_path, cap
     assert list(machine.columns.get_level_values("individuals").unique()) == ["m1", "m2", "single"]
     table = pd.read_csv(predictions_dir / "mice.csv", header=[0, 1, 2, 3], index_col=0)
     assert table.shape == (N_FRAMES, 3 * len(KEYPOINTS))
+
+    # fskp predict with the run's checkpoint writes the same layout
+    ray.init(include_dashboard=False, logging_level="ERROR")
+    try:
+        assert main(["predict", "--checkpoint", summary["checkpoint"], "--video", str(project / "videos" / "mice.mp4"),
+                     "--out", str(tmp_path / "pred"), "--no-overlay", "--suggestions", "0"]) == 0
+    finally:
+        ray.shutdown()
+    again = pd.read_csv(tmp_path / "pred" / "predictions" / "mice.csv", header=[0, 1, 2, 3], index_col=0)
+    assert [c[1:] for c in again.columns] == [c[1:] for c in table.columns]     # scorer: fskp's own

@@ -45,6 +45,7 @@ def run(args) -> int:
     from jobs.inference import predict_frames
     from jobs.labeling.confidence import FILE_NAME as CALIBRATION_FILE
     from jobs.labeling.confidence import find_calibration
+    from jobs.labeling.job import INDIVIDUALS_FILE
     from jobs.labeling.outputs import write_outputs
     from pipeline.converters.coco import card_from_keypoints
 
@@ -83,8 +84,10 @@ def run(args) -> int:
             return Path(p).resolve().relative_to(root.resolve()).as_posix() if root else Path(p).as_posix()
         except ValueError:
             return Path(p).as_posix()
+    beside = path.parent / INDIVIDUALS_FILE              # a multi-animal DeepLabCut project's label run
+    individuals = [tuple(pair) for pair in json.loads(beside.read_text())] if beside.exists() else None
     outputs = write_outputs(card, preds, out, overlay=not args.no_overlay, n_suggestions=args.suggestions,
-                            pcutoff=args.pcutoff, relative=relative, calibration=calibration)
+                            pcutoff=args.pcutoff, relative=relative, calibration=calibration, individuals=individuals)
     print(f"predicted {int(preds.ok.sum())} frames ({int((~preds.ok).sum())} unreadable)")
     for name, p in sorted(outputs.items()):
         print(f"  {name:28s} {p}")

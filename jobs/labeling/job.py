@@ -19,6 +19,10 @@ from pipeline.atomic import write_text_atomic
 from pipeline.prepared import DataError
 
 
+#: beside a checkpoint of a multi-animal DeepLabCut project: [[individual, body part], ...] per keypoint
+INDIVIDUALS_FILE = "individuals.json"
+
+
 @dataclass
 class LabelResult:
     run_id: str
@@ -66,6 +70,8 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     if result.error:
         raise RuntimeError(f"training failed: {result.error} (MLflow run {result.run_id})")
 
+    if inp.individuals and Path(result.checkpoint_path).is_dir():     # fskp predict writes the same layout
+        write_text_atomic(Path(result.checkpoint_path) / INDIVIDUALS_FILE, json.dumps(inp.individuals))
     report, outputs = predict_and_write(inp, out, result.checkpoint_path, train, held, crop, gpu=job.gpu,
                                         overlay=overlay, suggestions=suggestions, predict_batch=predict_batch)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,

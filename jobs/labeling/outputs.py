@@ -15,12 +15,14 @@ from pipeline.converters.dlc import DEFAULT_PCUTOFF   # DeepLabCut's default pcu
 
 def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclude: set[str] = frozenset(),
                   labeled_ids: Sequence[str] = (), n_suggestions: int = 20, pcutoff: float | None = None,
-                  relative=None, calibration=None) -> dict[str, str]:
+                  relative=None, calibration=None, individuals=None) -> dict[str, str]:
     """DeepLabCut CSVs (one per frame folder and per video), a COCO JSON, overlays and suggestions; with the
     ``lab`` extra installed also DeepLabCut HDF5 files and an NWB file per frame folder and video
     (``_lab_outputs``); with the ``sleap`` extra a SLEAP predictions file (``<stem>.predictions.slp``) each.
     Every likelihood written is ``calibration``'s (jobs/labeling/confidence.py) when given, else the model's
-    uncalibrated certainty; the suggestions rank frames by the same likelihood."""
+    uncalibrated certainty; the suggestions rank frames by the same likelihood.  ``individuals``: (individual,
+    body part) per keypoint of a multi-animal DeepLabCut project, for DeepLabCut's multi-animal layout (taken
+    from a LabelingInput when not given)."""
     import importlib.util
 
     from pipeline import exports
@@ -34,7 +36,8 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
         relative, scorer = relative or (lambda p: Path(p).as_posix()), "fskp"
     pcutoff = DEFAULT_PCUTOFF if pcutoff is None else pcutoff
     iteration = inp_or_card.iteration if isinstance(inp_or_card, LabelingInput) else 0
-    individuals = inp_or_card.individuals if isinstance(inp_or_card, LabelingInput) else None
+    if individuals is None and isinstance(inp_or_card, LabelingInput):
+        individuals = inp_or_card.individuals
     nwb_confidence = exports.NWB_CONFIDENCE if calibration is None else \
         exports.NWB_CONFIDENCE_CALIBRATED.format(n=calibration.fitted_on)
     lab = _lab_packages()
