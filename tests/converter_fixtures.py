@@ -46,3 +46,20 @@ def assert_nothing_written(out: Path) -> None:
     """A failed conversion leaves neither the output folder nor a partial one (pipeline/atomic.py)."""
     assert not out.exists(), f"{out} was written"
     assert not list(out.parent.glob(f".{out.name}.partial-*")), "a partial folder was left behind"
+
+
+def write_mp4(path: Path, frames, rate: int = 10) -> Path:
+    """An MPEG-4 video of ``frames`` (RGB uint8 [H, W, 3] arrays) at ``rate`` frames per second, as a lab's
+    camera leaves it beside its DeepLabCut project."""
+    import av
+
+    frames = list(frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path

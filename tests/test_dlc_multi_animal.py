@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.converter_fixtures import write_mp4
+
 pytestmark = pytest.mark.timeout(600)
 
 INDIVIDUALS, PARTS, UNIQUE = ["m1", "m2"], ["nose", "head", "tail"], ["lever"]
@@ -49,15 +51,7 @@ def make_project(root: Path, config: dict | None = None, video: bool = False) ->
     folder.mkdir(parents=True)
     frames = [scene(n) for n in range(N_FRAMES)]
     if video:
-        import av
-
-        (root / "videos").mkdir()
-        with av.open(str(root / "videos" / "mice.mp4"), "w") as out:
-            stream = out.add_stream("mpeg4", rate=10)
-            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-            for f, _ in frames:
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-            out.mux(stream.encode(None))
+        write_mp4(root / "videos" / "mice.mp4", [f for f, _ in frames])
     owners = [(i, p) for i in INDIVIDUALS for p in PARTS] + [("single", p) for p in UNIQUE]
     rows = [["scorer", "", ""] + ["Ann"] * 2 * len(owners),
             ["individuals", "", ""] + [i for i, _ in owners for _ in "xy"],

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.converter_fixtures import write_mp4
+
 pytestmark = pytest.mark.timeout(600)
 
 PARTS = ["nose", "head", "body", "tail"]
@@ -47,15 +49,7 @@ def make_project(root: Path, parts: list[str] = PARTS, config: dict | None = Non
     folder.mkdir(parents=True)
     frames = [animal(i) for i in range(N_FRAMES)]
     if video:
-        import av
-
-        (root / "videos").mkdir()
-        with av.open(str(root / "videos" / "walk.mp4"), "w") as out:
-            stream = out.add_stream("mpeg4", rate=10)
-            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-            for f, _ in frames:
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-            out.mux(stream.encode(None))
+        write_mp4(root / "videos" / "walk.mp4", [f for f, _ in frames])
     index = [PARTS.index(p) for p in parts]
     rows = [["scorer"] + ["Ann"] * 2 * len(parts), ["bodyparts"] + [p for p in parts for _ in "xy"],
             ["coords"] + ["x", "y"] * len(parts)]
