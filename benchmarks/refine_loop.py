@@ -41,7 +41,12 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/refine_loop")
     p.add_argument("--draw", type=int, help="round 1 on the 10 frames of benchmarks/dlc_reaching.py --draw SEED")
     p.add_argument("--round1", help="a finished fskp label output folder to read round 1 from")
+    p.add_argument("--summarize", nargs="+", metavar="OUT", help="only print the table over finished --out "
+                                                                 "folders (one per frame set), mean ± std")
     args = p.parse_args()
+    if args.summarize:
+        summarize([Path(d) for d in args.summarize])
+        return
 
     from jobs.labeling.inputs import read_dlc_project
     from jobs.labeling.job import label
@@ -100,6 +105,33 @@ def main() -> None:
               f"(largest change {worst:+.1f} px)")
     (out / "refine_loop.json").write_text(json.dumps({"suggested": suggested, "random": drawn, "scored": scored,
                                                       "results": results, "round1_frames": earlier}, indent=2))
+
+
+def summarize(folders: list[Path]) -> None:
+    """The refine loop over frame sets: each folder's refine_loop.json, then mean ± std over the sets of each
+    round and of the paired difference suggested - random (negative error, positive PCK: suggestions better)."""
+    metrics = (("mean_error_px", "px"), ("median_error_px", "px"), ("pck", "%"))
+    runs = [(f.name, json.loads((f / "refine_loop.json").read_text())) for f in folders]
+    print("| frame set | scored frames | round 1: mean / median / PCK | + 5 suggested | + 5 random | "
+          "suggested − random |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    rows = {"round1": [], "round2-suggested": [], "round2-random": [], "difference": []}
+    for name, run in runs:
+        r = run["results"]
+        for key in ("round1", "round2-suggested", "round2-random"):
+            rows[key].append([r[key][m] for m, _ in metrics])
+        rows["difference"].append([r["round2-suggested"][m] - r["round2-random"][m] for m, _ in metrics])
+        cells = [" / ".join(f"{v:.1f}" for v in rows[key][-1]) for key in rows]
+        print(f"| {name} | {len(run['scored'])} | " + " | ".join(cells) + " |")
+    stats = {k: (np.mean(v, axis=0), np.std(v, axis=0, ddof=1) if len(v) > 1 else np.zeros(3)) for k, v in rows.items()}
+    print(f"| mean ± std over {len(runs)} | | " + " | ".join(
+        " / ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(*stats[k])) for k in rows) + " |")
+    better = sum(d[0] < 0 for d in rows["difference"])
+    print(f"suggested frames lowered the mean error more than random ones in {better} of {len(runs)} frame sets; "
+          f"paired difference {stats['difference'][0][0]:+.1f} ± {stats['difference'][1][0]:.1f} px")
+    for name, run in runs:
+        for r, (worse, worst, n) in run["round1_frames"].items():
+            print(f"{name} {r}: {worse} of round 1's {n} frames worse by > 5 px (largest change {worst:+.1f} px)")
 
 
 def refinish(inp, finished: Path, where: Path) -> None:
