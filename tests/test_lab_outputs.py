@@ -321,3 +321,61 @@ def test_onnx_export_carries_the_calibrated_likelihood_fskp_predict_writes(train
     assert np.abs(likelihood - (1 - uncertainty)).max() > 0.05          # not the uncalibrated certainty
     assert likelihood[:2].min() > likelihood[2:].max()       # b < 0: a training frame (novelty 0) is the likeliest
     assert 0.05 < likelihood[2:].mean() < 0.95
+
+
+# ---- suggestions from the calibrated likelihood ------------------------------------------------------
+def distracted_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames the detector has not seen the like of: a noisy ground, the labeled bar dimmer, and a bright
+    second bar (a distractor) about where the labeled one would be mirrored through the centre; keypoints of
+    the labeled bar, [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    images, keypoints = blob_images(n, seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE] + 0.5
+    for i in range(n):
+        ground = rng.uniform(0.2, 0.35, (3, SIZE, SIZE)).astype(np.float32)
+        images[i] = np.where(images[i] > 0.5, 0.5, ground)                     # the labeled bar, dimmer
+        head = SIZE - (keypoints[i, 1] + 1) * SIZE / 2 + rng.uniform(-4, 4, 2)    # mirrored: far from the bar
+        for (x, y), r in zip(np.stack([head + (6, 0), head, head - (14, 0)]), (3, 5, 3)):
+            images[i, :, (xx - x) ** 2 + (yy - y) ** 2 < r * r] = 0.9
+    return images, keypoints
+
+
+def test_suggestions_rank_the_frames_the_model_gets_wrong_first(trained_checkpoint):
+    """fskp label's path on a generated set: the likelihood calibrated on held-out frames (some like the
+    training frames, some not) ranks, among new frames, the ones the model gets wrong first."""
+    import torch
+
+    from jobs.evaluation import load_checkpoint
+    from jobs.inference import reduce_embedding
+    from jobs.labeling.confidence import fit_calibration
+    from pipeline.suggest import suggest_frames
+
+    model, _ = load_checkpoint(trained_checkpoint)
+
+    def predict(images):
+        with torch.no_grad():
+            det, embedding = model.detector.detect_and_embed(torch.from_numpy(images))
+        return det.keypoints.numpy(), 1 - torch.sigmoid(det.certainty).numpy(), reduce_embedding(embedding.numpy())
+
+    def error_px(kp, truth):                                    # [N, K] in the model's 64 px input
+        return np.linalg.norm(kp - truth, axis=-1) * SIZE / 2
+
+    train, _ = blob_images(64, seed=0)                          # the fixture's training frames
+    _, _, reference = predict(train[:16])
+    (easy, easy_kp), (hard, hard_kp) = blob_images(20, seed=11), distracted_images(20, seed=12)
+    kp, u, emb = predict(np.concatenate([easy, hard]))
+    err = error_px(kp, np.concatenate([easy_kp, hard_kp]))
+    right = err < 10.0
+    calibration, _ = fit_calibration(u, emb, reference, right, np.ones_like(right))
+    assert calibration is not None, f"{right.sum()} of {right.size} held-out keypoints right"
+
+    (easy, easy_kp), (hard, hard_kp) = blob_images(30, seed=21), distracted_images(10, seed=22)
+    kp, u, emb = predict(np.concatenate([easy, hard]))
+    frame_err = error_px(kp, np.concatenate([easy_kp, hard_kp])).mean(1)
+    ids = [f"easy{i:02d}" for i in range(30)] + [f"hard{i:02d}" for i in range(10)]
+    picks = suggest_frames(ids, 1 - calibration.likelihood(u, emb), emb, reference, n=10)
+    picked = np.array([frame_err[ids.index(p.id)] for p in picks])
+    top = picked[:5]
+    assert frame_err[30:].mean() > 1.5 * frame_err[:30].mean()         # the distracted frames are the wrong ones
+    assert (top > np.percentile(frame_err, 70)).all(), (picked, np.percentile(frame_err, 70))
+    assert top.mean() > 1.5 * frame_err.mean()
