@@ -1,23 +1,49 @@
 """One way for our jobs to start Ray: connect to the cluster ($RAY_ADDRESS, e.g. under `ray job submit`) or
-start a local one without the dashboard.
+start a local one without the dashboard, its workers' console kept to what a user needs.
 
-Without a dashboard Ray's state API cannot answer, and Ray Train's PlacementGroupCleaner (a detached actor
-that asks it once a second whether the training controller is alive) logs "Failed to query Ray Train
-Controller actor state" for the whole of every training run.  A local start therefore silences that one
-logger in Ray's worker processes (``worker_process_setup_hook``); on a cluster the job's own runtime
-environment is left as it was submitted.
+A local start quiets, in Ray's worker processes, what would otherwise bury the training's own progress lines:
+- Ray Train's PlacementGroupCleaner (a detached actor that asks the state API once a second whether the
+  training controller is alive) logs "Failed to query Ray Train Controller actor state" for the whole of every
+  run, because without a dashboard the state API cannot answer (~700 lines in 40 min of `fskp label`);
+- Ray Train logs every ``report`` ("Reporting training result N: TrainingReport(...)"), a long line each;
+- Ray Data logs 3-4 lines each time the unlabeled pool starts an epoch (every few steps on a small project).
+Ray Data's messages still go to its ``ray-data.log`` file in the session's log folder; its warnings still reach
+the console.  On a cluster the job's runtime environment is left as it was submitted.
 """
 from __future__ import annotations
 
+import copy
+import importlib.util
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+#: the module whose logger (named by its file path) announces every ``ray.train.report``
+REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
 
 
 def quiet_workers() -> None:
-    """Runs in every Ray worker process of a local start."""
+    """Runs in every Ray worker process of a local start (``worker_process_setup_hook``)."""
     logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)
+    spec = importlib.util.find_spec(REPORT_LOGGER_MODULE)
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+
+
+def ray_data_console_config() -> str:
+    """A Ray Data logging config (``RAY_DATA_LOGGING_CONFIG``): Ray's default with the console at WARNING."""
+    import yaml
+    from ray.data._internal.logging import DEFAULT_CONFIG
+
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["handlers"]["console"]["level"] = "WARNING"
+    path = Path(tempfile.gettempdir()) / f"fskp-ray-data-logging-{os.getuid()}.yaml"
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(config))
+    tmp.replace(path)
+    return str(path)
 
 
 def start_ray(**kwargs) -> None:
@@ -30,6 +56,7 @@ def start_ray(**kwargs) -> None:
     if address:
         kwargs.pop("num_cpus", None)                 # a cluster's resources are its own
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_workers"},
-                 **kwargs)
+        return
+    env = {} if "RAY_DATA_LOGGING_CONFIG" in os.environ else {"RAY_DATA_LOGGING_CONFIG": ray_data_console_config()}
+    ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_workers",
+                                                   "env_vars": env}, **kwargs)
