@@ -25,6 +25,7 @@ FORMATS = ("md", "tex", "html")
 METRICS = ("main", "other", "nme", "pck")
 ROW_LABELS = {"full": "ours (full)", "supervised": "supervised baseline (same detector, Eq. 2)",
               "xiao": "Xiao et al. (heatmap regression)",
+              "xiao-depth": "Xiao et al. + depth from 3D labels (Table 2's baseline)",
               "no-recon": "− image reconstruction", "no-2d": "− 2D geometry", "no-3d": "− 3D geometry",
               "no-uncertainty": "− uncertainty", "no-label-aug": "− augmentation of the labeled images"}
 MISSING = {"not run": "—", "running": "running", "failed": "failed", "no metric": "n/a"}

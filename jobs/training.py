@@ -239,14 +239,20 @@ def _start_worker(job: TrainJob, mlflow_run_id: str):
     return rank, world, device, precision
 
 
-def _labeled_shots(ds, shot_ids: list[str], device, size: int) -> dict:
-    """The labeled shots on the device: "labeled" [L, 3, S, S], "keypoints" [L, K, 2] in [-1, 1], "visible"."""
+def _labeled_shots(ds, shot_ids: list[str], device, size: int, with_depth: bool = False) -> dict:
+    """The labeled shots on the device: "labeled" [L, 3, S, S], "keypoints" [L, K, 2] in [-1, 1], "visible",
+    and with ``with_depth`` "depth" [L, K], the relative depths of their 3D keypoints (Table 2's baseline)."""
     import torch
 
+    from models.geometry import depth_targets
+
     labeled = ds.arrays("train", ids=shot_ids)
-    return {"labeled": _to_batch(torch.from_numpy(labeled["images"]), device, size),
-            "keypoints": torch.from_numpy(labeled["keypoints"] / ds.size * 2 - 1).float().to(device),
-            "visible": torch.from_numpy(labeled["visible"]).to(device)}
+    keypoints = torch.from_numpy(labeled["keypoints"] / ds.size * 2 - 1).float()
+    shots = {"labeled": _to_batch(torch.from_numpy(labeled["images"]), device, size),
+             "keypoints": keypoints.to(device), "visible": torch.from_numpy(labeled["visible"]).to(device)}
+    if with_depth:
+        shots["depth"] = depth_targets(keypoints, torch.from_numpy(labeled["keypoints_3d"])).to(device)
+    return shots
 
 
 def _restore(model, optimizer, device, rank: int) -> int:
@@ -294,12 +300,13 @@ def train_func(config: dict) -> None:
     from jobs.evaluation import evaluate_model, learning_curve_point, write_eval_artifacts
     from models.metrics import COLLAPSED_SPREAD
     from models.train_step import make_optimizer, prepare_for_training, train_step
+    from models.variants import get_variant
     from pipeline.prepared import PreparedDataset
 
     job = TrainJob(**{**config["job"], "coefficients": tuple(config["job"]["coefficients"])})
     rank, world, device, precision = _start_worker(job, config["mlflow_run_id"])
     ds = PreparedDataset(job.data)
-    shots = _labeled_shots(ds, config["shot_ids"], device, job.size)
+    shots = _labeled_shots(ds, config["shot_ids"], device, job.size, get_variant(job.variant).depth_supervised)
     torch.manual_seed(job.seed)                                   # the same initial weights on every rank
     net, loss_cfg, optim_cfg = build_model(ds.card, job)
     if rank == 0:
@@ -571,6 +578,10 @@ def check_job(job: TrainJob, ds) -> None:
         if get_variant(job.variant).recon and not ds.card.links:
             problems.append(f"variant {job.variant!r} draws edge maps from the card's links, and card "
                             f"{ds.card.name!r} has none: give links (--links) or use --variant no-recon/supervised")
+        if get_variant(job.variant).depth_supervised and not _has_3d_labels(ds):
+            problems.append(f"variant {job.variant!r} learns depth from 3D keypoints, and the train split has "
+                            f"none (keypoints_3d empty in some row): use --variant xiao, or prepare the data with "
+                            f"3D keypoints (the synthetic benchmark has them)")
     except ValueError as e:
         problems.append(str(e))
     from models.pretrained import check_weights_choice
@@ -604,6 +615,12 @@ def check_job(job: TrainJob, ds) -> None:
     if problems:
         raise ValueError(f"{ds.root}: " + "\n  ".join(problems) if len(problems) == 1 else
                          f"{ds.root}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+def _has_3d_labels(ds) -> bool:
+    """Every train row of prepared dataset ``ds`` has its 3D keypoints."""
+    column = ds.table("train", columns=["keypoints_3d"]).column("keypoints_3d")
+    return len(column) > 0 and column.null_count == 0
 
 
 def unlabeled_pool(job: TrainJob):

@@ -104,6 +104,7 @@ class LossConfig(_Dict):
     geo2d: float = 1.0                    # coefficient of Eq. 3 (§3.6)
     geo3d: float = 0.1                    # coefficient of Eq. 5 (§3.6)
     smoothing: float = 0.02               # landmark smoothing weight (Supplement A); needs smoothing_groups
+    depth: float = 1.0                    # the depth term of xiao-depth, Table 2's baseline (the paper gives none)
     whole_object_weight: float = 0.5      # Eq. 5 term of the whole object; each part has 1 (paper: "lower")
     mask_ratio: float = 0.9               # fraction of patches masked out (Supplement A)
     mask_patch: int = 16                  # masking patch side in pixels (Supplement A)

@@ -48,6 +48,28 @@ def apply_similarity(x: torch.Tensor, scale, R, t) -> torch.Tensor:
     return scale[..., None, None] * (x @ R.transpose(-1, -2)) + t.unsqueeze(-2)
 
 
+def depth_targets(keypoints: torch.Tensor, keypoints_3d: torch.Tensor) -> torch.Tensor:
+    """Table 2's depth labels in the units of the 2D keypoints: [L, K, 2] in [-1, 1], [L, K, 3] camera frame
+    -> [L, K] relative depth d with (k, d) a similarity of the 3D points (rotation, no reflection).
+
+    Per instance, the scaled-orthographic camera closest to the labels: the least-squares 2 x 3 map A from the
+    centred 3D points to the centred 2D keypoints, its nearest scaled row-orthonormal s R12 (SVD), and
+    d = s (r1 x r2) . (X - mean X).  The camera's own axes never enter, so its handedness cannot flip the depth.
+    Instances with a non-finite 3D point get NaN (no depth label)."""
+    with _fp32(keypoints):
+        kp, k3 = keypoints.float(), keypoints_3d.float()
+        known = torch.isfinite(k3).all(-1).all(-1) & torch.isfinite(kp).all(-1).all(-1)       # [L]
+        X = torch.where(known[:, None, None], k3, torch.zeros_like(k3))
+        x = torch.where(known[:, None, None], kp, torch.zeros_like(kp))
+        Xc, xc = X - X.mean(1, keepdim=True), x - x.mean(1, keepdim=True)
+        A = torch.linalg.lstsq(Xc, xc, driver="gelsd" if Xc.device.type == "cpu" else None).solution.transpose(1, 2)
+        U, D, Vh = torch.linalg.svd(A, full_matrices=False)                 # A [L, 2, 3] = U diag(D) Vh
+        rows = U @ Vh                                                       # [L, 2, 3] orthonormal rows
+        normal = torch.linalg.cross(rows[:, 0], rows[:, 1], dim=-1)         # r3 = r1 x r2: det [r1; r2; r3] = +1
+        depth = D.mean(-1, keepdim=True) * (Xc @ normal.unsqueeze(-1)).squeeze(-1)
+        return torch.where(known[:, None], depth, torch.full_like(depth, float("nan")))
+
+
 def part_masks(parts: tuple[tuple[int, ...], ...], num_keypoints: int, device=None) -> torch.Tensor:
     """Membership [G, K] of each part, then of the whole object (last row)."""
     groups = list(parts) + [tuple(range(num_keypoints))]
@@ -184,6 +206,13 @@ def transform_keypoints(keypoints: torch.Tensor, T: Transform2D, perm: torch.Ten
     with _fp32(keypoints):
         moved = keypoints.float() @ T.A.transpose(1, 2) + T.b[:, None, :]
         return permute_flipped(moved, T.flip, perm)
+
+
+def transform_depth(depth: torch.Tensor, T: Transform2D, perm: torch.Tensor) -> torch.Tensor:
+    """The depths [N, K] of keypoints moved by T: times T's scale (a 2D similarity scales the whole 3D shape;
+    a rotation in the image plane and a flip leave depth alone), flip partners swapped on flipped images."""
+    with _fp32(depth):
+        return permute_flipped(depth.float() * T.A.float().det().abs().sqrt()[:, None], T.flip, perm)
 
 
 def inside(keypoints: torch.Tensor) -> torch.Tensor:

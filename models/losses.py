@@ -13,14 +13,14 @@ import torch
 from models.config import LossConfig
 from models.detector import Detection, gaussian_heatmaps
 from models.geometry import (equivariance_loss, inside, part_weights, permute_flipped, sample_transforms,
-                             similarity_loss_3d, smoothing_loss, transform_keypoints, warp_images)
+                             similarity_loss_3d, smoothing_loss, transform_depth, transform_keypoints, warp_images)
 from models.reconstruction import reconstruction_loss
 from models.variants import XIAO_AUGMENTATION, get_variant
 
 if TYPE_CHECKING:
     from models.model import KeypointModel
 
-LOSS_NAMES = ("loss", "few_shot", "recon", "geo2d", "geo3d", "smooth")
+LOSS_NAMES = ("loss", "few_shot", "recon", "geo2d", "geo3d", "smooth", "depth")
 
 
 def few_shot_loss(predicted: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -40,11 +40,26 @@ def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, visible: torch.Te
     return 0.5 * (per_keypoint * v).sum() / v.sum().clamp_min(1.0)
 
 
+def depth_loss(depth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Table 2's baseline's depth term: half the mean squared error between the predicted depths of Eq. 4
+    [L, K], centred over each instance's keypoints, and the labels' relative depths [L, K]
+    (models/geometry.py::depth_targets; NaN = unknown, left out)."""
+    known = torch.isfinite(target)
+    k = known.float()
+    d = depth.float() * k
+    centred = d - (d.sum(-1, keepdim=True) / k.sum(-1, keepdim=True).clamp_min(1.0))
+    error = torch.where(known, centred - torch.nan_to_num(target), torch.zeros_like(centred))
+    return 0.5 * error.square().sum() / k.sum().clamp_min(1.0)
+
+
 def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: int,
                    cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Forward pass and every loss of the variant ``cfg.variant``; the others are 0."""
     variant = get_variant(cfg.variant)
     labeled, target, visible = batch["labeled"], batch["keypoints"], batch["visible"]
+    depth_target = batch.get("depth")
+    if variant.depth_supervised and depth_target is None:
+        raise ValueError(f"variant {variant.name!r} learns depth from 3D labels: the batch needs \"depth\" [L, K]")
     unlabeled = batch.get("unlabeled", labeled[:0])
     perm, zero = model.flip_perm, labeled.new_zeros(())
     if variant.augment_labeled:               # every variant but no-label-aug: augmentation at full range
@@ -52,6 +67,8 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
         T = sample_transforms(len(labeled), 1.0, ranges, labeled.device)
         labeled, target = warp_images(labeled, T), transform_keypoints(target, T, perm)
         visible = permute_flipped(visible, T.flip, perm) & inside(target)
+        if depth_target is not None:
+            depth_target = transform_depth(depth_target, T, perm)
     images = torch.cat([unlabeled, labeled]) if variant.unlabeled else labeled
     n_unlabeled, n_images = len(images) - len(labeled), len(images)
     geo2d = variant.geo2d and n_unlabeled > 0
@@ -66,6 +83,8 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
         losses = {"few_shot": heatmap_loss(det.heatmaps[n_unlabeled:], target, visible)}
     else:                                                                                         # Eq. 2
         losses = {"few_shot": few_shot_loss(det.keypoints[n_unlabeled:], target, visible)}
+    if variant.depth_supervised:                                                                  # Table 2
+        losses["depth"] = depth_loss(det.depth[n_unlabeled:], depth_target)
     if variant.recon:                                                                             # Eq. 6-9
         edges = model.edges(det.keypoints, det.certainty if variant.uncertainty else None)
         losses["recon"] = reconstruction_loss(model.unet, model.perceptual, images, edges,
@@ -83,5 +102,5 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
     for name in LOSS_NAMES[1:]:
         losses.setdefault(name, zero)
     losses["loss"] = (cfg.few_shot * losses["few_shot"] + cfg.recon * losses["recon"] + cfg.geo2d * losses["geo2d"]
-                      + cfg.geo3d * losses["geo3d"] + cfg.smoothing * losses["smooth"])
+                      + cfg.geo3d * losses["geo3d"] + cfg.smoothing * losses["smooth"] + cfg.depth * losses["depth"])
     return {name: losses[name] for name in LOSS_NAMES}

@@ -8,7 +8,9 @@ the paper's; measured in the README);
 ``supervised`` is the same detector trained on the labeled examples alone with the paper's few-shot loss
 (soft-argmax L1, Eq. 2) and standard augmentation; ``xiao`` is the baseline of Tables 1 and 5-7 as Xiao et
 al. [92] train it: heatmap regression (MSE to Gaussians around the labels, arg-max decoding with a quarter-pixel
-shift) with their augmentation (rotation +-40 deg, scale 0.65-1.35, flips; no colour or translation).  Random instead of k-means shots (Table 3's last
+shift) with their augmentation (rotation +-40 deg, scale 0.65-1.35, flips; no colour or translation);
+``xiao-depth`` is Table 2's baseline: ``xiao`` with the depth of Eq. 4 additionally learned from the labeled
+examples' 3D keypoints (models/losses.py::depth_loss; needs a dataset with ``keypoints_3d``).  Random instead of k-means shots (Table 3's last
 ablation) is a choice of examples made by the data side, not a model variant.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Variant:
                                   # method memorises its few shots and collapses on every other image (README)
     scale_invariant: bool = False  # Eq. 3 and Eq. 5 divided by each shape's spread: blind to shrinking
     heatmap_regression: bool = False  # Xiao et al.: MSE to Gaussian heatmaps instead of Eq. 2, arg-max decoding
+    depth_supervised: bool = False    # Table 2's baseline: depth learned from 3D labels (ours needs 2D only)
 
     @property
     def definition(self) -> str:
@@ -50,6 +53,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             unlabeled=False),
     Variant("xiao", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False,
             unlabeled=False, heatmap_regression=True),
+    Variant("xiao-depth", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False,
+            unlabeled=False, heatmap_regression=True, depth_supervised=True),
 )}
 
 #: Xiao et al.'s augmentation (their COCO recipe), applied to the labeled images of the ``xiao`` variant

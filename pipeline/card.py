@@ -34,7 +34,7 @@ import yaml
 CARDS_DIR = Path(__file__).parent / "cards"
 
 #: Variants a paper row may map to (see models/variants); ``None`` marks methods we do not run.
-KNOWN_VARIANTS = ("full", "supervised", "no-recon", "no-2d", "no-3d", "no-uncertainty", "random-shots")
+KNOWN_VARIANTS = ("full", "supervised", "xiao-depth", "no-recon", "no-2d", "no-3d", "no-uncertainty", "random-shots")
 
 
 class CardError(ValueError):

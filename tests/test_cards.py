@@ -170,7 +170,7 @@ SPOT_CHECKS = [
     ("cub", 1, "pck", "Moskvyak et al. [51]", "5%", 91.1, True),
     ("carfusion", 1, "pck", "full", "100%", 93.8, False),
     ("synthesisai_faces", 2, "nme", "full", "1", 15.6, False),
-    ("synthesisai_faces", 2, "nme", "supervised", "100%", 4.19, False),
+    ("synthesisai_faces", 2, "nme", "xiao-depth", "100%", 4.19, False),
     ("wflw", 3, "nme", "random-shots", "100%", None, False),
     ("wflw", 3, "nme", "no-recon", "1", 27.4, False),
     ("atrw", 3, "pck", "no-2d", "10", 40.6, False),

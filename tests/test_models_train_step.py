@@ -35,7 +35,8 @@ def make_batch(n_unlabeled=3, n_labeled=2, size=32, seed=0):
     return {"unlabeled": torch.rand(n_unlabeled, 3, size, size, generator=g),
             "labeled": torch.rand(n_labeled, 3, size, size, generator=g),
             "keypoints": torch.rand(n_labeled, K, 2, generator=g) * 1.2 - 0.6,
-            "visible": torch.tensor([[True, True, False, True, True]] * n_labeled)}
+            "visible": torch.tensor([[True, True, False, True, True]] * n_labeled),
+            "depth": torch.rand(n_labeled, K, generator=g) * 0.4 - 0.2}       # Table 2's baseline's 3D labels
 
 
 def grad_norms(model):
@@ -58,6 +59,7 @@ EXPECTED_GRADS = {  # which parts get gradients under each variant
     "scale-free": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head", "depth_head"},
     "supervised": {"backbone", "heatmap_head"},
     "xiao": {"backbone", "heatmap_head"},                   # heatmap regression: only the heatmaps are trained
+    "xiao-depth": {"backbone", "heatmap_head", "depth_head"},   # and depth from the 3D labels
 }
 
 
@@ -71,7 +73,8 @@ def test_every_loss_is_finite_with_gradients_where_it_should(model, variant):
     assert list(losses) == list(LOSS_NAMES)
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
     v = VARIANTS[variant]
-    for name, on in (("recon", v.recon), ("geo2d", v.geo2d), ("geo3d", v.geo3d), ("smooth", v.smoothing)):
+    for name, on in (("recon", v.recon), ("geo2d", v.geo2d), ("geo3d", v.geo3d), ("smooth", v.smoothing),
+                     ("depth", v.depth_supervised)):
         assert (losses[name].item() > 0) == on, name
     assert losses["few_shot"].item() > 0
     losses["loss"].backward()

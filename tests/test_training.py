@@ -164,6 +164,30 @@ def test_multi_worker_runs_refuse_fractional_gpus(tiny_data, tmp_path):
     check_job(small_job(tiny_data, tmp_path, workers=1, gpu=True, gpu_fraction=0.5), PreparedDataset(tiny_data))
 
 
+def test_table_2_baseline_learns_depth_from_the_3d_keypoints_through_ray(ray_local, tiny_data, tmp_path):
+    """--variant xiao-depth: the shots' 3D keypoints reach the Train worker as depth labels and the depth term
+    is trained and logged; data without 3D keypoints is refused before Ray starts, saying what to use."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.training import check_job, run_training
+    from pipeline.card import load_card
+    from pipeline.prepared import PreparedDataset, write_prepared
+    from tests.conftest import TINY_CARD, tiny_instances
+
+    job = small_job(tiny_data, tmp_path, variant="xiao-depth")
+    result = run_training(job)
+    assert result.error is None, result.error
+    depth = MlflowClient(job.tracking_uri).get_metric_history(result.run_id, "train/depth")
+    assert [m.step for m in depth] == [2, 4, 6, 8] and all(m.value > 0 for m in depth)
+
+    (tmp_path / "tiny.yaml").write_text(TINY_CARD)
+    flat = write_prepared(tmp_path / "flat", load_card(tmp_path / "tiny.yaml"),
+                          tiny_instances(6) + tiny_instances(2, seed=1, split="test"), size=64)
+    with pytest.raises(ValueError, match="learns depth from 3D keypoints, and the train split has none"):
+        check_job(small_job(flat, tmp_path, variant="xiao-depth"), PreparedDataset(flat))
+    check_job(small_job(flat, tmp_path, variant="xiao"), PreparedDataset(flat))
+
+
 def test_an_interrupted_run_continues_from_its_last_checkpoint(ray_local, tiny_data, tmp_path):
     """The same job again (a resumed sweep's cell) finds the interrupted Ray Train run by its stable name."""
     from mlflow.tracking import MlflowClient

@@ -3,7 +3,7 @@
 A grid is the product of --datasets, --shots, --variants, --selection and --seeds, or a preset that expands
 to exactly the cells of one of the paper's tables (read from the dataset cards' paper numbers):
   --table 1  WFLW, SynthesEyes, CUB, ATRW, CarFusion x 1/10/20/50/5%/20%/100% shots x full, supervised
-  --table 2  SynthesisAI faces x the same shots x full, supervised
+  --table 2  SynthesisAI faces x the same shots x full, xiao-depth (Xiao et al. with depth from 3D labels)
   --table 3  WFLW, ATRW x shots x full and the ablations no-recon, no-2d, no-3d, no-uncertainty, plus
              full with random shots (seeds 0, 1, 2; the paper averages 3 runs; not at 100%)
   --table 4  FFHQ (dlib 68) x 1/10/20/50 x full
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from jobs.grid import VARIANTS
 
 HELP = "run a grid of trainings (or a paper table's grid) as parallel Ray Tune trials; resumable"
 
@@ -61,8 +63,7 @@ def register(p):
     g.add_argument("--datasets", help="comma-separated card names or prepared dataset folders")
     g.add_argument("--shots",
                    help="comma-separated shot counts or shares of the train split: 1,10,20,50,5%%,20%%,100%%")
-    g.add_argument("--variants", help="comma-separated: full, supervised, xiao, no-recon, no-2d, no-3d, "
-                                      "no-uncertainty, no-label-aug (default full)")
+    g.add_argument("--variants", help="comma-separated: " + ", ".join(VARIANTS) + " (default full)")
     g.add_argument("--selection", help="comma-separated shot selection: kmeans, random (default kmeans)")
     g.add_argument("--seeds", help="comma-separated seeds (default: --seed)")
     g.add_argument("--dry-run", action="store_true", help="list the cells and their state; train nothing")

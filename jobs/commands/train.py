@@ -87,8 +87,8 @@ def register(p):
     p.add_argument("--variant", default="full",
                    choices=list(VARIANTS),
                    help="the method, one of its ablations (paper Table 3), or a baseline: supervised (the same "
-                        "detector and few-shot loss on the labeled images alone) or xiao (Xiao et al.'s heatmap "
-                        "regression recipe)")
+                        "detector and few-shot loss on the labeled images alone), xiao (Xiao et al.'s heatmap "
+                        "regression recipe) or xiao-depth (xiao plus depth from 3D labels: Table 2's baseline)")
     p.add_argument("--pool", help="unlabeled pool: folder of images or a video (default: the train split)")
     p.add_argument("--fail-at-step", type=int, help=argparse.SUPPRESS)   # tests only: kill rank 0 once
     add_train_options(p)
