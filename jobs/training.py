@@ -392,7 +392,8 @@ def _log_losses(job: TrainJob, mlflow_run_id: str, losses: dict, done: int, rate
     metrics = {**{f"train/{k}": v for k, v in values.items()}, "step": done, "it_per_s": rate,
                "pool_skipped": counters["skipped"]}
     if rank == 0:
-        say(f"step {done}/{job.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+        terms = {k: v for k, v in values.items() if v != 0.0 or k in ("loss", "few_shot")}   # the variant's terms
+        say(f"step {done}/{job.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in terms.items())
             + f"  {rate:.2f} it/s")
         log_to_mlflow(job.tracking_uri, mlflow_run_id, metrics, done)
     return metrics
