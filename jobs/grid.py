@@ -32,7 +32,7 @@ PAPER_DATASET_ORDER = ("wflw", "syntheseyes", "cub", "atrw", "carfusion", "synth
 #: TrainJob fields that change a run's result: a finished run counts for a cell only if these match
 RESULT_PARAMS = ("iterations", "backbone", "size", "coefficients", "lr", "unlabeled_batch", "perceptual_vit",
                  "selection_backbone", "selection_weights",
-                 "backbone_weights", "perceptual_weights", "pool")
+                 "backbone_weights", "perceptual_weights", "pool", "precision")
 #: MLflow tags of the sweep's own parent run (it has no "dataset" tag, so tables never count it)
 KIND_TAG, DRIVER_HOST_TAG, DRIVER_PID_TAG = "fskp.kind", "fskp.driver_host", "fskp.driver_pid"
 CELLS_ARTIFACT = "cells.json"

@@ -192,7 +192,7 @@ def test_smoke_test_settings_yield_to_explicit_options():
     assert mine["iterations"] == 30 and mine["backbone"] == "resnet18"
     full = train_options(parse(["reproduce", "--table", "1"]))
     assert (full["iterations"], full["backbone"], full["size"]) == (20000, "resnet50", 128)
-    assert full["perceptual_vit"] == "vit_small_patch8_224.dino" and full["precision"] == "auto"   # the paper's
+    assert full["perceptual_vit"] == "vit_small_patch8_224.dino" and full["precision"] == "fp32"   # the paper's
 
 
 # ---- resuming from MLflow (runs made through the MLflow API) ------------------------------------------------
