@@ -579,10 +579,11 @@ def check_job(job: TrainJob, ds) -> None:
         if get_variant(job.variant).recon and not ds.card.links:
             problems.append(f"variant {job.variant!r} draws edge maps from the card's links, and card "
                             f"{ds.card.name!r} has none: give links (--links) or use --variant no-recon/supervised")
-        if get_variant(job.variant).depth_supervised and not _has_3d_labels(ds):
+        missing = get_variant(job.variant).depth_supervised and _row_without_3d_labels(ds)
+        if missing:
             problems.append(f"variant {job.variant!r} learns depth from 3D keypoints, and the train split has "
-                            f"none (keypoints_3d empty in some row): use --variant xiao, or prepare the data with "
-                            f"3D keypoints (the synthetic benchmark has them)")
+                            f"none (keypoints_3d empty in row {missing}): use --variant xiao, or prepare the data "
+                            f"with 3D keypoints (the synthetic benchmark has them)")
     except ValueError as e:
         problems.append(str(e))
     from models.pretrained import check_weights_choice
@@ -618,10 +619,14 @@ def check_job(job: TrainJob, ds) -> None:
                          f"{ds.root}: {len(problems)} problems:\n  " + "\n  ".join(problems))
 
 
-def _has_3d_labels(ds) -> bool:
-    """Every train row of prepared dataset ``ds`` has its 3D keypoints."""
-    column = ds.table("train", columns=["keypoints_3d"]).column("keypoints_3d")
-    return len(column) > 0 and column.null_count == 0
+def _row_without_3d_labels(ds) -> str | None:
+    """The id of the first train row of prepared dataset ``ds`` without 3D keypoints ("(empty split)" when it
+    has no rows), or None when every row has them."""
+    table = ds.table("train", columns=["id", "keypoints_3d"])
+    if not len(table):
+        return "(empty split)"
+    nulls = table.column("keypoints_3d").is_null().to_pylist()
+    return str(table.column("id")[nulls.index(True)]) if True in nulls else None
 
 
 def unlabeled_pool(job: TrainJob):

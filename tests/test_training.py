@@ -183,7 +183,7 @@ def test_table_2_baseline_learns_depth_from_the_3d_keypoints_through_ray(ray_loc
     (tmp_path / "tiny.yaml").write_text(TINY_CARD)
     flat = write_prepared(tmp_path / "flat", load_card(tmp_path / "tiny.yaml"),
                           tiny_instances(6) + tiny_instances(2, seed=1, split="test"), size=64)
-    with pytest.raises(ValueError, match="learns depth from 3D keypoints, and the train split has none"):
+    with pytest.raises(ValueError, match=r"learns depth from 3D keypoints, and the train split has none \(keypoints_3d empty in row train-0000\)"):
         check_job(small_job(flat, tmp_path, variant="xiao-depth"), PreparedDataset(flat))
     check_job(small_job(flat, tmp_path, variant="xiao"), PreparedDataset(flat))
 
