@@ -15,6 +15,8 @@ method from 2D labels only; the aligned 3D error row is the one to read.
 
   python benchmarks/accuracy.py --categories face --seeds 0,1,2 --weights package
   python benchmarks/accuracy.py --iterations 2000 --size 128 --backbone resnet50 --n 5000   # closer to the paper
+  # the learning curve: where, if anywhere, full overtakes its baseline
+  python benchmarks/accuracy.py --categories face --seeds 0 --variants full,supervised --weights package --iterations 2400 --curve-every 300
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--backbone", default="resnet18", help="with --weights random")
+    p.add_argument("--curve-every", type=int, help="checkpoint and score the test split's first 256 instances every "
+                   "this many iterations, and print the learning curve (default: only at the end)")
     p.add_argument("--out", default="benchmarks/out/accuracy")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit, jobs/resources.py)")
     args = p.parse_args()
@@ -78,7 +82,7 @@ def main() -> None:
             generate(cat, data, args.n, seed=0, size=args.size)
         cells += [Cell(card=f"synth_{cat}", shots=args.shots, variant=v, seed=s, data=str(data))
                   for v in variants for s in seeds]
-    options = dict(iterations=args.iterations, size=args.size, log_every=100, checkpoint_every=args.iterations,
+    options = dict(iterations=args.iterations, size=args.size, log_every=100, checkpoint_every=args.curve_every or args.iterations,
                    experiment=f"accuracy-{args.weights}", tracking_uri=f"sqlite:///{out}/mlflow.db",
                    storage_path=str(out / "runs"), **weight_options(args.weights, args.backbone))
     t0 = time.time()
@@ -87,11 +91,13 @@ def main() -> None:
 
     client = MlflowClient(options["tracking_uri"])
     metrics: dict[tuple[str, str], list[dict]] = {}
+    finished: dict[tuple[str, str], list[str]] = {}
     for o in result.outcomes:
         if o.run_id:
             run = client.get_run(o.run_id)
             if run.info.status == "FINISHED":
                 metrics.setdefault((o.cell.card, o.cell.variant), []).append(run.data.metrics)
+                finished.setdefault((o.cell.card, o.cell.variant), []).append(o.run_id)
     print(f"\naccuracy benchmark: {args.shots} k-means shots, {args.iterations} iterations, {args.size}px, "
           f"weights {args.weights} ({options['backbone']}), seeds {args.seeds}; {machine_summary()}; "
           f"{took / 60:.1f} min for {len(cells)} trainings ({len(result.failed)} failed)")
@@ -112,6 +118,26 @@ def main() -> None:
                 ratio = f"{means['full'] / max(best, 1e-9):.2f}"
             print(f"| {card} | {name.split('/')[1]} | " + " | ".join(summary(values[v]) for v in variants)
                   + f" | {ratio} |")
+    if args.curve_every and args.curve_every < args.iterations:
+        print_learning_curves(client, categories, variants, finished)
+
+
+def print_learning_curves(client, categories: list[str], variants: list[str], finished: dict) -> None:
+    """Per category, the test metric (first 256 test instances) against iterations, mean ± std over the seeds."""
+    from jobs.evaluation import metric_name
+    from pipeline.card import load_card
+
+    for cat in categories:
+        card = f"synth_{cat}"
+        key = "curve/" + metric_name(load_card(card).metric).split("/", 1)[1]
+        curves = {v: [{m.step: m.value for m in client.get_metric_history(r, key)} for r in finished.get((card, v), [])]
+                  for v in variants}
+        steps = sorted({s for runs in curves.values() for c in runs for s in c})
+        print(f"\nlearning curve, {card}: {key.split('/')[1]} on the first 256 test instances")
+        print("| iterations | " + " | ".join(variants) + " |")
+        print("| ---: |" + " ---: |" * len(variants))
+        for step in steps:
+            print(f"| {step} | " + " | ".join(summary([c[step] for c in curves[v] if step in c]) for v in variants) + " |")
 
 
 if __name__ == "__main__":
