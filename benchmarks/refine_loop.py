@@ -10,6 +10,12 @@ rule (benchmarks/dlc_reaching.py).  A round whose `label.json` exists in ``--out
   python benchmarks/refine_loop.py --draw 2 --round1 benchmarks/out/dlc_reaching_draw2/full \
       --out benchmarks/out/refine_loop_draw2             # round 1 on a drawn frame set, an earlier run reused
 
+``--warm`` starts each round 2 from round 1's weights (`fskp label --init-from ROUND1`) for
+``--round2-iterations`` iterations, instead of from the pretrained backbone for ``--iterations``:
+
+  python benchmarks/refine_loop.py --draw 1 --round1 benchmarks/out/refine_loop_draw1/round1 --warm \
+      --round2-iterations 300 --threads 1 --out benchmarks/out/refine_loop_draw1_warm
+
 ``--draw SEED`` starts from the 10 frames benchmarks/dlc_reaching.py --draw SEED trains on; ``--round1 DIR``
 reads round 1 from a finished `fskp label` output folder with those frames instead of training it again (a
 folder made before the likelihood was calibrated is predicted again with its checkpoint, not retrained).
@@ -41,6 +47,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/refine_loop")
     p.add_argument("--draw", type=int, help="round 1 on the 10 frames of benchmarks/dlc_reaching.py --draw SEED")
     p.add_argument("--round1", help="a finished fskp label output folder to read round 1 from")
+    p.add_argument("--warm", action="store_true", help="round 2 continues from round 1's weights (--init-from)")
+    p.add_argument("--round2-iterations", type=int, help="round 2's iterations (default: --iterations)")
     p.add_argument("--summarize", nargs="+", metavar="OUT", help="only print the table over finished --out "
                                                                  "folders (one per frame set), mean ± std")
     args = p.parse_args()
@@ -48,6 +56,7 @@ def main() -> None:
         summarize([Path(d) for d in args.summarize])
         return
 
+    from jobs.commands.train import resolve_init
     from jobs.labeling.inputs import read_dlc_project
     from jobs.labeling.job import label
     from jobs.labeling.scoring import held_out_report
@@ -71,7 +80,10 @@ def main() -> None:
         where = out / name
         if not (where / "label.json").exists():
             t0 = time.time()
-            label(inp, where, frames=frames, margin=0.1, job_options=options, overlay=False, suggestions=20)
+            job_options = options if name == "round1" else dict(
+                options, iterations=args.round2_iterations or args.iterations,
+                init_from=resolve_init(str(out / "round1")) if args.warm else None)
+            label(inp, where, frames=frames, margin=0.1, job_options=job_options, overlay=False, suggestions=20)
             (where / "minutes.txt").write_text(f"{(time.time() - t0) / 60:.1f}\n")
         return {"name": name, "frames": frames, "out": where,
                 "minutes": float((where / "minutes.txt").read_text()) if (where / "minutes.txt").exists() else None}
@@ -83,7 +95,9 @@ def main() -> None:
     rounds += [run("round2-suggested", first + suggested), run("round2-random", first + drawn)]
 
     scored = sorted(set(held) - set(suggested) - set(drawn))
-    print(f"\nrefine loop on dlc-reaching ({args.variant}, {args.iterations} iterations, threads {args.threads or 'auto'}, "
+    round2 = (f"; round 2 {'from round 1' + chr(39) + 's weights' if args.warm else 'from scratch'}, "
+              f"{args.round2_iterations or args.iterations} iterations")
+    print(f"\nrefine loop on dlc-reaching ({args.variant}, {args.iterations} iterations{round2}, threads {args.threads or 'auto'}, "
           f"{machine_summary()}); scored on the {len(scored)} held-out frames no round "
           f"trained on")
     print(f"suggested by round 1: {', '.join(suggested)}; drawn at random: {', '.join(drawn)}")

@@ -27,20 +27,9 @@ def load_checkpoint(path: str | Path, card=None, device="cpu"):
     With ``card``, refuse a checkpoint whose keypoint count or card differs, naming both.
     Returns (model, state) where state holds the job config, step, card name and fingerprint.
     """
-    import torch
-
     from models.model import KeypointModel
-    from pipeline.storage import is_uri
 
-    if is_uri(path):
-        state, p = _load_remote(str(path), device), str(path)
-    else:
-        p = Path(path)
-        if p.is_dir():
-            p = p / "model.pt"
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: checkpoint not found")
-        state = torch.load(p, map_location=device, weights_only=True)
+    state, p = read_checkpoint(path, device)
     if card is not None:
         if state["num_keypoints"] != card.num_keypoints:
             raise CheckpointMismatch(f"{p}: checkpoint has {state['num_keypoints']} keypoints "
@@ -51,6 +40,23 @@ def load_checkpoint(path: str | Path, card=None, device="cpu"):
                                      f"(fingerprint {card.fingerprint})")
     model = KeypointModel.from_checkpoint(state, map_location=device)
     return model.eval(), state
+
+
+def read_checkpoint(path: str | Path, device="cpu") -> tuple[dict, str]:
+    """(state, the model.pt it came from) of a ``model.pt`` or a checkpoint folder holding one, a path or an
+    object-store URI, read with ``weights_only=True``."""
+    import torch
+
+    from pipeline.storage import is_uri
+
+    if is_uri(path):
+        return _load_remote(str(path), device), str(path)
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.pt"
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: checkpoint not found")
+    return torch.load(p, map_location=device, weights_only=True), str(p)
 
 
 def _load_remote(uri: str, device):

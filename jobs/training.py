@@ -62,6 +62,8 @@ class TrainJob:
     stall_timeout: float = 600.0            # seconds without an unlabeled batch (or a collective) before stopping
     record_rank_state: bool = False         # testing: each worker writes the pool ids it saw and its weights' digest
     resume: bool = False                    # stable Ray Train run name (train_run_name): continue its last checkpoint
+    init_from: str | None = None            # a checkpoint (folder, model.pt or URI) whose weights start the run: a
+                                            # refine round continues from the last one; optimizer and step start afresh
 
     def default_name(self, card_name: str) -> str:
         return f"{card_name}-{self.shots.replace('%', 'pct')}shots-{self.selection}-{self.variant}-seed{self.seed}"
@@ -274,6 +276,46 @@ def _restore(model, optimizer, device, rank: int) -> int:
     return int(state["step"])
 
 
+def _init_weights(model, checkpoint: str, device, rank: int) -> None:
+    """Start from the weights of an earlier run's checkpoint (check_job has compared their shapes)."""
+    from jobs.evaluation import read_checkpoint
+
+    state, path = read_checkpoint(checkpoint, device)
+    model.load_state_dict(state["state_dict"])
+    if rank == 0:
+        say(f"starting from the weights of {path} (its step {state.get('step', '?')})")
+
+
+def init_problem(job: TrainJob, ds) -> str | None:
+    """Why ``job.init_from`` cannot start this job on ``ds`` (missing, other keypoints, other network), or None."""
+    import torch
+
+    from jobs.evaluation import read_checkpoint
+
+    try:
+        state, path = read_checkpoint(job.init_from)
+    except FileNotFoundError as e:
+        return f"--init-from {job.init_from}: {e}"
+    names = list(state.get("keypoint_names") or ds.card.keypoints)
+    if names != list(ds.card.keypoints):
+        return (f"--init-from {path}: trained on keypoints {', '.join(names)} (card {state.get('card_name')}), "
+                f"the data has {', '.join(ds.card.keypoints)} (card {ds.card.name})")
+    offline = replace(job, backbone_weights="none", perceptual_weights="none")
+    with torch.device("meta"):                                    # shapes only: nothing allocated or downloaded
+        ours = build_model(ds.card, offline)[0].state_dict()
+    theirs = state["state_dict"]
+    differ = sorted(k for k in ours.keys() | theirs.keys()
+                    if k not in ours or k not in theirs or tuple(ours[k].shape) != tuple(theirs[k].shape))
+    if not differ:
+        return None
+    k = differ[0]
+    shape = lambda sd: tuple(sd[k].shape) if k in sd else "absent"    # noqa: E731
+    trained = state.get("config", {})
+    return (f"--init-from {path}: its network differs from this run's in {len(differ)} tensors (first: {k}, "
+            f"{shape(theirs)} there, {shape(ours)} here); it was trained with --backbone {trained.get('backbone')} "
+            f"--size {trained.get('image_size')} --perceptual-network {trained.get('perceptual_vit')}: use the same")
+
+
 def _pool_stream(job: TrainJob, rank: int, counters: dict):
     """This worker's endless stream of unlabeled batches, watched for stalls; None if the variant uses none."""
     import ray.train
@@ -314,6 +356,8 @@ def train_func(config: dict) -> None:
     net = prepare_for_training(net, loss_cfg, optim_cfg, device)  # freezes what the variant never uses
     optimizer = make_optimizer(net, optim_cfg)
     start = resumed_from = _restore(net, optimizer, device, rank)
+    if not start and job.init_from:                               # a retried or resumed run keeps its own weights
+        _init_weights(net, job.init_from, device, rank)
     model = data_parallel(net, world, rank, job.seed)             # DDP; per-rank random draws from here on
     counters = {"skipped": 0, "seen": 0, **({"ids": set()} if job.record_rank_state else {})}
     pool = _pool_stream(job, rank, counters)
@@ -614,6 +658,8 @@ def check_job(job: TrainJob, ds) -> None:
     remote = remote_pool_problem(pool)
     if remote:
         problems.append(f"--pool {remote}")
+    if job.init_from:
+        problems += [p for p in [init_problem(job, ds)] if p]
     if problems:
         raise ValueError(f"{ds.root}: " + "\n  ".join(problems) if len(problems) == 1 else
                          f"{ds.root}: {len(problems)} problems:\n  " + "\n  ".join(problems))

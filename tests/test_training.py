@@ -211,6 +211,58 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint(ray_local, tiny_d
     assert other.error is None and other.metrics["resumed_from_step"] == 0
 
 
+def _parameters(checkpoint: str) -> dict:
+    """The trained tensors of a checkpoint (batch-norm statistics left out: they move even at lr 0)."""
+    from jobs.evaluation import read_checkpoint
+
+    state = read_checkpoint(checkpoint)[0]["state_dict"]
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_a_run_starts_from_an_earlier_runs_weights(ray_local, tiny_data, tmp_path):
+    """--init-from: a refine round continues from the last round's weights (here at lr 0: they come out unchanged)."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from jobs.training import build_model, run_training
+    from pipeline.prepared import PreparedDataset
+
+    first = run_training(small_job(tiny_data, tmp_path, variant="supervised", iterations=4, experiment="init"))
+    assert first.error is None, first.error
+    job = small_job(tiny_data, tmp_path, variant="supervised", iterations=2, checkpoint_every=2, lr=0.0,
+                    experiment="init", init_from=first.checkpoint_path)
+    second = run_training(job)
+    assert second.error is None, second.error
+    start, then = _parameters(first.checkpoint_path), _parameters(second.checkpoint_path)
+    assert all(torch.equal(start[k], then[k]) for k in start)
+    torch.manual_seed(job.seed)                 # what the run would have kept at lr 0 without --init-from
+    seeded = build_model(PreparedDataset(tiny_data).card, job)[0].state_dict()
+    assert not all(torch.equal(start[k], seeded[k]) for k in start)
+    assert MlflowClient(job.tracking_uri).get_run(second.run_id).data.params["init_from"] == first.checkpoint_path
+
+
+def test_init_from_a_checkpoint_that_cannot_start_the_run_is_refused_before_ray(tiny_data, tmp_path):
+    """Another backbone or other keypoints are refused by check_job, naming the checkpoint and what differs."""
+    import torch
+
+    from jobs.training import build_model, check_job
+    from pipeline.prepared import PreparedDataset
+
+    ds = PreparedDataset(tiny_data)
+    job = small_job(tiny_data, tmp_path)
+    state = {"state_dict": build_model(ds.card, job)[0].state_dict(), "config": {"backbone": "resnet18"},
+             "keypoint_names": list(ds.card.keypoints), "num_keypoints": ds.card.num_keypoints}
+    torch.save(state, tmp_path / "model.pt")
+    check_job(replace(job, init_from=str(tmp_path)), ds)                                 # the same network: fine
+    with pytest.raises(ValueError, match=r"init-from .*model.pt: its network differs .* --backbone resnet18"):
+        check_job(replace(job, init_from=str(tmp_path), backbone="resnet34"), ds)
+    torch.save({**state, "keypoint_names": ["a"] * ds.card.num_keypoints}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt: trained on keypoints a, a"):
+        check_job(replace(job, init_from=str(tmp_path / "other.pt")), ds)
+    with pytest.raises(ValueError, match=r"missing.*checkpoint not found"):
+        check_job(replace(job, init_from=str(tmp_path / "missing")), ds)
+
+
 def test_nonfinite_loss_stops_with_a_clear_message(ray_local, tiny_data, tmp_path):
     from jobs.training import run_training
 

@@ -35,7 +35,7 @@ LABEL_DEFAULTS = dict(iterations=600, backbone="resnet18", size=192, lr=1e-3, ch
 
 
 def register(p):
-    from jobs.commands.train import add_train_options
+    from jobs.commands.train import add_init_option, add_train_options
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--project", help="DeepLabCut project folder (config.yaml, labeled-data/, videos/)")
@@ -62,6 +62,7 @@ def register(p):
                    help="flip probability of augmentation and Eq. 3; 0 for a fixed side view (paper: 0.5)")
     p.add_argument("--suggestions", type=int, default=20, help="frames to suggest for labeling next (0: none)")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay images / videos")
+    add_init_option(p)
     add_train_options(p)
     p.set_defaults(**LABEL_DEFAULTS)
 
@@ -90,7 +91,7 @@ def parse_crop(text: str | None):
 def run(args) -> int:
     from pathlib import Path
 
-    from jobs.commands.train import job_kwargs
+    from jobs.commands.train import job_kwargs, resolve_init
     from jobs.labeling.inputs import read_dlc_project, read_images, read_slp_project, read_video
     from jobs.labeling.job import label
     from pipeline.card import load_card
@@ -106,7 +107,8 @@ def run(args) -> int:
         inp = read_images(args.images, args.labels, card, args.links) if args.images else \
             read_video(args.video, args.labels, Path(args.out) / "work", card, args.links)
     options = {**job_kwargs(args), "variant": args.variant, "unlabeled_batch": args.unlabeled_batch,
-               "rotation_deg": args.rotation, "flip_p": args.flip, "lr_schedule": LABEL_DEFAULTS["lr_schedule"]}
+               "rotation_deg": args.rotation, "flip_p": args.flip, "lr_schedule": LABEL_DEFAULTS["lr_schedule"],
+               "init_from": resolve_init(args.init_from, args.tracking_uri)}
     result = label(inp, args.out, shots=args.shots, frames=parse_frames(args.frames), crop=parse_crop(args.crop),
                    margin=args.margin, job_options=options, overlay=not args.no_overlay,
                    suggestions=args.suggestions)

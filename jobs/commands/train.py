@@ -67,6 +67,29 @@ def add_train_options(p) -> None:
     g.add_argument("--storage-path", help="Ray Train storage for checkpoints (shared storage on a cluster; default ./runs)")
 
 
+def add_init_option(p) -> None:
+    p.add_argument("--init-from", metavar="RUN|CHECKPOINT|LABEL_OUT",
+                   help="start from the weights of an earlier run (MLflow run id, checkpoint folder / model.pt, or "
+                        "an fskp label output folder) instead of the pretrained backbone: a refine round continues "
+                        "from the last; same keypoints, backbone, size and perceptual network, checked before training")
+
+
+def resolve_init(spec: str | None, tracking_uri: str | None = None) -> str | None:
+    """The checkpoint ``--init-from`` names: an ``fskp label`` output folder's (its label.json), a checkpoint
+    path or URI as given, or an MLflow run id's ``checkpoint_path`` tag."""
+    import json
+    from pathlib import Path
+
+    from jobs.commands.export import resolve
+    from pipeline.storage import is_uri
+
+    if not spec:
+        return None
+    if (Path(spec) / "label.json").is_file():
+        return json.loads((Path(spec) / "label.json").read_text())["checkpoint"]
+    return spec if is_uri(spec) else resolve(spec, tracking_uri)[0]
+
+
 def job_kwargs(args) -> dict:
     coefficients = tuple(float(c) for c in args.coefficients.split(","))
     if len(coefficients) != 4:
@@ -93,6 +116,7 @@ def register(p):
                         "regression recipe) or xiao-depth (xiao plus depth from 3D labels: Table 2's baseline)")
     p.add_argument("--pool", help="unlabeled pool: folder of images or a video (default: the train split)")
     p.add_argument("--fail-at-step", type=int, help=argparse.SUPPRESS)   # tests only: kill rank 0 once
+    add_init_option(p)
     add_train_options(p)
 
 
@@ -100,7 +124,8 @@ def run(args) -> int:
     from jobs.training import TrainJob, run_training
 
     job = TrainJob(data=args.data, shots=args.shots, selection=args.selection, variant=args.variant,
-                   pool=args.pool, fail_at_step=args.fail_at_step, **job_kwargs(args))
+                   pool=args.pool, fail_at_step=args.fail_at_step,
+                   init_from=resolve_init(args.init_from, args.tracking_uri), **job_kwargs(args))
     result = run_training(job)
     if result.error:
         print(f"fskp train: run {result.run_id} failed: {result.error}")
