@@ -350,9 +350,13 @@ def train_func(config: dict) -> None:
     ds = PreparedDataset(job.data)
     shots = _labeled_shots(ds, config["shot_ids"], device, job.size, get_variant(job.variant).depth_supervised)
     torch.manual_seed(job.seed)                                   # the same initial weights on every rank
-    net, loss_cfg, optim_cfg = build_model(ds.card, job)
+    # --init-from: the checkpoint's weights replace every network's, so no pretrained ones are looked for
+    built = replace(job, backbone_weights="none", perceptual_weights="none") if job.init_from else job
+    net, loss_cfg, optim_cfg = build_model(ds.card, built)
     if rank == 0:
-        set_tags(job.tracking_uri, config["mlflow_run_id"], net.weights_sources())
+        sources = net.weights_sources()
+        set_tags(job.tracking_uri, config["mlflow_run_id"],
+                 {k: f"init-from {job.init_from}" for k in sources} if job.init_from else sources)
     net = prepare_for_training(net, loss_cfg, optim_cfg, device)  # freezes what the variant never uses
     optimizer = make_optimizer(net, optim_cfg)
     start = resumed_from = _restore(net, optimizer, device, rank)

@@ -238,7 +238,9 @@ def test_a_run_starts_from_an_earlier_runs_weights(ray_local, tiny_data, tmp_pat
     torch.manual_seed(job.seed)                 # what the run would have kept at lr 0 without --init-from
     seeded = build_model(PreparedDataset(tiny_data).card, job)[0].state_dict()
     assert not all(torch.equal(start[k], seeded[k]) for k in start)
-    assert MlflowClient(job.tracking_uri).get_run(second.run_id).data.params["init_from"] == first.checkpoint_path
+    run = MlflowClient(job.tracking_uri).get_run(second.run_id)
+    assert run.data.params["init_from"] == first.checkpoint_path
+    assert run.data.tags["fskp.backbone_weights"] == f"init-from {first.checkpoint_path}"
 
 
 def test_init_from_a_checkpoint_that_cannot_start_the_run_is_refused_before_ray(tiny_data, tmp_path):
@@ -261,6 +263,25 @@ def test_init_from_a_checkpoint_that_cannot_start_the_run_is_refused_before_ray(
         check_job(replace(job, init_from=str(tmp_path / "other.pt")), ds)
     with pytest.raises(ValueError, match=r"missing.*checkpoint not found"):
         check_job(replace(job, init_from=str(tmp_path / "missing")), ds)
+
+
+def test_init_from_names_a_label_folder_a_checkpoint_or_a_run(tmp_path):
+    """fskp label/train --init-from: an fskp label output folder means its checkpoint (label.json)."""
+    import mlflow
+
+    from jobs.commands.train import resolve_init
+
+    (tmp_path / "round1").mkdir()
+    (tmp_path / "round1" / "label.json").write_text(json.dumps({"checkpoint": "/runs/label-x/checkpoint_1"}))
+    assert resolve_init(str(tmp_path / "round1")) == "/runs/label-x/checkpoint_1"
+    assert resolve_init(str(tmp_path)) == str(tmp_path)                    # a checkpoint folder as given
+    assert resolve_init("s3://bucket/runs/checkpoint_2") == "s3://bucket/runs/checkpoint_2"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        mlflow.set_tag("checkpoint_path", "/runs/train-y/checkpoint_3")
+    assert resolve_init(run.info.run_id, uri) == "/runs/train-y/checkpoint_3"
+    assert resolve_init(None) is None
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(ray_local, tiny_data, tmp_path):

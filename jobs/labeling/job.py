@@ -78,7 +78,8 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
                "keypoints": list(inp.card.keypoints),
                "links": [[inp.card.keypoints[a], inp.card.keypoints[b]] for a, b in inp.card.links],
                "crop_box": list(crop), "size": size,
-               "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs}
+               "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs,
+               "init_from": job.init_from}
     _log_to_run(job, result.run_id, report, out, crop)
     write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
