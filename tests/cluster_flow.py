@@ -216,8 +216,9 @@ class Flow:
                 "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "*.db", "runs", "mlruns"],
                                                   "env_vars": {k: self.env[k] for k in self.env
                                                                if k.startswith("AWS_")}})]
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while True:                  # the head's job agent can still be starting ("try again later"): retry
+                                     # (over 2 minutes on a 2-core machine busy with another training)
             out = self.ray(*args, "--", *command, check=False)
             text = out.stdout + out.stderr
             if "No available agent to submit job" not in text or time.time() > deadline:

@@ -1,0 +1,81 @@
+"""Has a model learned the keypoints, or memorised its shots?  Its error and spread ratio on its own labeled
+images (as stored and augmented as in training), on unlabeled images of the same split, and on the test split.
+
+A model that is right on its shots and collapsed (spread ratio near 0: every keypoint on one point) everywhere
+else has told its labeled images apart from the rest: the few-shot loss (Eq. 2) holds only on them, and the
+unsupervised losses are free to pull the other predictions together.
+
+  python benchmarks/memorisation.py --run-dir RUN_STORAGE_FOLDER --data PREPARED_DATA   # its last checkpoint
+  python benchmarks/memorisation.py --checkpoint CHECKPOINT --data PREPARED_DATA
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """The newest ``checkpoint_<time>`` folder of a Ray Train run folder (names sort by time)."""
+    found = sorted(p for p in run_dir.glob("checkpoint_2*") if (p / "model.pt").exists())
+    if not found:
+        raise SystemExit(f"{run_dir}: no checkpoint_<time>/model.pt in it")
+    return found[-1]
+
+
+def score(model, arrays: dict, size: int, augment: bool, seed: int = 0) -> tuple[float, float]:
+    """(mean error in px, spread ratio) of ``model`` on prepared ``arrays``; with ``augment``, images and labels
+    moved by the training augmentation at full range (models/geometry.py, the full variant's ranges)."""
+    import torch
+
+    from models.config import LossConfig
+    from models.geometry import sample_transforms, transform_keypoints, warp_images
+    from models.metrics import spread_ratio
+
+    images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float() / 255
+    target = torch.from_numpy(arrays["keypoints"] / size * 2 - 1).float()
+    visible = arrays["visible"]
+    if augment:
+        torch.manual_seed(seed)
+        T = sample_transforms(len(images), 1.0, LossConfig(variant="full"), "cpu")
+        images, target = warp_images(images, T), transform_keypoints(target, T, model.flip_perm)
+        visible = np.where(T.flip.numpy()[:, None], visible[:, model.flip_perm.numpy()], visible)
+    with torch.no_grad():
+        pred = model.detector(images).keypoints.numpy()
+    target = target.numpy()
+    error = np.where(visible, np.linalg.norm(pred - target, axis=-1), np.nan)
+    return float(np.nanmean(error) * size / 2), float(spread_ratio(pred, target, visible))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint folder or model.pt")
+    src.add_argument("--run-dir", help="a Ray Train run folder: its last checkpoint")
+    p.add_argument("--data", required=True, help="the prepared dataset the run trained on")
+    p.add_argument("--n", type=int, default=64, help="unlabeled and test images scored (the first ones)")
+    args = p.parse_args()
+
+    from jobs.evaluation import load_checkpoint
+    from pipeline.prepared import PreparedDataset, rows_to_arrays
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else last_checkpoint(Path(args.run_dir))
+    ds = PreparedDataset(args.data)
+    model, state = load_checkpoint(checkpoint, card=ds.card)
+    shots = {str(s) for s in state["shot_ids"]}
+    train = ds.table("train").to_pylist()
+    k = ds.card.num_keypoints
+    groups = {"its labeled images (shots)": rows_to_arrays([r for r in train if str(r["id"]) in shots], k),
+              "unlabeled train images": rows_to_arrays([r for r in train if str(r["id"]) not in shots][:args.n], k),
+              "test images": rows_to_arrays(ds.table("test").slice(0, args.n).to_pylist(), k)}
+    print(f"{checkpoint} (step {state['step']}, variant {state['job']['variant']}, {len(shots)} shots)")
+    print("| images | as stored: mean error px / spread ratio | augmented as in training |")
+    print("| --- | ---: | ---: |")
+    for name, arrays in groups.items():
+        plain, moved = score(model, arrays, ds.size, False), score(model, arrays, ds.size, True)
+        print(f"| {name} ({len(arrays['images'])}) | {plain[0]:.1f} / {plain[1]:.3f} | {moved[0]:.1f} / {moved[1]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
