@@ -281,6 +281,8 @@ def test_init_from_names_a_label_folder_a_checkpoint_or_a_run(tmp_path):
     with mlflow.start_run() as run:
         mlflow.set_tag("checkpoint_path", "/runs/train-y/checkpoint_3")
     assert resolve_init(run.info.run_id, uri) == "/runs/train-y/checkpoint_3"
+    with pytest.raises(FileNotFoundError, match=r"--init-from nowhere: neither an fskp label output folder"):
+        resolve_init("nowhere", uri)
     assert resolve_init(None) is None
 
 

@@ -87,7 +87,13 @@ def resolve_init(spec: str | None, tracking_uri: str | None = None) -> str | Non
         return None
     if (Path(spec) / "label.json").is_file():
         return json.loads((Path(spec) / "label.json").read_text())["checkpoint"]
-    return spec if is_uri(spec) else resolve(spec, tracking_uri)[0]
+    if is_uri(spec):
+        return spec
+    try:
+        return resolve(spec, tracking_uri)[0]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--init-from {spec}: neither an fskp label output folder, a checkpoint on disk nor "
+                                f"an MLflow run ({str(e).split('(', 1)[-1].rstrip(')')})") from None
 
 
 def job_kwargs(args) -> dict:
