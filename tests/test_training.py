@@ -267,7 +267,7 @@ def test_init_from_a_checkpoint_that_cannot_start_the_run_is_refused_before_ray(
 
 def test_init_from_names_a_label_folder_a_checkpoint_or_a_run(tmp_path):
     """fskp label/train --init-from: an fskp label output folder means its checkpoint (label.json)."""
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
     from jobs.commands.train import resolve_init
 
@@ -277,9 +277,9 @@ def test_init_from_names_a_label_folder_a_checkpoint_or_a_run(tmp_path):
     assert resolve_init(str(tmp_path)) == str(tmp_path)                    # a checkpoint folder as given
     assert resolve_init("s3://bucket/runs/checkpoint_2") == "s3://bucket/runs/checkpoint_2"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
-        mlflow.set_tag("checkpoint_path", "/runs/train-y/checkpoint_3")
+    client = MlflowClient(uri)              # not the fluent API: an earlier test's active experiment is not in this store
+    run = client.create_run(client.create_experiment("init-from"))
+    client.set_tag(run.info.run_id, "checkpoint_path", "/runs/train-y/checkpoint_3")
     assert resolve_init(run.info.run_id, uri) == "/runs/train-y/checkpoint_3"
     with pytest.raises(FileNotFoundError, match=r"--init-from nowhere: neither an fskp label output folder"):
         resolve_init("nowhere", uri)
