@@ -17,7 +17,7 @@ the machine.  Token authentication is on, as on the cluster of cluster.yaml: the
 share a home folder of their own whose ``~/.ray/auth_token`` is a fresh token (cluster.yaml mounts yours on every
 node).  That home and the nodes' TMPDIR are checked at the end: the cells wrote nothing to the local disk but
 Ray's own temp folder (data, checkpoints and artifacts all went to the object store and the tracking server).
-About 8 minutes on this project's 2-core machine; tests/test_cluster_flow.py runs it in CI.
+About 5–6 minutes on this project's 2-core machine; tests/test_cluster_flow.py runs it in CI.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The cluster flow (tests/cluster_flow.py) as a test: a head and two worker raylets, moto's S3 and an
 `mlflow server`; a sweep submitted with `ray job submit`, stopped with a worker node killed, submitted again,
-then `fskp table` against the server.  About 8 minutes on a 2-core machine."""
+then `fskp table` against the server.  About 5–6 minutes on a 2-core machine."""
 from __future__ import annotations
 
 import subprocess
