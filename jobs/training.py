@@ -276,6 +276,11 @@ def _restore(model, optimizer, device, rank: int) -> int:
     return int(state["step"])
 
 
+def _without_pretrained(job: TrainJob) -> TrainJob:
+    """``job`` with its networks built from random weights (what a checkpoint's weights then replace)."""
+    return replace(job, backbone_weights="none", perceptual_weights="none")
+
+
 def _init_weights(model, checkpoint: str, device, rank: int) -> None:
     """Start from the weights of an earlier run's checkpoint (check_job has compared their shapes)."""
     from jobs.evaluation import read_checkpoint
@@ -300,9 +305,8 @@ def init_problem(job: TrainJob, ds) -> str | None:
     if names != list(ds.card.keypoints):
         return (f"--init-from {path}: trained on keypoints {', '.join(names)} (card {state.get('card_name')}), "
                 f"the data has {', '.join(ds.card.keypoints)} (card {ds.card.name})")
-    offline = replace(job, backbone_weights="none", perceptual_weights="none")
     with torch.device("meta"):                                    # shapes only: nothing allocated or downloaded
-        ours = build_model(ds.card, offline)[0].state_dict()
+        ours = build_model(ds.card, _without_pretrained(job))[0].state_dict()
     theirs = state["state_dict"]
     differ = sorted(k for k in ours.keys() | theirs.keys()
                     if k not in ours or k not in theirs or tuple(ours[k].shape) != tuple(theirs[k].shape))
@@ -351,8 +355,7 @@ def train_func(config: dict) -> None:
     shots = _labeled_shots(ds, config["shot_ids"], device, job.size, get_variant(job.variant).depth_supervised)
     torch.manual_seed(job.seed)                                   # the same initial weights on every rank
     # --init-from: the checkpoint's weights replace every network's, so no pretrained ones are looked for
-    built = replace(job, backbone_weights="none", perceptual_weights="none") if job.init_from else job
-    net, loss_cfg, optim_cfg = build_model(ds.card, built)
+    net, loss_cfg, optim_cfg = build_model(ds.card, _without_pretrained(job) if job.init_from else job)
     if rank == 0:
         sources = net.weights_sources()
         set_tags(job.tracking_uri, config["mlflow_run_id"],
