@@ -60,6 +60,9 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet18", help="with --weights random")
     p.add_argument("--curve-every", type=int, help="checkpoint and score the test split's first 256 instances every "
                    "this many iterations, and print the learning curve (default: only at the end)")
+    p.add_argument("--transform-ramp", type=float, default=1.0,
+                   help="share of the run over which Eq. 3's transformation ranges grow from 0 to full (Supplement "
+                   "A: 1.0, the whole run; 0.25 of 2400 iterations reaches them at 600)")
     p.add_argument("--out", default="benchmarks/out/accuracy")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit, jobs/resources.py)")
     args = p.parse_args()
@@ -82,7 +85,8 @@ def main() -> None:
             generate(cat, data, args.n, seed=0, size=args.size)
         cells += [Cell(card=f"synth_{cat}", shots=args.shots, variant=v, seed=s, data=str(data))
                   for v in variants for s in seeds]
-    options = dict(iterations=args.iterations, size=args.size, log_every=100, checkpoint_every=args.curve_every or args.iterations,
+    options = dict(iterations=args.iterations, size=args.size, log_every=100, transform_ramp=args.transform_ramp,
+                   checkpoint_every=args.curve_every or args.iterations,
                    experiment=f"accuracy-{args.weights}", tracking_uri=f"sqlite:///{out}/mlflow.db",
                    storage_path=str(out / "runs"), **weight_options(args.weights, args.backbone))
     t0 = time.time()
@@ -99,7 +103,8 @@ def main() -> None:
                 metrics.setdefault((o.cell.card, o.cell.variant), []).append(run.data.metrics)
                 finished.setdefault((o.cell.card, o.cell.variant), []).append(o.run_id)
     print(f"\naccuracy benchmark: {args.shots} k-means shots, {args.iterations} iterations, {args.size}px, "
-          f"weights {args.weights} ({options['backbone']}), seeds {args.seeds}; {machine_summary()}; "
+          f"weights {args.weights} ({options['backbone']}), seeds {args.seeds}, Eq. 3 ramp {args.transform_ramp}; "
+          f"{machine_summary()}; "
           f"{took / 60:.1f} min for {len(cells)} trainings ({len(result.failed)} failed)")
     print("| category | metric | " + " | ".join(variants) + " | full / best baseline |")
     print("| --- | --- |" + " ---: |" * (len(variants) + 1))

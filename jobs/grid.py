@@ -33,6 +33,9 @@ PAPER_DATASET_ORDER = ("wflw", "syntheseyes", "cub", "atrw", "carfusion", "synth
 RESULT_PARAMS = ("iterations", "backbone", "size", "coefficients", "lr", "unlabeled_batch", "perceptual_vit",
                  "selection_backbone", "selection_weights",
                  "backbone_weights", "perceptual_weights", "pool", "precision")
+#: TrainJob fields that change a result, added after runs were recorded without them: part of a run's settings
+#: only where they differ from this default, so earlier runs keep their settings digest and still count
+LATER_RESULT_PARAMS = {"transform_ramp": "1.0"}
 #: MLflow tags of the sweep's own parent run (it has no "dataset" tag, so tables never count it)
 KIND_TAG, DRIVER_HOST_TAG, DRIVER_PID_TAG = "fskp.kind", "fskp.driver_host", "fskp.driver_pid"
 CELLS_ARTIFACT = "cells.json"
@@ -208,5 +211,13 @@ def job_settings(job) -> dict[str, str]:
     switches on (a changed definition of a variant's name is a changed setting)."""
     from models.variants import get_variant
 
-    return {**{k: str(getattr(job, k))[:500] for k in RESULT_PARAMS},
+    later = {k: str(getattr(job, k)) for k, default in LATER_RESULT_PARAMS.items() if str(getattr(job, k)) != default}
+    return {**{k: str(getattr(job, k))[:500] for k in RESULT_PARAMS}, **later,
             "variant_definition": get_variant(job.variant).definition}
+
+
+def same_settings(run_params: dict[str, str], wanted: dict[str, str]) -> bool:
+    """Were a run's MLflow params recorded with the settings ``wanted`` (``job_settings``)?  A later result
+    param the run lacks counts as its default (runs recorded before it existed)."""
+    return (all(run_params.get(k) == v for k, v in wanted.items())
+            and all(run_params.get(k, d) == wanted.get(k, d) for k, d in LATER_RESULT_PARAMS.items()))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jobs.grid import (CELLS_ARTIFACT, DRIVER_HOST_TAG, DRIVER_PID_TAG, KIND_TAG, Cell, all_runs,
-                       cell_order, result_params, settings_digest, unique_cells)
+                       cell_order, result_params, same_settings, settings_digest, unique_cells)
 from pipeline.prepared import is_prepared
 from pipeline.storage import join, resolve_location
 
@@ -174,7 +174,7 @@ def plan_sweep(cells: list[Cell], train_options: dict, experiment: str, tracking
     for cell in cells:
         same = [r for r in by_key.get(cell.key, [])
                 if r.data.params.get("data_fingerprint") == fingerprints[cell.data]
-                and all(r.data.params.get(k) == v for k, v in wanted[cell.variant].items())]
+                and same_settings(r.data.params, wanted[cell.variant])]
         finished = [r for r in same if r.info.status == "FINISHED"]
         running = [r for r in same if r.info.status == "RUNNING"]
         if finished:

@@ -35,6 +35,7 @@ class TrainJob:
     lr_schedule: str = "constant"           # constant (paper) | cosine (decays to lr/100; fskp label)
     rotation_deg: float = 60.0              # augmentation / Eq. 3 rotation range (Supplement A: +-60)
     flip_p: float = 0.5                     # augmentation / Eq. 3 flip probability (Supplement A: 0.5)
+    transform_ramp: float = 1.0             # share of the run over which Eq. 3's ranges grow (Supplement A: 1.0)
     unlabeled_batch: int = 16               # per worker; labeled batch is min(16, n_shots)
     workers: int = 1                        # Ray Train workers (data-parallel)
     gpu: bool = False                       # one GPU per worker (or gpu_fraction of one)
@@ -83,7 +84,8 @@ def build_model(card, job: TrainJob):
                                       image_size=job.size, perceptual_vit=job.perceptual_vit,
                                       perceptual_weights=job.perceptual_weights)
     loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d,
-                          rotation_deg=job.rotation_deg, flip_p=job.flip_p)
+                          rotation_deg=job.rotation_deg, flip_p=job.flip_p,
+                          transform_ramp=job.transform_ramp)
     optim_cfg = OptimConfig(lr=job.lr, lr_schedule=job.lr_schedule, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
                             seed=job.seed, precision=job.precision)
     return KeypointModel(model_cfg), loss_cfg, optim_cfg

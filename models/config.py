@@ -109,6 +109,8 @@ class LossConfig(_Dict):
     mask_ratio: float = 0.9               # fraction of patches masked out (Supplement A)
     mask_patch: int = 16                  # masking patch side in pixels (Supplement A)
     random_pairing_steps: int = 200       # Eq. 5 pairs at random before this iteration (§3.4)
+    transform_ramp: float = 1.0           # share of the run over which Eq. 3's ranges grow from 0 to full
+                                          # (Supplement A: 1.0, the whole run; 0: full from the first step)
     rotation_deg: float = 60.0            # Eq. 3 / supervised augmentation: rotation in +-deg (Supplement A)
     translation: float = 0.1              # translation in +- fraction of the image side
     scale_min: float = 0.9                # scale drawn in [scale_min, scale_max]
@@ -120,6 +122,14 @@ class LossConfig(_Dict):
         get_variant(self.variant)  # raises on an unknown name
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.transform_ramp <= 1.0:
+            raise ValueError(f"transform_ramp must be in [0, 1] (a share of the run), got {self.transform_ramp}")
+
+    def transform_strength(self, step: int, total_steps: int) -> float:
+        """How far Eq. 3's transformation ranges have grown at ``step``: 0 (identity) to 1 (the full ranges),
+        linearly over the first ``transform_ramp`` of ``total_steps`` (Supplement A: over the whole run)."""
+        ramp_steps = self.transform_ramp * max(total_steps, 1)
+        return 1.0 if ramp_steps <= 0 else min(step / ramp_steps, 1.0)
 
 
 @dataclass(frozen=True)

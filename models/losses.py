@@ -73,7 +73,7 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
     n_unlabeled, n_images = len(images) - len(labeled), len(images)
     geo2d = variant.geo2d and n_unlabeled > 0
     if geo2d:    # Eq. 3's T(I), detected in the same pass as I (one batch: faster, one set of BN statistics)
-        T = sample_transforms(n_unlabeled, min(step / max(total_steps, 1), 1.0), cfg, images.device)
+        T = sample_transforms(n_unlabeled, cfg.transform_strength(step, total_steps), cfg, images.device)
         det_all = model(torch.cat([images, warp_images(unlabeled, T)]))
         det, kp_transformed = Detection(*(x[:n_images] for x in det_all)), det_all.keypoints[n_images:]
     else:

@@ -224,3 +224,19 @@ def test_cosine_learning_rate_decays_from_lr_to_a_hundredth():
     assert OptimConfig(lr=1e-3).lr_at(77) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         OptimConfig(lr_schedule="step")
+
+
+def test_eq3_transformations_grow_over_the_configured_share_of_the_run(model, monkeypatch):
+    import models.losses
+
+    strengths = []
+    real = models.losses.sample_transforms
+    monkeypatch.setattr(models.losses, "sample_transforms",
+                        lambda n, strength, *a, **k: strengths.append(strength) or real(n, strength, *a, **k))
+    # (share of the run, step of 1200) -> Eq. 3's strength; the labeled images' augmentation is always 1.0
+    for ramp, step, wanted in ((1.0, 300, 0.25), (0.25, 150, 0.5), (0.25, 900, 1.0), (0.0, 0, 1.0)):
+        strengths.clear()
+        compute_losses(model, make_batch(), step, 1200, LossConfig(transform_ramp=ramp))
+        assert strengths == [1.0, wanted]
+    with pytest.raises(ValueError, match="transform_ramp"):
+        LossConfig(transform_ramp=1.5)

@@ -312,3 +312,18 @@ def test_coefficient_search_scores_validation_and_logs_the_best_set(tmp_path):
         in out.stdout
     val = {r.data.params["coefficients"]: r.data.metrics["val/nme"] for r in trainings}
     assert search.data.metrics["best/objective"] == pytest.approx(min(val.values()))
+
+
+def test_a_later_setting_keeps_earlier_runs_and_tells_other_values_apart():
+    from jobs.grid import result_params, same_settings, settings_digest
+
+    default = result_params({"iterations": 10}, "full")
+    ramped = result_params({"iterations": 10, "transform_ramp": 0.25}, "full")
+    assert "transform_ramp" not in default          # an earlier run's digest does not change
+    assert settings_digest(default, "d") != settings_digest(ramped, "d")
+    recorded_before = dict(default)                  # a run logged before the setting existed lacks its param
+    recorded_default = {**default, "transform_ramp": "1.0"}
+    recorded_ramped = {**default, "transform_ramp": "0.25"}
+    assert same_settings(recorded_before, default) and same_settings(recorded_default, default)
+    assert not same_settings(recorded_ramped, default)
+    assert same_settings(recorded_ramped, ramped) and not same_settings(recorded_before, ramped)
