@@ -33,6 +33,7 @@ class TrainJob:
     coefficients: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.1)   # few-shot, recon, 2D, 3D (§3.6)
     lr: float = 1e-4                        # Adam, betas (0.9, 0.99) (Supplement A)
     lr_schedule: str = "constant"           # constant (paper) | cosine (decays to lr/100; fskp label)
+    edge_weight_lr_scale: float = 1.0       # Eq. 12's gamma learns at this many times lr (AutoLink's code: 512)
     rotation_deg: float = 60.0              # augmentation / Eq. 3 rotation range (Supplement A: +-60)
     flip_p: float = 0.5                     # augmentation / Eq. 3 flip probability (Supplement A: 0.5)
     transform_ramp: float = 1.0             # share of the run over which Eq. 3's ranges grow (Supplement A: 1.0)
@@ -87,7 +88,7 @@ def build_model(card, job: TrainJob):
                           rotation_deg=job.rotation_deg, flip_p=job.flip_p,
                           transform_ramp=job.transform_ramp)
     optim_cfg = OptimConfig(lr=job.lr, lr_schedule=job.lr_schedule, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
-                            seed=job.seed, precision=job.precision)
+                            seed=job.seed, precision=job.precision, edge_weight_lr_scale=job.edge_weight_lr_scale)
     return KeypointModel(model_cfg), loss_cfg, optim_cfg
 
 
@@ -395,7 +396,7 @@ def train_func(config: dict) -> None:
             say(f"injected failure at step {step} (--fail-at-step)")
             os._exit(1)
         for group in optimizer.param_groups:
-            group["lr"] = optim_cfg.lr_at(step)
+            group["lr"] = optim_cfg.lr_at(step) * group.get("lr_scale", 1.0)
         idx = torch.randperm(len(shots["labeled"]), generator=gen)[:n_lab]
         batch = {k: v[idx] for k, v in shots.items()}
         if pool is not None:

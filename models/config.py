@@ -137,6 +137,9 @@ class OptimConfig(_Dict):
     lr: float = 1e-4                              # Adam learning rate (Supplement A)
     lr_schedule: str = "constant"                 # constant (Supplement A gives no schedule) | cosine (to lr/100)
     betas: tuple[float, float] = (0.9, 0.99)      # Adam betas (Supplement A)
+    edge_weight_lr_scale: float = 1.0             # the edge map weight gamma's (Eq. 12) rate over lr: at 1.0 Adam moves
+                                                  # it ~lr per step, so alpha stays ~softplus(-4) = 0.018 for thousands
+                                                  # of steps; AutoLink's code [20] learns its edge weights at 512x
     iterations: int = 20000                       # training steps; the 2D ranges grow over them (Supplement A)
     unlabeled_batch: int = 16                     # unlabeled images per step (Supplement A)
     max_labeled_batch: int = 16                   # labeled per step = min(this, n_examples) (Supplement A)

@@ -48,9 +48,17 @@ def prepare_for_training(model: KeypointModel, loss_cfg: LossConfig, optim_cfg: 
 
 
 def make_optimizer(model: KeypointModel | torch.nn.Module, cfg: OptimConfig) -> torch.optim.Adam:
-    """Adam, lr 1e-4, betas (0.9, 0.99) (Supplement A) over everything but the frozen ViT."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=params[0].device.type == "cuda")
+    """Adam, lr 1e-4, betas (0.9, 0.99) (Supplement A) over everything but the frozen ViT; the edge map's
+    weight gamma (Eq. 12) at ``cfg.edge_weight_lr_scale`` times the rate (each group's ``lr_scale``)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    edge_weight = [p for n, p in named if n.endswith("edges.gamma")]
+    rest = [p for n, p in named if not n.endswith("edges.gamma")]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if edge_weight:
+        groups.append({"params": edge_weight, "lr_scale": cfg.edge_weight_lr_scale})
+    for group in groups:
+        group["lr"] = cfg.lr * group["lr_scale"]
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, fused=named[0][1].device.type == "cuda")
 
 
 def train_step(model: KeypointModel | torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, step: int,

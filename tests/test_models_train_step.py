@@ -240,3 +240,28 @@ def test_eq3_transformations_grow_over_the_configured_share_of_the_run(model, mo
         assert strengths == [1.0, wanted]
     with pytest.raises(ValueError, match="transform_ramp"):
         LossConfig(transform_ramp=1.5)
+
+
+def test_the_edge_weight_learns_at_its_own_rate():
+    """Eq. 12's gamma moves ~lr per Adam step: at the paper's 1e-4 alpha stays ~0.018 for thousands of steps, so
+    ``edge_weight_lr_scale`` gives it its own rate (AutoLink's code); the other parameters keep lr."""
+    from models.config import OptimConfig
+
+    def gamma_after(scale: float, steps: int = 5) -> float:
+        torch.manual_seed(0)
+        net = KeypointModel(tiny_config())
+        optim_cfg = OptimConfig(edge_weight_lr_scale=scale)
+        net = prepare_for_training(net, LossConfig(), optim_cfg, "cpu")
+        optimizer = make_optimizer(net, optim_cfg)
+        assert sorted(g["lr"] for g in optimizer.param_groups) == sorted([1e-4, 1e-4 * scale])
+        for step in range(steps):
+            train_step(net, optimizer, make_batch(seed=step), step, 100, LossConfig(), precision="fp32")
+        return net.edges.gamma.item()
+
+    moved_plain, moved_scaled = abs(gamma_after(1.0) + 4.0), abs(gamma_after(100.0) + 4.0)
+    assert moved_plain <= 5 * 1e-4 * 1.01                       # Adam: at most ~lr per step
+    assert moved_scaled > 20 * moved_plain
+    supervised = make_optimizer(prepare_for_training(KeypointModel(tiny_config()), LossConfig(variant="supervised"),
+                                                     OptimConfig(edge_weight_lr_scale=512.0), "cpu"),
+                                OptimConfig(edge_weight_lr_scale=512.0))
+    assert [g["lr"] for g in supervised.param_groups] == [1e-4]     # no reconstruction: no edge weight to learn
