@@ -409,8 +409,9 @@ def train_func(config: dict) -> None:
         if device.type == "cpu" and not torch.isfinite(losses["loss"]):  # free on CPU; on GPU a sync: log steps only
             raise FloatingPointError(f"non-finite loss at step {done}; the last good checkpoint is kept")
         if done % job.log_every == 0 or done == job.iterations or done % job.checkpoint_every == 0:
+            edge = {"train/edge_alpha": float(net.edges.alpha)} if get_variant(job.variant).recon else {}  # Eq. 12
             metrics = _log_losses(job, config["mlflow_run_id"], losses, done, (done - last_log) / max(time.time() - t0, 1e-9),
-                                  counters, rank)
+                                  counters, rank, extra=edge)
             t0, last_log = time.time(), done
             if done % job.checkpoint_every == 0 and done < job.iterations:
                 if rank == 0 and job.evaluate_split:           # the learning curve: error vs iterations
@@ -437,13 +438,14 @@ def train_func(config: dict) -> None:
 
 
 def _log_losses(job: TrainJob, mlflow_run_id: str, losses: dict, done: int, rate: float, counters: dict,
-                rank: int) -> dict:
-    """The losses as floats (a host sync: log steps only), checked finite; rank 0 prints and logs them."""
+                rank: int, extra: dict | None = None) -> dict:
+    """The losses as floats (a host sync: log steps only), checked finite; rank 0 prints and logs them with
+    ``extra`` metrics (e.g. the edge map's weight)."""
     values = {k: float(v) for k, v in losses.items()}
     if not all(math.isfinite(v) for v in values.values()):
         bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
         raise FloatingPointError(f"non-finite loss ({bad}) at step {done}; the last good checkpoint is kept")
-    metrics = {**{f"train/{k}": v for k, v in values.items()}, "step": done, "it_per_s": rate,
+    metrics = {**{f"train/{k}": v for k, v in values.items()}, **(extra or {}), "step": done, "it_per_s": rate,
                "pool_skipped": counters["skipped"]}
     if rank == 0:
         terms = {k: v for k, v in values.items() if v != 0.0 or k in ("loss", "few_shot")}   # the variant's terms

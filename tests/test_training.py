@@ -69,6 +69,8 @@ def test_train_records_params_metrics_and_artifacts(ray_local, tiny_data, tmp_pa
     assert 0 <= metrics["test/aligned_3d_error"] < 1000                      # 3D error after similarity alignment
     history = client.get_metric_history(result.run_id, "train/loss")
     assert [m.step for m in history] == [2, 4, 6, 8]        # losses along training, logged by rank 0
+    alpha = client.get_metric_history(result.run_id, "train/edge_alpha")    # the edge map's weight (Eq. 12)
+    assert [m.step for m in alpha] == [2, 4, 6, 8] and all(0.0 < m.value < 1.0 for m in alpha)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert "shots.json" in artifacts
     evaluation = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
