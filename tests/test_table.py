@@ -222,6 +222,9 @@ def test_the_quickstart_says_whether_the_papers_ordering_holds():
     assert "does not hold everywhere" in lines[-1]
     pck = ordering_verdict({("full", "10"): 60.0, ("supervised", "10"): 50.0}, ["10"], lower_is_better=False)
     assert pck == ["full vs supervised: better at 10 shots."]
+    assert "random weights" not in lines[-1] and "collapsed" not in lines[-1]      # only what applies is said
+    why = ordering_verdict(measured, shots, random_weights=True, collapsed=["full at 1 shots"])[-1]
+    assert "random weights where marked †" in why and "collapsed toward one point in full at 1 shots" in why
     shrinking = {**held, ("supervised", "50"): 40.0}
     assert "more shots, better supervised: no (35.0 -> 25.0 -> 40.0)." in ordering_verdict(shrinking, shots)
     assert "does not hold everywhere" in ordering_verdict(shrinking, shots)[-1]
