@@ -37,6 +37,7 @@ class TrainJob:
     rotation_deg: float = 60.0              # augmentation / Eq. 3 rotation range (Supplement A: +-60)
     flip_p: float = 0.5                     # augmentation / Eq. 3 flip probability (Supplement A: 0.5)
     transform_ramp: float = 1.0             # share of the run over which Eq. 3's ranges grow (Supplement A: 1.0)
+    mask_patch: int = 16                    # Eq. 9's masking patch side in pixels (Supplement A: 16 at 128 px)
     unlabeled_batch: int = 16               # per worker; labeled batch is min(16, n_shots)
     workers: int = 1                        # Ray Train workers (data-parallel)
     gpu: bool = False                       # one GPU per worker (or gpu_fraction of one)
@@ -86,7 +87,7 @@ def build_model(card, job: TrainJob):
                                       perceptual_weights=job.perceptual_weights)
     loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d,
                           rotation_deg=job.rotation_deg, flip_p=job.flip_p,
-                          transform_ramp=job.transform_ramp)
+                          transform_ramp=job.transform_ramp, mask_patch=job.mask_patch)
     optim_cfg = OptimConfig(lr=job.lr, lr_schedule=job.lr_schedule, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
                             seed=job.seed, precision=job.precision, edge_weight_lr_scale=job.edge_weight_lr_scale)
     return KeypointModel(model_cfg), loss_cfg, optim_cfg
@@ -635,6 +636,9 @@ def check_job(job: TrainJob, ds) -> None:
         if get_variant(job.variant).recon and not ds.card.links:
             problems.append(f"variant {job.variant!r} draws edge maps from the card's links, and card "
                             f"{ds.card.name!r} has none: give links (--links) or use --variant no-recon/supervised")
+        if get_variant(job.variant).recon and (job.mask_patch < 1 or job.size % job.mask_patch):
+            problems.append(f"mask_patch {job.mask_patch}: Eq. 9 masks square patches, so it must divide --size "
+                            f"{job.size}")
         missing = get_variant(job.variant).depth_supervised and _row_without_3d_labels(ds)
         if missing:
             problems.append(f"variant {job.variant!r} learns depth from 3D keypoints, and the train split has "

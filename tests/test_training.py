@@ -166,6 +166,16 @@ def test_multi_worker_runs_refuse_fractional_gpus(tiny_data, tmp_path):
     check_job(small_job(tiny_data, tmp_path, workers=1, gpu=True, gpu_fraction=0.5), PreparedDataset(tiny_data))
 
 
+def test_a_masking_patch_that_does_not_divide_the_size_is_refused_before_ray(tiny_data, tmp_path):
+    from jobs.training import check_job
+    from pipeline.prepared import PreparedDataset
+
+    with pytest.raises(ValueError, match="mask_patch 12: .* must divide --size 64"):
+        check_job(small_job(tiny_data, tmp_path, mask_patch=12), PreparedDataset(tiny_data))
+    check_job(small_job(tiny_data, tmp_path, mask_patch=8), PreparedDataset(tiny_data))
+    check_job(small_job(tiny_data, tmp_path, mask_patch=12, variant="supervised"), PreparedDataset(tiny_data))
+
+
 def test_table_2_baseline_learns_depth_from_the_3d_keypoints_through_ray(ray_local, tiny_data, tmp_path):
     """--variant xiao-depth: the shots' 3D keypoints reach the Train worker as depth labels and the depth term
     is trained and logged; data without 3D keypoints is refused before Ray starts, saying what to use."""
