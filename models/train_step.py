@@ -51,8 +51,9 @@ def make_optimizer(model: KeypointModel | torch.nn.Module, cfg: OptimConfig) -> 
     """Adam, lr 1e-4, betas (0.9, 0.99) (Supplement A) over everything but the frozen ViT; the edge map's
     weight gamma (Eq. 12) at ``cfg.edge_weight_lr_scale`` times the rate (each group's ``lr_scale``)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    edge_weight = [p for n, p in named if n.endswith("edges.gamma")]
-    rest = [p for n, p in named if not n.endswith("edges.gamma")]
+    own_rate = cfg.edge_weight_lr_scale != 1.0           # else one group, as checkpoints before this option hold
+    edge_weight = [p for n, p in named if own_rate and n.endswith("edges.gamma")]
+    rest = [p for n, p in named if not (own_rate and n.endswith("edges.gamma"))]
     groups = [{"params": rest, "lr_scale": 1.0}]
     if edge_weight:
         groups.append({"params": edge_weight, "lr_scale": cfg.edge_weight_lr_scale})
