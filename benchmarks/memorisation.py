@@ -87,6 +87,7 @@ def main() -> None:
     args = p.parse_args()
 
     from jobs.evaluation import load_checkpoint
+    from models.variants import get_variant
     from pipeline.prepared import PreparedDataset, rows_to_arrays
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else last_checkpoint(Path(args.run_dir))
@@ -104,7 +105,7 @@ def main() -> None:
     for name, arrays in groups.items():
         plain, moved = score(model, arrays, ds.size, False), score(model, arrays, ds.size, True)
         print(f"| {name} ({len(arrays['images'])}) | {plain[0]:.1f} / {plain[1]:.3f} | {moved[0]:.1f} / {moved[1]:.3f} |")
-    if state["job"]["variant"] not in ("supervised", "xiao", "xiao-depth"):
+    if get_variant(state["job"]["variant"]).recon:                      # the variant has a UNet to ask
         use = edge_use(model, groups["test images"], ds.size, patch=int(state["job"].get("mask_patch", 16)))
         print(f"\nEq. 9 on the test images (pixel L1, same masks), alpha = {use['alpha']:.4f} (initial "
               f"softplus(-4) = 0.0181): own edges {use['own']:.4f}, the labels' edges {use['true']:.4f}, "
