@@ -5,8 +5,8 @@ A model that is right on its shots and collapsed (spread ratio near 0: every key
 else has told its labeled images apart from the rest: the few-shot loss (Eq. 2) holds only on them, and the
 unsupervised losses are free to pull the other predictions together.
 
-Then whether the reconstruction (Eq. 9) can hold them apart: the edge map's weight alpha (Eq. 12) and Eq. 9's
-pixel L1 on the test images, with the same masks, given the edges of the model's own keypoints, of the true
+Then whether the reconstruction (Eq. 9) can hold them apart: the edge map's weight alpha (Eq. 12) and Eq. 9
+(and its pixel L1) on the test images, with the same masks, given the edges of the model's own keypoints, of the true
 keypoints, and no edges at all.  A UNet that rebuilds the image as well without edges as with them gives the
 keypoints no reason to spread out.
 
@@ -53,28 +53,30 @@ def score(model, arrays: dict, size: int, augment: bool, seed: int = 0) -> tuple
     return float(np.nanmean(error) * size / 2), float(spread_ratio(pred, target, visible))
 
 
-def edge_use(model, arrays: dict, size: int, patch: int = 16, ratio: float = 0.9) -> dict[str, float]:
-    """Eq. 9's pixel L1 on ``arrays`` with the edge maps of the predicted keypoints, of the labels (every keypoint
-    certain), and none (same masks); and alpha, the edge map's weight (Eq. 12)."""
+def edge_use(model, arrays: dict, size: int, patch: int = 16, ratio: float = 0.9) -> dict[str, tuple[float, float]]:
+    """Eq. 9 and its pixel L1 on ``arrays`` with the edge maps of the predicted keypoints, of the labels (every
+    keypoint certain), and none (same masks): {"own" | "labels" | "none": (eq9, l1)}; and "alpha", the edge map's
+    weight (Eq. 12)."""
     import torch
     import torch.nn.functional as F
 
-    from models.reconstruction import random_patch_mask
+    from models.reconstruction import random_patch_mask, reconstruction_loss
 
     images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float() / 255
     labels = torch.from_numpy(arrays["keypoints"] / size * 2 - 1).float()
     with torch.no_grad():
         det = model.detector(images)
         torch.manual_seed(0)
-        masked = images * random_patch_mask(len(images), size, patch, ratio)
+        mask = random_patch_mask(len(images), size, patch, ratio)
 
-        def l1(edges):
-            edges = F.interpolate(edges, size=images.shape[-2:], mode="bilinear", align_corners=False)
-            return F.l1_loss(model.unet(torch.cat([masked, edges], dim=1)), images).item()
+        def eq9(edges):
+            loss, rebuilt = reconstruction_loss(model.unet, model.perceptual, images, edges, ratio, patch, mask=mask)
+            return loss.item(), F.l1_loss(rebuilt, images).item()
 
         own = model.edges(det.keypoints, det.certainty)
         true = model.edges(labels, torch.full_like(det.certainty, 10.0))
-        return {"alpha": model.edges.alpha.item(), "own": l1(own), "true": l1(true), "none": l1(torch.zeros_like(own))}
+        return {"alpha": model.edges.alpha.item(), "own": eq9(own), "labels": eq9(true),
+                "none": eq9(torch.zeros_like(own))}
 
 
 def main() -> None:
@@ -107,9 +109,10 @@ def main() -> None:
         print(f"| {name} ({len(arrays['images'])}) | {plain[0]:.1f} / {plain[1]:.3f} | {moved[0]:.1f} / {moved[1]:.3f} |")
     if get_variant(state["job"]["variant"]).recon:                      # the variant has a UNet to ask
         use = edge_use(model, groups["test images"], ds.size, patch=int(state["job"].get("mask_patch", 16)))
-        print(f"\nEq. 9 on the test images (pixel L1, same masks), alpha = {use['alpha']:.4f} (initial "
-              f"softplus(-4) = 0.0181): own edges {use['own']:.4f}, the labels' edges {use['true']:.4f}, "
-              f"no edges {use['none']:.4f}")
+        print(f"\nEq. 9 on the test images (same masks), alpha = {use['alpha']:.4f} (initial softplus(-4) = 0.0181); "
+              f"Eq. 9 / its pixel L1:")
+        for name, what in (("own", "own edges"), ("labels", "the labels' edges"), ("none", "no edges")):
+            print(f"  {what}: {use[name][0]:.4f} / {use[name][1]:.4f}")
 
 
 if __name__ == "__main__":

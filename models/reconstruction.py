@@ -151,14 +151,18 @@ def perceptual_network(name: str, image_size: int, weights: str = "auto") -> nn.
 
 
 def reconstruction_loss(unet: UNet, perceptual: nn.Module, images: torch.Tensor, edges: torch.Tensor,
-                        mask_ratio: float, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 9.  images [N, 3, H, W] in [0, 1]; edges [N, 1, R, R] (resized to H if R differs).
+                        mask_ratio: float, patch: int, mask: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 9.  images [N, 3, H, W] in [0, 1]; edges [N, 1, R, R] (resized to H if R differs); mask [N, 1, H, W]
+    (1 = kept) to reuse one, else a fresh ``random_patch_mask``.
 
     Returns (loss, reconstructed images [N, 3, H, W])."""
     N, _, H, W = images.shape
     if edges.shape[-1] != W:
         edges = F.interpolate(edges, size=(H, W), mode="bilinear", align_corners=False)
-    masked = images * random_patch_mask(N, H, patch, mask_ratio, images.device)
+    if mask is None:
+        mask = random_patch_mask(N, H, patch, mask_ratio, images.device)
+    masked = images * mask
     reconstructed = unet(torch.cat([masked, edges.to(masked.dtype)], dim=1))
     loss = F.l1_loss(reconstructed.float(), images.float()) + perceptual.loss(reconstructed, images)
     return loss, reconstructed

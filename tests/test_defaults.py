@@ -39,7 +39,7 @@ def test_reproduce_with_the_default_resources_completes(tmp_path):
 
     data = generate("face", tmp_path / "D", 40, seed=0, size=64, workers=1)
     out, took = fskp(["reproduce", "--datasets", str(data), "--shots", "10", "--variants", "full,supervised",
-                      "--iterations", "10", "--size", "64", "--experiment", "E"], tmp_path, bound_s=1200)
+                      "--iterations", "4", "--size", "64", "--experiment", "E"], tmp_path, bound_s=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "at most 2 at once" in out.stdout + out.stderr          # two trials share the two cores
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")                 # the default store, in the cwd
