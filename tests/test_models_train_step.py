@@ -160,6 +160,26 @@ def test_patch_mask_hides_ninety_percent_of_patches():
     assert not torch.equal(m[0], m[1])                                        # a fresh mask per image
 
 
+def test_reconstruction_with_a_given_mask_sees_only_its_kept_pixels(model):
+    """Eq. 9 with ``mask=``: the same mask gives the same loss (the UNet in eval mode), and pixels it hides do not
+    reach the UNet, whatever they hold; without one, a fresh random mask is drawn."""
+    from models.reconstruction import reconstruction_loss
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    edges = torch.rand(2, 1, 32, 32)
+    mask = random_patch_mask(2, 32, 8, 0.75)
+    model.unet.eval()
+    try:
+        rebuilt = [reconstruction_loss(model.unet, model.perceptual, x, edges, 0.75, 8, mask=mask)[1]
+                   for x in (images, torch.where(mask.bool(), images, torch.rand_like(images)))]
+        assert torch.equal(rebuilt[0], rebuilt[1])                  # hidden pixels changed, output did not
+        fresh = [reconstruction_loss(model.unet, model.perceptual, images, edges, 0.75, 8)[1] for _ in range(2)]
+        assert not torch.equal(fresh[0], fresh[1])
+    finally:
+        model.unet.train()
+
+
 def test_vit_features_are_the_last_keys_and_the_cls_token():
     torch.manual_seed(0)
     vit = VitPerceptual("vit_tiny_patch16_224", 32, "none")
