@@ -27,7 +27,9 @@ ROW_LABELS = {"full": "ours (full)", "supervised": "supervised baseline (same de
               "xiao": "Xiao et al. (heatmap regression)",
               "xiao-depth": "Xiao et al. + depth from 3D labels (Table 2's baseline)",
               "no-recon": "− image reconstruction", "no-2d": "− 2D geometry", "no-3d": "− 3D geometry",
-              "no-uncertainty": "− uncertainty", "no-label-aug": "− augmentation of the labeled images"}
+              "no-uncertainty": "− uncertainty", "no-label-aug": "− augmentation of the labeled images",
+              "only-recon": "supervised + image reconstruction only", "only-2d": "supervised + 2D geometry only",
+              "only-3d": "supervised + 3D geometry only"}
 MISSING = {"not run": "—", "running": "running", "failed": "failed", "no metric": "n/a"}
 
 

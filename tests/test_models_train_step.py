@@ -57,6 +57,9 @@ EXPECTED_GRADS = {  # which parts get gradients under each variant
     "no-uncertainty": {"backbone", "theta", "gamma", "unet", "heatmap_head", "depth_head"},
     "no-label-aug": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head", "depth_head"},
     "scale-free": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head", "depth_head"},
+    "only-recon": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head"},
+    "only-2d": {"backbone", "heatmap_head"},
+    "only-3d": {"backbone", "heatmap_head", "depth_head"},
     "supervised": {"backbone", "heatmap_head"},
     "xiao": {"backbone", "heatmap_head"},                   # heatmap regression: only the heatmaps are trained
     "xiao-depth": {"backbone", "heatmap_head", "depth_head"},   # and depth from the 3D labels
