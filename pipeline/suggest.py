@@ -32,6 +32,7 @@ from pipeline.atomic import atomic_path
 _EXACT_NN = 2048        # up to this many candidates the median nearest-neighbour distance is exact
 _NN_QUERIES = 256       # otherwise it is the median over this many seeded query candidates
 _BLOCK = 1 << 22        # elements of a similarity block (16 MiB of float32)
+_ROWS = 1 << 14         # embeddings normalised at once
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,12 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
     if len(cand) == 0 or n == 0:
         return []
 
-    e_all = _normalise(emb)
-    e = e_all[cand]                                              # [C, D]
+    e = _normalise(emb, None if len(cand) == n_frames else cand)   # [C, D], the only copy of the embeddings
     unc = _frame_uncertainty(u[cand])
     if len(lab):
         nov = 1.0 - _max_similarity(e, _normalise(lab))
     else:
-        centre = _normalise(e_all.mean(axis=0, dtype=np.float64)[None])[0]
+        centre = _normalise(_mean_unit_row(emb)[None])[0]
         nov = 1.0 - (e @ centre).astype(np.float64)
     nov = np.clip(nov, 0.0, 2.0)
 
@@ -173,11 +173,25 @@ def suggestion_sheet(images: list[np.ndarray], suggestions: list[Suggestion], co
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-def _normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm, as float32; all-zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0).astype(np.float32)
+def _normalise(x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``x`` (those indexed by ``rows``, else all) scaled to unit L2 norm, as a new float32 array; all-zero
+    rows stay zero.  Built a block at a time, so a long video's embeddings (float16) are copied once, not three
+    times."""
+    n = len(x) if rows is None else len(rows)
+    out = np.empty((n, np.shape(x)[1]), np.float32)
+    for start in range(0, n, _ROWS):
+        block = np.asarray(x[start:start + _ROWS] if rows is None else x[rows[start:start + _ROWS]], np.float32)
+        norm = np.linalg.norm(block, axis=1, keepdims=True)
+        out[start:start + _ROWS] = block / np.where(norm > 0, norm, 1.0).astype(np.float32)
+    return out
+
+
+def _mean_unit_row(x: np.ndarray) -> np.ndarray:
+    """[D] float64: the mean of ``x``'s rows scaled to unit length (``_normalise``), a block at a time."""
+    total = np.zeros(np.shape(x)[1], np.float64)
+    for start in range(0, len(x), _ROWS):
+        total += _normalise(x[start:start + _ROWS]).sum(axis=0, dtype=np.float64)
+    return total / max(len(x), 1)
 
 
 def _frame_uncertainty(u: np.ndarray) -> np.ndarray:

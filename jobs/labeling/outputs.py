@@ -212,12 +212,13 @@ def write_suggestions(preds, uncertainty: np.ndarray, out: Path, exclude: set[st
 
     if n <= 0:
         return {}
-    at = preds.index()
-    ok = [i for i, good in zip(preds.ids, preds.ok) if good]
-    rows = [at[i] for i in ok]
-    lab = [at[i] for i in labeled_ids if i in at]
-    emb = preds.embedding.astype(np.float32)
-    picks = suggest_frames(ok, uncertainty[rows], emb[rows], emb[lab], n=n, exclude=set(exclude))
+    readable = bool(preds.ok.all())             # a long video's arrays are passed as they are, not copied
+    rows = slice(None) if readable else np.flatnonzero(preds.ok)
+    ok = preds.ids if readable else [preds.ids[i] for i in rows]
+    labeled = set(labeled_ids)
+    lab = [i for i, frame_id in enumerate(preds.ids) if frame_id in labeled]
+    picks = suggest_frames(ok, uncertainty[rows], preds.embedding[rows], preds.embedding[lab].astype(np.float32),
+                           n=n, exclude=set(exclude))
     if not picks:
         return {}
     write_csv(out / "suggestions.csv", picks, {p.id: relative(p.id) for p in picks})
