@@ -29,7 +29,8 @@ ROW_LABELS = {"full": "ours (full)", "supervised": "supervised baseline (same de
               "no-recon": "− image reconstruction", "no-2d": "− 2D geometry", "no-3d": "− 3D geometry",
               "no-uncertainty": "− uncertainty", "no-label-aug": "− augmentation of the labeled images",
               "only-recon": "supervised + image reconstruction only", "only-2d": "supervised + 2D geometry only",
-              "only-3d": "supervised + 3D geometry only"}
+              "only-3d": "supervised + 3D geometry only",
+              "shared-batch": "supervised, unlabeled images in its batch (no term on them)"}
 MISSING = {"not run": "—", "running": "running", "failed": "failed", "no metric": "n/a"}
 
 

@@ -6,7 +6,9 @@ memorises its few shots and predicts one point on every other image, see ``no-la
 Eq. 3 and Eq. 5 by each predicted shape's spread, so that shrinking every prediction does not lower them (not
 the paper's; measured in the README); ``only-recon``, ``only-2d`` and ``only-3d`` are the other direction of
 Table 3: the supervised baseline (Eq. 2 on the augmented labeled images) plus one unsupervised term on the
-unlabeled images -- Eq. 9, Eq. 3 or Eq. 5 -- to see what each term does on its own;
+unlabeled images -- Eq. 9, Eq. 3 or Eq. 5 -- to see what each term does on its own; ``shared-batch`` is their
+control, the supervised baseline with the unlabeled images in its detector batch and no term on them (what sharing
+BatchNorm statistics with them does);
 ``supervised`` is the same detector trained on the labeled examples alone with the paper's few-shot loss
 (soft-argmax L1, Eq. 2) and standard augmentation; ``xiao`` is the baseline of Tables 1 and 5-7 as Xiao et
 al. [92] train it: heatmap regression (MSE to Gaussians around the labels, arg-max decoding with a quarter-pixel
@@ -54,6 +56,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("only-recon", geo2d=False, geo3d=False, smoothing=False),
     Variant("only-2d", recon=False, geo3d=False, uncertainty=False, smoothing=False),
     Variant("only-3d", recon=False, geo2d=False, uncertainty=False, smoothing=False),
+    Variant("shared-batch", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False),
     Variant("supervised", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False,
             unlabeled=False),
     Variant("xiao", recon=False, geo2d=False, geo3d=False, uncertainty=False, smoothing=False,

@@ -60,6 +60,7 @@ EXPECTED_GRADS = {  # which parts get gradients under each variant
     "only-recon": {"backbone", "theta", "gamma", "unet", "heatmap_head", "certainty_head"},
     "only-2d": {"backbone", "heatmap_head"},
     "only-3d": {"backbone", "heatmap_head", "depth_head"},
+    "shared-batch": {"backbone", "heatmap_head"},
     "supervised": {"backbone", "heatmap_head"},
     "xiao": {"backbone", "heatmap_head"},                   # heatmap regression: only the heatmaps are trained
     "xiao-depth": {"backbone", "heatmap_head", "depth_head"},   # and depth from the 3D labels
