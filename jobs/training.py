@@ -38,6 +38,7 @@ class TrainJob:
     flip_p: float = 0.5                     # augmentation / Eq. 3 flip probability (Supplement A: 0.5)
     transform_ramp: float = 1.0             # share of the run over which Eq. 3's ranges grow (Supplement A: 1.0)
     mask_patch: int = 16                    # Eq. 9's masking patch side in pixels (Supplement A: 16 at 128 px)
+    labeled_apart: bool = False             # labeled images detected in their own pass: BN statistics not shared
     unlabeled_batch: int = 16               # per worker; labeled batch is min(16, n_shots)
     workers: int = 1                        # Ray Train workers (data-parallel)
     gpu: bool = False                       # one GPU per worker (or gpu_fraction of one)
@@ -87,7 +88,8 @@ def build_model(card, job: TrainJob):
                                       perceptual_weights=job.perceptual_weights)
     loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d,
                           rotation_deg=job.rotation_deg, flip_p=job.flip_p,
-                          transform_ramp=job.transform_ramp, mask_patch=job.mask_patch)
+                          transform_ramp=job.transform_ramp, mask_patch=job.mask_patch,
+                          labeled_apart=job.labeled_apart)
     optim_cfg = OptimConfig(lr=job.lr, lr_schedule=job.lr_schedule, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
                             seed=job.seed, precision=job.precision, edge_weight_lr_scale=job.edge_weight_lr_scale)
     return KeypointModel(model_cfg), loss_cfg, optim_cfg

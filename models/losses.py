@@ -72,12 +72,16 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
     images = torch.cat([unlabeled, labeled]) if variant.unlabeled else labeled
     n_unlabeled, n_images = len(images) - len(labeled), len(images)
     geo2d = variant.geo2d and n_unlabeled > 0
+    apart = cfg.labeled_apart and n_unlabeled > 0        # the labeled images' BN statistics their own
+    detected = unlabeled if apart else images
     if geo2d:    # Eq. 3's T(I), detected in the same pass as I (one batch: faster, one set of BN statistics)
         T = sample_transforms(n_unlabeled, cfg.transform_strength(step, total_steps), cfg, images.device)
-        det_all = model(torch.cat([images, warp_images(unlabeled, T)]))
-        det, kp_transformed = Detection(*(x[:n_images] for x in det_all)), det_all.keypoints[n_images:]
+        det_all = model(torch.cat([detected, warp_images(unlabeled, T)]))
+        det, kp_transformed = Detection(*(x[:len(detected)] for x in det_all)), det_all.keypoints[len(detected):]
     else:
-        det = model(images)
+        det = model(detected)
+    if apart:
+        det = Detection(*(torch.cat([u, l]) for u, l in zip(det, model(labeled))))
 
     if variant.heatmap_regression:                                                                # Xiao et al.
         losses = {"few_shot": heatmap_loss(det.heatmaps[n_unlabeled:], target, visible)}
