@@ -8,7 +8,8 @@ unsupervised losses are free to pull the other predictions together.
 Then whether the reconstruction (Eq. 9) can hold them apart: the edge map's weight alpha (Eq. 12) and Eq. 9
 (and its pixel L1) on the test images, with the same masks, given the edges of the model's own keypoints, of the true
 keypoints, and no edges at all.  A UNet that rebuilds the image as well without edges as with them gives the
-keypoints no reason to spread out.
+keypoints no reason to spread out.  Last, each loss's gradient norm over the detector (Eq. 2, 3, 5 and 9), for one
+batch as the full method would train the checkpoint now: how hard each term pulls.
 
   python benchmarks/memorisation.py --run-dir RUN_STORAGE_FOLDER --data PREPARED_DATA   # its last checkpoint
   python benchmarks/memorisation.py --checkpoint CHECKPOINT --data PREPARED_DATA
@@ -79,6 +80,36 @@ def edge_use(model, arrays: dict, size: int, patch: int = 16, ratio: float = 0.9
                 "none": eq9(torch.zeros_like(own))}
 
 
+def gradient_shares(model, labeled: dict, unlabeled: dict, size: int, job: dict, draws: int = 3) -> dict[str, float]:
+    """Each loss's pull on the detector, as the full method would train this checkpoint now: the norm of its
+    gradient over the detector's parameters (coefficients not applied), for one batch of the run's labeled images
+    and 16 unlabeled ones at mid-run (Eq. 3's ranges half grown), mean over ``draws`` augmentation draws."""
+    import torch
+
+    from models.config import LossConfig
+    from models.losses import compute_losses
+
+    def tensor(a):
+        return torch.from_numpy(a["images"]).permute(0, 3, 1, 2).float() / 255
+
+    batch = {"labeled": tensor(labeled), "keypoints": torch.from_numpy(labeled["keypoints"] / size * 2 - 1).float(),
+             "visible": torch.from_numpy(labeled["visible"]), "unlabeled": tensor(unlabeled)[:16]}
+    cfg = LossConfig(variant="full", rotation_deg=float(job.get("rotation_deg", 60.0)),
+                     flip_p=float(job.get("flip_p", 0.5)), mask_patch=int(job.get("mask_patch", 16)))
+    params = [q for q in model.detector.parameters() if q.requires_grad]
+    norms: dict[str, list[float]] = {}
+    model.train()
+    for draw in range(draws):
+        torch.manual_seed(draw)
+        losses = compute_losses(model, batch, 1, 2, cfg)
+        for name in ("few_shot", "recon", "geo2d", "geo3d"):
+            grads = torch.autograd.grad(losses[name], params, retain_graph=True, allow_unused=True)
+            norms.setdefault(name, []).append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads
+                                                                   if g is not None))))
+    model.eval()
+    return {name: float(np.mean(v)) for name, v in norms.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -113,6 +144,11 @@ def main() -> None:
               f"Eq. 9 / its pixel L1:")
         for name, what in (("own", "own edges"), ("labels", "the labels' edges"), ("none", "no edges")):
             print(f"  {what}: {use[name][0]:.4f} / {use[name][1]:.4f}")
+    shares = gradient_shares(model, groups["its labeled images (shots)"], groups["unlabeled train images"], ds.size,
+                             state["job"])
+    print("\neach loss's gradient norm over the detector's parameters (coefficients not applied; Eq. 2 = 1): "
+          + ", ".join(f"{name} {value:.4g} ({value / max(shares['few_shot'], 1e-12):.3f})"
+                      for name, value in shares.items()))
 
 
 if __name__ == "__main__":
