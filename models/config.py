@@ -111,7 +111,8 @@ class LossConfig(_Dict):
     random_pairing_steps: int = 200       # Eq. 5 pairs at random before this iteration (§3.4)
     labeled_apart: bool = False           # detect the labeled images in a forward pass of their own, so BatchNorm's
                                           # batch statistics are not shared with the unlabeled images (not the
-                                          # paper's, which does not say; README: sharing them cost 7 NME here)
+                                          # paper's, which does not say; README: it rescues the supervised
+                                          # signal, but the full method then collapses on the unlabeled pass)
     transform_ramp: float = 1.0           # share of the run over which Eq. 3's ranges grow from 0 to full
                                           # (Supplement A: 1.0, the whole run; 0: full from the first step)
     rotation_deg: float = 60.0            # Eq. 3 / supervised augmentation: rotation in +-deg (Supplement A)
