@@ -32,23 +32,18 @@ def moved(keypoints, pixels: float, size: int, generator):
 def evaluate(edges, unet, perceptual, images, keypoints, mean_shape, mask, shifts, ratio, patch, size) -> dict:
     """Eq. 9 (and its pixel L1) on ``images`` with the fixed ``mask``, per edge map: {name: (eq9, l1)}."""
     import torch
-    import torch.nn.functional as F
 
-    from models.reconstruction import reconstruction_loss
+    from memorisation import eq9_and_l1
 
     generator = torch.Generator().manual_seed(0)
     maps = {"true keypoints": keypoints}
     maps |= {f"moved {d:g} px": moved(keypoints, d, size, generator) for d in shifts}
     maps["mean shape"] = mean_shape.expand_as(keypoints)
-    out = {}
     unet.eval()
     with torch.no_grad():
-        for name, kp in maps.items():
-            loss, rebuilt = reconstruction_loss(unet, perceptual, images, edges(kp, None), ratio, patch, mask=mask)
-            out[name] = (loss.item(), F.l1_loss(rebuilt, images).item())
-        zero = torch.zeros(len(images), 1, size, size)
-        loss, rebuilt = reconstruction_loss(unet, perceptual, images, zero, ratio, patch, mask=mask)
-        out["no edges"] = (loss.item(), F.l1_loss(rebuilt, images).item())
+        out = {name: eq9_and_l1(unet, perceptual, images, edges(kp, None), mask, ratio, patch)
+               for name, kp in maps.items()}
+    out["no edges"] = eq9_and_l1(unet, perceptual, images, torch.zeros(len(images), 1, size, size), mask, ratio, patch)
     unet.train()
     return out
 
@@ -72,6 +67,7 @@ def main() -> None:
 
     import torch
 
+    from memorisation import image_tensor
     from models.config import ModelConfig, OptimConfig
     from models.model import KeypointModel
     from models.precision import machine_summary
@@ -85,8 +81,7 @@ def main() -> None:
 
     def tensors(split: str, n: int | None = None):
         a = ds.arrays(split)
-        images = torch.from_numpy(a["images"][:n]).permute(0, 3, 1, 2).float() / 255
-        return images, torch.from_numpy(a["keypoints"][:n] / size * 2 - 1).float()
+        return image_tensor(a)[:n], torch.from_numpy(a["keypoints"][:n] / size * 2 - 1).float()
 
     train_images, train_kp = tensors("train")
     test_images, test_kp = tensors("test", args.n_test)

@@ -22,6 +22,25 @@ from pathlib import Path
 import numpy as np
 
 
+def image_tensor(arrays: dict):
+    """Prepared ``arrays``' images [N, H, W, 3] uint8 -> [N, 3, H, W] float in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float() / 255
+
+
+def eq9_and_l1(unet, perceptual, images, edges, mask, ratio: float, patch: int) -> tuple[float, float]:
+    """Eq. 9 and its pixel L1 for ``images`` rebuilt from ``edges`` with the fixed ``mask`` (no gradients)."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.reconstruction import reconstruction_loss
+
+    with torch.no_grad():
+        loss, rebuilt = reconstruction_loss(unet, perceptual, images, edges, ratio, patch, mask=mask)
+    return loss.item(), F.l1_loss(rebuilt, images).item()
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     """The newest ``checkpoint_<time>`` folder of a Ray Train run folder (names sort by time)."""
     found = sorted(p for p in run_dir.glob("checkpoint_2*") if (p / "model.pt").exists())
@@ -39,7 +58,7 @@ def score(model, arrays: dict, size: int, augment: bool, seed: int = 0) -> tuple
     from models.geometry import sample_transforms, transform_keypoints, warp_images
     from models.metrics import spread_ratio
 
-    images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float() / 255
+    images = image_tensor(arrays)
     target = torch.from_numpy(arrays["keypoints"] / size * 2 - 1).float()
     visible = arrays["visible"]
     if augment:
@@ -59,11 +78,10 @@ def edge_use(model, arrays: dict, size: int, patch: int = 16, ratio: float = 0.9
     keypoint certain), and none (same masks): {"own" | "labels" | "none": (eq9, l1)}; and "alpha", the edge map's
     weight (Eq. 12)."""
     import torch
-    import torch.nn.functional as F
 
-    from models.reconstruction import random_patch_mask, reconstruction_loss
+    from models.reconstruction import random_patch_mask
 
-    images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float() / 255
+    images = image_tensor(arrays)
     labels = torch.from_numpy(arrays["keypoints"] / size * 2 - 1).float()
     with torch.no_grad():
         det = model.detector(images)
@@ -71,8 +89,7 @@ def edge_use(model, arrays: dict, size: int, patch: int = 16, ratio: float = 0.9
         mask = random_patch_mask(len(images), size, patch, ratio)
 
         def eq9(edges):
-            loss, rebuilt = reconstruction_loss(model.unet, model.perceptual, images, edges, ratio, patch, mask=mask)
-            return loss.item(), F.l1_loss(rebuilt, images).item()
+            return eq9_and_l1(model.unet, model.perceptual, images, edges, mask, ratio, patch)
 
         own = model.edges(det.keypoints, det.certainty)
         true = model.edges(labels, torch.full_like(det.certainty, 10.0))
@@ -89,11 +106,9 @@ def gradient_shares(model, labeled: dict, unlabeled: dict, size: int, job: dict,
     from models.config import LossConfig
     from models.losses import compute_losses
 
-    def tensor(a):
-        return torch.from_numpy(a["images"]).permute(0, 3, 1, 2).float() / 255
-
-    batch = {"labeled": tensor(labeled), "keypoints": torch.from_numpy(labeled["keypoints"] / size * 2 - 1).float(),
-             "visible": torch.from_numpy(labeled["visible"]), "unlabeled": tensor(unlabeled)[:16]}
+    batch = {"labeled": image_tensor(labeled),
+             "keypoints": torch.from_numpy(labeled["keypoints"] / size * 2 - 1).float(),
+             "visible": torch.from_numpy(labeled["visible"]), "unlabeled": image_tensor(unlabeled)[:16]}
     cfg = LossConfig(variant="full", rotation_deg=float(job.get("rotation_deg", 60.0)),
                      flip_p=float(job.get("flip_p", 0.5)), mask_patch=int(job.get("mask_patch", 16)))
     params = [q for q in model.detector.parameters() if q.requires_grad]
