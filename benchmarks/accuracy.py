@@ -69,6 +69,9 @@ def main() -> None:
                    help="Eq. 9's masking patch side in pixels (Supplement A: 16 at 128 px; 8 keeps its grid at 64 px)")
     p.add_argument("--labeled-apart", action="store_true",
                    help="detect the labeled images in a pass of their own (BatchNorm statistics not shared)")
+    p.add_argument("--batch-norm", default="batch", choices=("batch", "frozen-backbone", "frozen"),
+                   help="batch: the detector's BatchNorm normalises by each batch (labeled and unlabeled images "
+                   "together); frozen-backbone: the backbone's at its pretrained statistics; frozen: all of them")
     p.add_argument("--out", default="benchmarks/out/accuracy")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit, jobs/resources.py)")
     args = p.parse_args()
@@ -93,7 +96,7 @@ def main() -> None:
                   for v in variants for s in seeds]
     options = dict(iterations=args.iterations, size=args.size, log_every=100, transform_ramp=args.transform_ramp,
                    edge_weight_lr_scale=args.edge_weight_lr_scale, mask_patch=args.mask_patch,
-                   labeled_apart=args.labeled_apart,
+                   labeled_apart=args.labeled_apart, batch_norm=args.batch_norm,
                    checkpoint_every=args.curve_every or args.iterations,
                    experiment=f"accuracy-{args.weights}", tracking_uri=f"sqlite:///{out}/mlflow.db",
                    storage_path=str(out / "runs"), **weight_options(args.weights, args.backbone))
@@ -113,7 +116,7 @@ def main() -> None:
     print(f"\naccuracy benchmark: {args.shots} k-means shots, {args.iterations} iterations, {args.size}px, "
           f"weights {args.weights} ({options['backbone']}), seeds {args.seeds}, Eq. 3 ramp {args.transform_ramp}, "
           f"edge weight lr x{args.edge_weight_lr_scale:g}, mask patch {args.mask_patch}px, labeled images "
-          f"{'apart' if args.labeled_apart else 'in the shared batch'}; "
+          f"{'apart' if args.labeled_apart else 'in the shared batch'}, BatchNorm {args.batch_norm}; "
           f"{machine_summary()}; "
           f"{took / 60:.1f} min for {len(cells)} trainings ({len(result.failed)} failed)")
     print("| category | metric | " + " | ".join(variants) + " | full / best baseline |")

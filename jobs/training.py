@@ -39,6 +39,7 @@ class TrainJob:
     transform_ramp: float = 1.0             # share of the run over which Eq. 3's ranges grow (Supplement A: 1.0)
     mask_patch: int = 16                    # Eq. 9's masking patch side in pixels (Supplement A: 16 at 128 px)
     labeled_apart: bool = False             # labeled images detected in their own pass: BN statistics not shared
+    batch_norm: str = "batch"               # batch | frozen-backbone (pretrained statistics) | frozen (models/config.py)
     unlabeled_batch: int = 16               # per worker; labeled batch is min(16, n_shots)
     workers: int = 1                        # Ray Train workers (data-parallel)
     gpu: bool = False                       # one GPU per worker (or gpu_fraction of one)
@@ -83,7 +84,7 @@ def build_model(card, job: TrainJob):
     few_shot, recon, geo2d, geo3d = job.coefficients
     decoding = "argmax" if get_variant(job.variant).heatmap_regression else "soft-argmax"
     model_cfg = ModelConfig.from_card(card, backbone=job.backbone, backbone_weights=job.backbone_weights,
-                                      keypoint_decoding=decoding,
+                                      keypoint_decoding=decoding, batch_norm=job.batch_norm,
                                       image_size=job.size, perceptual_vit=job.perceptual_vit,
                                       perceptual_weights=job.perceptual_weights)
     loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d,
@@ -633,6 +634,14 @@ def check_job(job: TrainJob, ds) -> None:
         ModelConfig.from_card(ds.card, backbone=job.backbone, image_size=job.size)
     except ValueError as e:
         problems.append(f"--size {job.size}: {e}")
+    try:
+        ModelConfig.from_card(ds.card, batch_norm=job.batch_norm)
+    except ValueError as e:
+        problems.append(str(e))
+    if job.batch_norm != "batch" and job.backbone_weights == "none":
+        problems.append(f"batch_norm {job.batch_norm!r} keeps the backbone's BatchNorm at its stored statistics, and "
+                        f"--backbone-weights none has none (mean 0, variance 1): use pretrained weights or "
+                        f"batch_norm 'batch'")
     try:
         LossConfig(variant=job.variant)
         if get_variant(job.variant).recon and not ds.card.links:

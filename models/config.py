@@ -35,6 +35,10 @@ class _Dict:
         return cls(**{k: _tuplify(v) for k, v in d.items()})
 
 
+#: ModelConfig.batch_norm: which of the detector's BatchNorm layers normalise by the batch while training
+BATCH_NORM_MODES = ("batch", "frozen-backbone", "frozen")
+
+
 @dataclass(frozen=True)
 class ModelConfig(_Dict):
     # --- the keypoint set (from the dataset card) ---
@@ -51,6 +55,10 @@ class ModelConfig(_Dict):
     keypoint_decoding: str = "soft-argmax"              # soft-argmax (Eq. 1) | argmax (Xiao et al.'s baseline)
     head_channels: int = 256                            # width of each deconvolution layer (Xiao: 256)
     depth_scale: float = 1.0                            # multiplies Eq. 4's depth; the head starts near 0 anyway
+    batch_norm: str = "batch"                           # batch: BatchNorm normalises by each training batch (the
+                                                        # paper's, which does not say); frozen-backbone: the
+                                                        # backbone's at its pretrained statistics; frozen: every
+                                                        # detector BatchNorm at its running statistics
     # --- edge map and reconstruction (§3.5) ---
     edge_resolution: int = 0                            # side at which edge maps are drawn; 0 = image_size
     unet_width: int = 16                                # channels of the UNet's first level, doubled per level
@@ -69,6 +77,8 @@ class ModelConfig(_Dict):
                     raise ValueError(f"{name}: index out of range 0..{K - 1} in {group}")
         if self.flip_permutation and sorted(self.flip_permutation) != list(range(K)):
             raise ValueError(f"flip_permutation is not a permutation of 0..{K - 1}")
+        if self.batch_norm not in BATCH_NORM_MODES:
+            raise ValueError(f"batch_norm must be one of {', '.join(BATCH_NORM_MODES)}, got {self.batch_norm!r}")
         if self.image_size % self.heatmap_stride or self.image_size % 2 ** (self.unet_levels - 1):
             raise ValueError(f"image_size {self.image_size} must be divisible by heatmap_stride "
                              f"{self.heatmap_stride} and by 2**(unet_levels-1) = {2 ** (self.unet_levels - 1)}")

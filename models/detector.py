@@ -89,6 +89,7 @@ class Detector(nn.Module):
         if cfg.keypoint_decoding not in ("soft-argmax", "argmax"):
             raise ValueError(f"keypoint_decoding must be soft-argmax or argmax, got {cfg.keypoint_decoding!r}")
         self.argmax = cfg.keypoint_decoding == "argmax"
+        self.batch_norm = cfg.batch_norm
         self.depth_scale = cfg.depth_scale
         self.backbone, self.weights_source = create_timm_model(cfg.backbone, cfg.backbone_weights,
                                                                features_only=True, out_indices=(-1,))
@@ -114,6 +115,17 @@ class Detector(nn.Module):
         self.register_buffer("mean", torch.tensor(data["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(data["std"]).view(1, 3, 1, 1), persistent=False)
         self.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True) -> "Detector":
+        """Training mode, except the BatchNorm layers ``batch_norm`` freezes: those normalise by their running
+        (for the backbone: pretrained) statistics and do not update them; their scale and shift still learn."""
+        super().train(mode)
+        if mode and self.batch_norm != "batch":
+            frozen = self.backbone if self.batch_norm == "frozen-backbone" else self
+            for m in frozen.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def maps(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, W] in [0, 1] -> [N, 3K, H/s, W/s] (the convolutional part; compilable)."""

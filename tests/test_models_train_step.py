@@ -109,6 +109,34 @@ def test_labeled_images_apart_keep_their_own_batch_norm_statistics(model):
     assert grad_norms(model)["backbone"] > 0
 
 
+@pytest.mark.parametrize("mode", ["frozen-backbone", "frozen"])
+def test_frozen_batch_norm_keeps_its_statistics_and_each_image_its_own_detection(mode):
+    """``batch_norm``: the frozen BatchNorm layers normalise by their stored statistics while training (so a labeled
+    image's detection does not depend on the unlabeled images beside it) and leave them as they were; their scale
+    and shift still learn, and the others keep normalising by the batch."""
+    torch.manual_seed(0)
+    model = KeypointModel(tiny_config(batch_norm=mode))
+    batch_norms = {name: m for name, m in model.detector.named_modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    frozen = {name for name in batch_norms if mode == "frozen" or name.startswith("backbone.")}
+    stored = {name: batch_norms[name].running_mean.clone() for name in batch_norms}
+    optimizer = make_optimizer(model, OptimConfig(lr=1e-2))
+    train_step(model, optimizer, make_batch(), 0, 10, LossConfig(variant="full"), precision="fp32")
+    assert {name for name, m in batch_norms.items() if not m.training} == frozen
+    assert frozen and all(torch.equal(batch_norms[n].running_mean, stored[n]) for n in frozen)
+    assert all(not torch.equal(batch_norms[n].running_mean, stored[n]) for n in set(batch_norms) - frozen)
+    assert any(batch_norms[n].weight.grad.abs().sum() > 0 for n in frozen)
+    images = make_batch(n_unlabeled=4, n_labeled=2)
+    with torch.no_grad():
+        alone = model.detector.maps(images["labeled"])
+        beside = model.detector.maps(torch.cat([images["unlabeled"], images["labeled"]]))[4:]
+    assert model.training
+    if mode == "frozen":
+        torch.testing.assert_close(beside, alone, rtol=1e-4, atol=1e-5)
+    else:          # the head's BatchNorm still normalises by the batch
+        assert not torch.allclose(beside, alone, rtol=1e-4, atol=1e-5)
+
+
 def test_each_loss_reaches_its_own_parameters(model):
     torch.manual_seed(2)
     losses = compute_losses(model, make_batch(), step=500, total_steps=1000, cfg=LossConfig())

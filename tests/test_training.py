@@ -176,6 +176,17 @@ def test_a_masking_patch_that_does_not_divide_the_size_is_refused_before_ray(tin
     check_job(small_job(tiny_data, tmp_path, mask_patch=12, variant="supervised"), PreparedDataset(tiny_data))
 
 
+def test_frozen_batch_norm_without_pretrained_statistics_is_refused_before_ray(tiny_data, tmp_path):
+    from jobs.training import check_job
+    from pipeline.prepared import PreparedDataset
+
+    with pytest.raises(ValueError, match="batch_norm 'frozen-backbone' .* --backbone-weights none"):
+        check_job(small_job(tiny_data, tmp_path, batch_norm="frozen-backbone"), PreparedDataset(tiny_data))
+    with pytest.raises(ValueError, match="batch_norm must be one of batch, frozen-backbone, frozen, got 'fixed'"):
+        check_job(small_job(tiny_data, tmp_path, batch_norm="fixed"), PreparedDataset(tiny_data))
+    check_job(small_job(tiny_data, tmp_path, batch_norm="batch"), PreparedDataset(tiny_data))
+
+
 def test_table_2_baseline_learns_depth_from_the_3d_keypoints_through_ray(ray_local, tiny_data, tmp_path):
     """--variant xiao-depth: the shots' 3D keypoints reach the Train worker as depth labels and the depth term
     is trained and logged; data without 3D keypoints is refused before Ray starts, saying what to use."""
