@@ -33,3 +33,15 @@ def test_errors_are_reported_cleanly(tmp_path, capsys):
     assert main(["cards", "--check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "unknown keypoint 'c'" in err
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "d"], ["reproduce", "--datasets", "d"],
+                                     ["label", "--project", "p", "--out", "o"]])
+def test_batch_norm_option_reaches_the_training_job(command):
+    from jobs.commands.train import job_kwargs
+
+    parser = build_parser()
+    assert job_kwargs(parser.parse_args(command))["batch_norm"] == "batch"
+    assert job_kwargs(parser.parse_args(command + ["--batch-norm", "frozen-backbone"]))["batch_norm"] == "frozen-backbone"
+    with pytest.raises(SystemExit):
+        parser.parse_args(command + ["--batch-norm", "fixed"])

@@ -50,6 +50,11 @@ def add_train_options(p) -> None:
     g.add_argument("--selection-weights", default="auto", metavar="auto|hub|package|none|FILE",
                    help="its weights, chosen the same way (offline: --selection-backbone efficientnet_lite0 "
                         "--selection-weights package)")
+    g.add_argument("--batch-norm", choices=["batch", "frozen-backbone", "frozen"], default="batch",
+                   help="batch (default): the detector's BatchNorm normalises by each training batch, labeled and "
+                        "unlabeled images together; frozen-backbone: the backbone's keeps its pretrained statistics "
+                        "(needs pretrained --backbone-weights); frozen: every detector BatchNorm keeps its stored ones "
+                        "(README: Accuracy, 'Which part holds the method back')")
     g.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker")
     g.add_argument("--gpu-fraction", type=float, default=1.0, help="share of a GPU per worker (<1 shares GPUs)")
@@ -101,7 +106,7 @@ def job_kwargs(args) -> dict:
     if len(coefficients) != 4:
         raise ValueError(f"--coefficients needs 4 numbers (few-shot, recon, 2D, 3D), got {args.coefficients!r}")
     return dict(iterations=args.iterations, backbone=args.backbone, size=args.size, seed=args.seed,
-                coefficients=coefficients, lr=args.lr, precision=args.precision,
+                coefficients=coefficients, lr=args.lr, precision=args.precision, batch_norm=args.batch_norm,
                 perceptual_vit=args.perceptual_vit, backbone_weights=args.backbone_weights,
                 perceptual_weights=args.perceptual_weights, selection_backbone=args.selection_backbone,
                 selection_weights=args.selection_weights, workers=args.workers, gpu=args.gpu,
