@@ -255,8 +255,10 @@ class Flow:
 
     def expected_local_files(self) -> set[Path]:
         """Files outside Ray's temp folder that are not the cells' doing: the token, Ray's own lock files (Ray
-        puts them in TMPDIR), MLflow's installation id (written by the MLflow client on first use)."""
-        return ({self.home / ".ray" / "auth_token", self.home / ".config" / "mlflow" / "telemetry.json"}
+        puts them in TMPDIR), MLflow's installation id (written by the MLflow client on first use), and the
+        bf16 probe's per-machine cache (models/precision.py; written only on CPUs with native bf16 but no AMX)."""
+        return ({self.home / ".ray" / "auth_token", self.home / ".config" / "mlflow" / "telemetry.json",
+                 self.home / ".cache" / "fskp" / "precision-probe.json"}
                 | set((self.node_tmp / "_ray_lockfiles").glob("*.lock")))
 
     def runs(self) -> list:
