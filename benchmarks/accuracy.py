@@ -25,6 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
+from models.config import BATCH_NORM_MODES
 from models.precision import machine_summary
 
 BASELINES = ("supervised", "xiao", "xiao-depth")   # xiao-depth: Table 2's, trained on 3D labels
@@ -69,7 +70,7 @@ def main() -> None:
                    help="Eq. 9's masking patch side in pixels (Supplement A: 16 at 128 px; 8 keeps its grid at 64 px)")
     p.add_argument("--labeled-apart", action="store_true",
                    help="detect the labeled images in a pass of their own (BatchNorm statistics not shared)")
-    p.add_argument("--batch-norm", default="batch", choices=("batch", "frozen-backbone", "frozen"),
+    p.add_argument("--batch-norm", default="batch", choices=BATCH_NORM_MODES,
                    help="batch: the detector's BatchNorm normalises by each batch (labeled and unlabeled images "
                    "together); frozen-backbone: the backbone's at its pretrained statistics; frozen: all of them")
     p.add_argument("--out", default="benchmarks/out/accuracy")

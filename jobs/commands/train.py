@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from models.config import BATCH_NORM_MODES
 from models.variants import VARIANTS
 
 HELP = "train and evaluate one model (Ray Train; one MLflow run)"
@@ -50,11 +51,11 @@ def add_train_options(p) -> None:
     g.add_argument("--selection-weights", default="auto", metavar="auto|hub|package|none|FILE",
                    help="its weights, chosen the same way (offline: --selection-backbone efficientnet_lite0 "
                         "--selection-weights package)")
-    g.add_argument("--batch-norm", choices=["batch", "frozen-backbone", "frozen"], default="batch",
+    g.add_argument("--batch-norm", choices=BATCH_NORM_MODES, default="batch",
                    help="batch (default): the detector's BatchNorm normalises by each training batch, labeled and "
                         "unlabeled images together; frozen-backbone: the backbone's keeps its pretrained statistics "
                         "(needs pretrained --backbone-weights); frozen: every detector BatchNorm keeps its stored ones "
-                        "(README: Accuracy, 'Which part holds the method back')")
+                        "(README: Accuracy, 'The detector's BatchNorm frozen')")
     g.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker")
     g.add_argument("--gpu-fraction", type=float, default=1.0, help="share of a GPU per worker (<1 shares GPUs)")
