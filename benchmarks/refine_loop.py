@@ -33,6 +33,7 @@ import numpy as np
 
 from dlc_reaching import FRAMES, drawn_frames, frame_error, suggested_frames, truth_and_predictions
 from models.precision import machine_summary
+from pipeline.suggest import RULES
 
 
 def main() -> None:
@@ -49,6 +50,9 @@ def main() -> None:
     p.add_argument("--round1", help="a finished fskp label output folder to read round 1 from")
     p.add_argument("--warm", action="store_true", help="round 2 continues from round 1's weights (--init-from)")
     p.add_argument("--round2-iterations", type=int, help="round 2's iterations (default: --iterations)")
+    p.add_argument("--suggest-by", choices=RULES, default=RULES[0], help="the suggestion rule (pipeline/suggest.py)")
+    p.add_argument("--reuse", help="an earlier --out of the same frame set: its round 1 (re-predicted when its "
+                                   "suggestions came from another rule) and its random round are reused")
     p.add_argument("--summarize", nargs="+", metavar="OUT", help="only print the table over finished --out "
                                                                  "folders (one per frame set), mean ± std")
     args = p.parse_args()
@@ -66,15 +70,17 @@ def main() -> None:
     options = dict(LABEL_DEFAULTS, iterations=args.iterations, threads=args.threads, variant=args.variant,
                    unlabeled_batch=4, experiment="refine-loop", tracking_uri=f"sqlite:///{out}/mlflow.db")
     first = FRAMES.split(",") if args.draw is None else [Path(f).name for f in drawn_frames(inp, args.draw)]
-    if args.round1 and not (out / "round1").exists():
-        trained = {Path(line).stem for line in (Path(args.round1) / "shots.txt").read_text().split()}
+    round1 = args.round1 or (args.reuse and str(Path(args.reuse) / "round1"))
+    if round1 and not (out / "round1").exists():
+        trained = {Path(line).stem for line in (Path(round1) / "shots.txt").read_text().split()}
         if trained != set(first):
-            raise SystemExit(f"--round1 {args.round1} trained on {sorted(trained)}, not on {sorted(first)}")
+            raise SystemExit(f"round 1 {round1} trained on {sorted(trained)}, not on {sorted(first)}")
         out.mkdir(parents=True, exist_ok=True)
-        if (Path(args.round1) / "confidence.npz").exists():
-            (out / "round1").symlink_to(Path(args.round1).resolve(), target_is_directory=True)
+        ranked_by = json.loads((Path(round1) / "label.json").read_text()).get("suggest_by", "outliers")
+        if (Path(round1) / "confidence.npz").exists() and ranked_by == args.suggest_by:
+            (out / "round1").symlink_to(Path(round1).resolve(), target_is_directory=True)
         else:
-            refinish(inp, Path(args.round1), out / "round1")
+            refinish(inp, Path(round1), out / "round1", args.suggest_by)
 
     def run(name: str, frames: list[str]) -> dict:
         where = out / name
@@ -83,7 +89,8 @@ def main() -> None:
             job_options = options if name == "round1" else dict(
                 options, iterations=args.round2_iterations or args.iterations,
                 init_from=resolve_init(str(out / "round1")) if args.warm else None)
-            label(inp, where, frames=frames, margin=0.1, job_options=job_options, overlay=False, suggestions=20)
+            label(inp, where, frames=frames, margin=0.1, job_options=job_options, overlay=False, suggestions=20,
+                  suggest_by=args.suggest_by)
             (where / "minutes.txt").write_text(f"{(time.time() - t0) / 60:.1f}\n")
         return {"name": name, "frames": frames, "out": where,
                 "minutes": float((where / "minutes.txt").read_text()) if (where / "minutes.txt").exists() else None}
@@ -92,12 +99,19 @@ def main() -> None:
     suggested = [Path(i).name for i in suggested_frames(out / "round1", args.add)]   # stems, as FRAMES
     held = sorted({Path(i.id).name for i in inp.labeled} - set(first))
     drawn = [str(f) for f in np.random.default_rng(0).choice(held, size=args.add, replace=False)]
+    earlier = Path(args.reuse or "", "round2-random")
+    if args.reuse and (earlier / "label.json").exists() and not (out / "round2-random").exists():
+        trained = {Path(line).stem for line in (earlier / "shots.txt").read_text().split()}
+        if trained != set(first + drawn):
+            raise SystemExit(f"{earlier} trained on {sorted(trained)}, not on {sorted(first + drawn)}")
+        (out / "round2-random").symlink_to(earlier.resolve(), target_is_directory=True)
     rounds += [run("round2-suggested", first + suggested), run("round2-random", first + drawn)]
 
     scored = sorted(set(held) - set(suggested) - set(drawn))
     round2 = (f"; round 2 {'from round 1' + chr(39) + 's weights' if args.warm else 'from scratch'}, "
               f"{args.round2_iterations or args.iterations} iterations")
     print(f"\nrefine loop on dlc-reaching ({args.variant}, {args.iterations} iterations{round2}, threads {args.threads or 'auto'}, "
+          f"suggested by {args.suggest_by}, "
           f"{machine_summary()}); scored on the {len(scored)} held-out frames no round "
           f"trained on")
     print(f"suggested by round 1: {', '.join(suggested)}; drawn at random: {', '.join(drawn)}")
@@ -117,7 +131,8 @@ def main() -> None:
     for name, (worse, worst, n) in earlier.items():
         print(f"{name}: on round 1's {n} training frames, {worse} got worse than in round 1 by more than 5 px "
               f"(largest change {worst:+.1f} px)")
-    (out / "refine_loop.json").write_text(json.dumps({"suggested": suggested, "random": drawn, "scored": scored,
+    (out / "refine_loop.json").write_text(json.dumps({"suggest_by": args.suggest_by, "variant": args.variant,
+                                                      "suggested": suggested, "random": drawn, "scored": scored,
                                                       "results": results, "round1_frames": earlier}, indent=2))
 
 
@@ -148,10 +163,11 @@ def summarize(folders: list[Path]) -> None:
             print(f"{name} {r}: {worse} of round 1's {n} frames worse by > 5 px (largest change {worst:+.1f} px)")
 
 
-def refinish(inp, finished: Path, where: Path) -> None:
-    """Round 1 from a `fskp label` run whose outputs predate the calibrated likelihood (no confidence.npz): its
-    checkpoint predicts every frame again and today's scoring, calibration and suggestions are written to
-    ``where`` (jobs/labeling/job.py predict_and_write).  The model is not trained again."""
+def refinish(inp, finished: Path, where: Path, suggest_by: str) -> None:
+    """Round 1 from a `fskp label` run whose outputs predate the calibrated likelihood (no confidence.npz) or
+    whose suggestions came from another rule: its checkpoint predicts every frame again and today's scoring,
+    calibration and ``suggest_by``'s suggestions are written to ``where`` (jobs/labeling/job.py
+    predict_and_write).  The model is not trained again."""
     import shutil
 
     from jobs.labeling.inputs import links_for_training
@@ -166,14 +182,16 @@ def refinish(inp, finished: Path, where: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copy(finished / "shots.txt", tmp / "shots.txt")
-    print(f"round 1: {finished} predates the calibrated likelihood; predicting again with its checkpoint")
+    print(f"round 1: predicting again with the checkpoint of {finished} (suggestions by {suggest_by})")
     report, outputs = predict_and_write(links_for_training(inp, train), tmp, summary["checkpoint"], train, held,
-                                        summary["crop_box"], overlay=False, suggestions=20)
-    if (finished / "benchmark.json").exists():
+                                        summary["crop_box"], overlay=False, suggestions=20, suggest_by=suggest_by)
+    if (finished / "minutes.txt").exists():
+        shutil.copy(finished / "minutes.txt", tmp / "minutes.txt")
+    elif (finished / "benchmark.json").exists():
         minutes = json.loads((finished / "benchmark.json").read_text())["minutes"]
         (tmp / "minutes.txt").write_text(f"{minutes:.1f}\n")
     summary.update(held_out=report, outputs={k: v.replace(str(tmp), str(where)) for k, v in outputs.items()},
-                   refinished_from=str(finished.resolve()))
+                   refinished_from=str(finished.resolve()), suggest_by=suggest_by)
     write_text_atomic(tmp / "label.json", json.dumps(summary, indent=2))
     tmp.rename(where)
 

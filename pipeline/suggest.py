@@ -1,22 +1,35 @@
-"""Suggest which frames to label next: frames the model is unsure about that are also diverse.
+"""Suggest which frames to label next, by one of two rules (``RULES``).
 
-Score of a candidate frame (one not in ``exclude``):
+Shared by both: a frame's ``uncertainty`` is the mean over keypoints of the per-keypoint uncertainty
+(1 - the likelihood the outputs write; NaN entries ignored; a frame with no finite value counts as the most
+uncertain of all); its ``novelty`` is the cosine distance (1 - cos, 0..2) from its embedding to the nearest
+labeled embedding, all embeddings L2-normalised first (an all-zero embedding is at distance 1 from everything);
+with no labeled embeddings, the distance to the mean of all N normalised embeddings.
 
-* ``uncertainty`` = mean over keypoints of the model's per-keypoint uncertainty (NaN entries ignored;
-  a frame with no finite value counts as the most uncertain of all);
-* ``novelty`` = cosine distance (1 - cos, 0..2) from the frame's embedding to its nearest labeled
-  embedding, all embeddings L2-normalised first (an all-zero embedding is at distance 1 from
-  everything).  With no labeled embeddings, the distance to the mean of all N normalised embeddings;
-* both become robust z-scores over the candidates, (x - median) / (1.4826 * MAD), so a frame far out
-  on either measure (a pose never labeled, a lighting change, a model in doubt) stands out by how far it
-  is, not only by its order, and ``base score = z(uncertainty) + z(novelty)``, shifted to start at 0.
+``coverage`` (the default): frames whose labels would reach the most uncertain frames.  A frame covers another
+as much as the kernel k(d) = exp(-(d / s)^2) of their cosine distance d, s = the median novelty (how far a
+typical frame is from the labeled ones); a labeled frame covers too.  The suggestions greedily maximise the
+uncertainty-weighted coverage of the pool (a facility-location objective)
 
-Diversity, greedily: take the candidate with the highest score; every remaining candidate's score
-becomes ``base score * min(1, d / r)``, d = cosine distance to the closest frame picked so far and
-r = the median nearest-neighbour cosine distance within a fixed, seeded sample of max(3n, 50) candidates
-(the spacing of frames spread like the suggestions, not of consecutive video frames), so neighbours of
-a picked frame sink; repeat.  Ties go to the smallest id.  Only distances to the picked frames are
-kept (updated one pick at a time): memory is O(N * D), never N x N.
+    F(S) = sum_j uncertainty_j * max over x in labeled + S of k(d(x, j)),
+
+each pick the candidate with the largest gain.  A lone outlier gains only its own uncertainty; a frame amid
+many uncertain frames far from every label gains theirs too, and its neighbours' gains fall once it is picked.
+Its score is that gain (non-increasing with rank).  Up to ``COVERAGE_POOL`` candidates take part; beyond that
+(a long video), a fixed seeded sample of them, picks included: O(P^2) memory, P <= 2,000 (16 MB of float32).
+With no labeled frames nothing is covered at first.
+
+``outliers``: frames unlike every labeled one that the model is unsure of -- the frames to check for failures.
+Both measures become robust z-scores over the candidates, (x - median) / (1.4826 * MAD), ``base score =
+z(uncertainty) + z(novelty)``, shifted to start at 0.  Diversity, greedily: take the candidate with the highest
+score; every remaining candidate's score becomes ``base score * min(1, d / r)``, d = cosine distance to the
+closest frame picked so far and r = the median nearest-neighbour cosine distance within a fixed, seeded sample
+of max(3n, 50) candidates (the spacing of frames spread like the suggestions, not of consecutive video frames),
+so neighbours of a picked frame sink; repeat.  Only distances to the picked frames are kept (updated one pick
+at a time): memory is O(N * D), never N x N.  On the reaching project, labeling its first 5 helped less than 5
+random frames (README, "Suggestions and the refine loop").
+
+Ties go to the smallest id under either rule.
 """
 from __future__ import annotations
 
@@ -33,6 +46,9 @@ _EXACT_NN = 2048        # up to this many candidates the median nearest-neighbou
 _NN_QUERIES = 256       # otherwise it is the median over this many seeded query candidates
 _BLOCK = 1 << 22        # elements of a similarity block (16 MiB of float32)
 _ROWS = 1 << 14         # embeddings normalised at once
+COVERAGE_POOL = 2000    # candidates the coverage rule weighs at most (a seeded sample beyond)
+#: the suggestion rules (module docstring); the first is the default
+RULES = ("coverage", "outliers")
 
 
 @dataclass(frozen=True)
@@ -49,8 +65,8 @@ class Suggestion:
 
 def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarray,
                    labeled_embeddings: np.ndarray, n: int = 20,
-                   exclude: set[str] | frozenset[str] = frozenset()) -> list[Suggestion]:
-    """Rank up to ``n`` frames to label next (see the module docstring for the score).
+                   exclude: set[str] | frozenset[str] = frozenset(), rule: str = RULES[0]) -> list[Suggestion]:
+    """Rank up to ``n`` frames to label next by ``rule`` (one of ``RULES``; the module docstring).
 
     ids: N unique frame ids.  uncertainty: [N, K] per-keypoint uncertainty in (0, 1), 0 = certain.
     embeddings: [N, D] frame embeddings.  labeled_embeddings: [M, D] embeddings of the frames already
@@ -61,6 +77,8 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
     n_frames = len(ids)
     if len(set(ids)) != n_frames:
         raise ValueError("ids must be unique")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     u = np.asarray(uncertainty, dtype=np.float64)
@@ -94,28 +112,66 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
     nov = np.clip(nov, 0.0, 2.0)
 
     top = np.nanmax(np.r_[unc, 0.0]) + 1e-6                     # no finite uncertainty: the most uncertain
-    base = _robust_z(np.where(np.isnan(unc), top, unc)) + _robust_z(nov)
-    base = base - base.min() + 1e-6
-    sample = np.random.default_rng(0).permutation(len(cand))[:max(3 * n, 50)]
-    radius = max(_median_nn_distance(e[np.sort(sample)]), 1e-6)
-
+    unc_filled = np.where(np.isnan(unc), top, unc)
     id_order = np.empty(len(cand), np.int64)                     # position of each candidate's id in sorted order
     id_order[sorted(range(len(cand)), key=lambda j: ids[cand[j]])] = np.arange(len(cand))
+    pick = _greedy_coverage if rule == "coverage" else _greedy_outliers
+    order, scores = pick(e, unc_filled, nov, min(n, len(cand)), id_order, labeled=len(lab) > 0)
+    return [Suggestion(rank=r, id=ids[cand[p]], score=float(sc), uncertainty=float(unc[p]), novelty=float(nov[p]))
+            for r, (p, sc) in enumerate(zip(order, scores), start=1)]
+
+
+def _best(score: np.ndarray, taken: np.ndarray, id_order: np.ndarray) -> int:
+    """The untaken candidate with the highest score, ties to the smallest id."""
+    masked = np.where(taken, -np.inf, score)
+    ties = np.flatnonzero(masked == masked.max())
+    return int(ties[np.argmin(id_order[ties])])
+
+
+def _greedy_outliers(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id_order: np.ndarray,
+                     labeled: bool):
+    """The ``outliers`` rule (module docstring): (picked candidate positions, their scores), best first."""
+    base = _robust_z(unc) + _robust_z(nov)
+    base = base - base.min() + 1e-6
+    sample = np.random.default_rng(0).permutation(len(e))[:max(3 * n, 50)]
+    radius = max(_median_nn_distance(e[np.sort(sample)]), 1e-6)
     score = base.copy()
-    d_min = np.full(len(cand), np.inf)
-    taken = np.zeros(len(cand), bool)
-    out: list[Suggestion] = []
-    for rank in range(1, min(n, len(cand)) + 1):
-        masked = np.where(taken, -np.inf, score)
-        ties = np.flatnonzero(masked == masked.max())
-        p = int(ties[np.argmin(id_order[ties])])
-        out.append(Suggestion(rank=rank, id=ids[cand[p]], score=float(score[p]),
-                              uncertainty=float(unc[p]), novelty=float(nov[p])))
+    d_min = np.full(len(e), np.inf)
+    taken = np.zeros(len(e), bool)
+    order, scores = [], []
+    for _ in range(n):
+        p = _best(score, taken, id_order)
+        order.append(p), scores.append(score[p])
         taken[p] = True
         d = np.clip(1.0 - (e @ e[p]).astype(np.float64), 0.0, 2.0)
         np.minimum(d_min, d, out=d_min)
         score = base * np.minimum(1.0, d_min / radius)
-    return out
+    return order, scores
+
+
+def _greedy_coverage(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id_order: np.ndarray,
+                     labeled: bool):
+    """The ``coverage`` rule (module docstring): (picked candidate positions, their gains), best first.
+    e [C, D] unit rows; unc, nov [C]; the labeled frames (if ``labeled``) enter through ``nov``, their coverage."""
+    pool = np.arange(len(e))
+    if len(pool) > COVERAGE_POOL:
+        pool = np.sort(np.random.default_rng(0).choice(len(e), COVERAGE_POOL, replace=False))
+    scale = float(np.median(nov[pool]))
+    if scale <= 0:
+        scale = max(_median_nn_distance(e[pool]), 1e-6)
+    kernel = np.clip(1.0 - e[pool] @ e[pool].T, 0.0, 2.0)                 # [P, P] cosine distances, float32
+    np.exp(-(kernel / np.float32(scale)) ** 2, out=kernel)
+    covered = (np.exp(-(nov[pool] / scale) ** 2) if labeled else np.zeros(len(pool))).astype(np.float32)
+    weight = unc[pool].astype(np.float32)
+    taken = np.zeros(len(pool), bool)
+    order, scores = [], []
+    for _ in range(min(n, len(pool))):
+        gain = np.maximum(kernel - covered[None, :], 0.0) @ weight              # [P]
+        p = _best(gain, taken, id_order[pool])
+        order.append(int(pool[p])), scores.append(gain[p])
+        taken[p] = True
+        np.maximum(covered, kernel[p], out=covered)
+    return order, scores
 
 
 def write_suggestions(path_csv: str | os.PathLike, suggestions: list[Suggestion],

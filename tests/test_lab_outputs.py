@@ -345,9 +345,12 @@ def distracted_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, keypoints
 
 
-def test_suggestions_rank_the_frames_the_model_gets_wrong_first(trained_checkpoint):
+@pytest.mark.parametrize("rule", ["outliers", "coverage"])
+def test_suggestions_rank_the_frames_the_model_gets_wrong_first(trained_checkpoint, rule):
     """fskp label's path on a generated set: the likelihood calibrated on held-out frames (some like the
-    training frames, some not) ranks, among new frames, the ones the model gets wrong first."""
+    training frames, some not) ranks, among new frames, the ones the model gets wrong first.  The outliers
+    rule fills its first 5 with them; the coverage rule starts with one and then spreads its picks (the
+    wrong frames are alike: after one of them, labeling the next adds less)."""
     import torch
 
     from jobs.evaluation import load_checkpoint
@@ -378,10 +381,14 @@ def test_suggestions_rank_the_frames_the_model_gets_wrong_first(trained_checkpoi
     kp, u, emb = predict(np.concatenate([easy, hard]))
     frame_err = error_px(kp, np.concatenate([easy_kp, hard_kp])).mean(1)
     ids = [f"easy{i:02d}" for i in range(30)] + [f"hard{i:02d}" for i in range(10)]
-    picks = suggest_frames(ids, 1 - calibration.likelihood(u, emb), emb, reference, n=10)
+    picks = suggest_frames(ids, 1 - calibration.likelihood(u, emb), emb, reference, n=10, rule=rule)
     picked = np.array([frame_err[ids.index(p.id)] for p in picks])
     top = picked[:5]
     assert frame_err[30:].mean() > 1.5 * frame_err[:30].mean()         # the distracted frames are the wrong ones
+    worst = np.percentile(frame_err, 70)
+    if rule == "coverage":       # measured on an AMD EPYC: 4 of the first 6 among the worst 30 %, top 5 at 1.4x the mean
+        assert picked[0] > worst and top.mean() > 1.2 * frame_err.mean(), (picked, worst)
+        return
     # at least 4 of the first 5 among the 30 % worst frames: 5 random picks do that with probability 0.02
-    assert (top > np.percentile(frame_err, 70)).sum() >= 4, (picked, np.percentile(frame_err, 70))
+    assert (top > worst).sum() >= 4, (picked, worst)
     assert top.mean() > 1.5 * frame_err.mean()

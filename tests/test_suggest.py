@@ -1,4 +1,5 @@
-"""Frame suggestions: uncertain, novel and diverse frames come first; exclusions, shapes and the CSV."""
+"""Frame suggestions: the coverage rule's representative uncertain frames, the outliers rule's novel ones, both
+diverse; exclusions, shapes and the CSV."""
 from __future__ import annotations
 
 import csv
@@ -6,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from pipeline.suggest import Suggestion, suggest_frames, suggestion_sheet, write_suggestions
+from pipeline.suggest import RULES, Suggestion, suggest_frames, suggestion_sheet, write_suggestions
 
 S = 64
 
@@ -52,20 +53,20 @@ def disc_set():
     return ids, emb, labeled
 
 
-def test_frames_unlike_the_labeled_ones_rank_first(disc_set):
+def test_outliers_rule_ranks_frames_unlike_the_labeled_ones_first(disc_set):
     ids, emb, labeled = disc_set
     exclude = {ids[i] for i in labeled}
     outlier_ids = set(ids[60:])
 
     # Low, random uncertainty: the outliers are the four most novel frames whatever it is ...
     u = np.random.default_rng(1).uniform(0.1, 0.3, (len(ids), 5))
-    every = suggest_frames(ids, u, emb, emb[labeled], n=len(ids), exclude=exclude)
+    every = suggest_frames(ids, u, emb, emb[labeled], n=len(ids), exclude=exclude, rule="outliers")
     novelty = {s.id: s.novelty for s in every}
     assert min(novelty[i] for i in outlier_ids) > max(v for k, v in novelty.items() if k not in outlier_ids)
 
     # ... and they rank first: far out on novelty (robust z-scores), which random low uncertainty cannot outweigh
     assert {s.id for s in every[:4]} == outlier_ids
-    top = suggest_frames(ids, np.full((len(ids), 5), 0.2), emb, emb[labeled], n=6, exclude=exclude)
+    top = suggest_frames(ids, np.full((len(ids), 5), 0.2), emb, emb[labeled], n=6, exclude=exclude, rule="outliers")
     assert {s.id for s in top[:4]} == outlier_ids
     assert [s.rank for s in top] == [1, 2, 3, 4, 5, 6]
     assert all(a.score >= b.score for a, b in zip(top, top[1:]))
@@ -79,24 +80,26 @@ def _equally_novel(n: int, dim: int = 64):
     return emb.astype(np.float32), eye[:1]
 
 
-def test_uncertainty_orders_equally_novel_frames():
+@pytest.mark.parametrize("rule", RULES)
+def test_uncertainty_orders_equally_novel_frames(rule):
     n = 30
     emb, labeled = _equally_novel(n)
     rng = np.random.default_rng(2)
     u = rng.uniform(0.05, 0.95, (n, 4))
     u[3, 1] = np.nan                                       # ignored by the mean, not poisoning the frame
     ids = [f"f{i:02d}" for i in rng.permutation(n)]        # ids unrelated to uncertainty: ties by id can't fake it
-    out = suggest_frames(ids, u, emb, labeled, n=n)
+    out = suggest_frames(ids, u, emb, labeled, n=n, rule=rule)
     assert len({round(s.novelty, 6) for s in out}) == 1
     by_uncertainty = [ids[i] for i in np.argsort(-np.nanmean(u, axis=1), kind="stable")]
     assert [s.id for s in out] == by_uncertainty
     assert np.isfinite([s.uncertainty for s in out]).all()
 
     u[5] = np.nan                                          # no uncertainty at all: counted as the most uncertain
-    assert suggest_frames(ids, u, emb, labeled, n=1)[0].id == ids[5]
+    assert suggest_frames(ids, u, emb, labeled, n=1, rule=rule)[0].id == ids[5]
 
 
-def test_near_duplicates_do_not_crowd_the_top():
+@pytest.mark.parametrize("rule", RULES)
+def test_near_duplicates_do_not_crowd_the_top(rule):
     rng = np.random.default_rng(3)
     dim = 64
     labeled = rng.normal(size=(5, dim)).astype(np.float32)
@@ -107,7 +110,7 @@ def test_near_duplicates_do_not_crowd_the_top():
     u = np.vstack([rng.uniform(0.8, 0.9, (10, 3)), rng.uniform(0.1, 0.7, (30, 3))])
     ids = [f"dup{i}" for i in range(10)] + [f"other{i:02d}" for i in range(30)]
 
-    out = suggest_frames(ids, u, emb, labeled, n=len(ids))
+    out = suggest_frames(ids, u, emb, labeled, n=len(ids), rule=rule)
     by_id = {s.id: s for s in out}
     # Without the diversity step the duplicates would be the top 10: most uncertain and most novel.
     assert min(by_id[f"dup{i}"].uncertainty for i in range(10)) > max(by_id[f"other{i:02d}"].uncertainty for i in range(30))
@@ -118,6 +121,49 @@ def test_near_duplicates_do_not_crowd_the_top():
     assert top3[0].startswith("dup")
     assert {f"dup{i}" for i in range(10)} <= set(by_id)        # pushed down, not dropped
     assert all(a.score >= b.score for a, b in zip(out, out[1:]))
+
+
+def test_coverage_rule_prefers_an_unlabeled_crowd_to_lone_outliers(disc_set):
+    """Discs on the left are labeled, those on the right are not; four outliers are unlike everything.  The
+    outliers rule puts the outliers first (above); the coverage rule starts in the unlabeled right half, where
+    one label reaches many uncertain frames, and spreads its picks there before any outlier."""
+    ids, emb, _ = disc_set
+    rng = np.random.default_rng(0)
+    centres = [(rng.uniform(18, 46, 2), rng.uniform(8, 12))[0] for _ in range(60)]   # the fixture's draws
+    left = [i for i, (cx, _) in enumerate(centres) if cx < 28]
+    right = [i for i, (cx, _) in enumerate(centres) if cx > 36]
+    assert len(left) >= 10 and len(right) >= 10
+    labeled = left[::2]
+    u = np.full((len(ids), 5), 0.5)
+    out = suggest_frames(ids, u, emb, emb[labeled], n=8, exclude={ids[i] for i in labeled})
+    first3 = [s.id for s in out[:3]]
+    assert all(ids.index(i) < 60 and centres[ids.index(i)][0] > 32 for i in first3), first3
+    assert out[0].id in {ids[i] for i in right}
+    outliers = [s.id for s in suggest_frames(ids, u, emb, emb[labeled], n=8, exclude={ids[i] for i in labeled},
+                                             rule="outliers")[:4]]
+    assert set(outliers) == set(ids[60:])
+    assert all(a.score >= b.score - 1e-9 for a, b in zip(out, out[1:]))       # greedy gains never grow
+
+
+def test_coverage_rule_without_labeled_frames_starts_in_the_middle_of_the_crowd():
+    """Nothing labeled: a frame amid a tight crowd covers it; the frames around it follow only after a frame
+    of the second, smaller crowd, and a lone outlier of the same uncertainty comes last."""
+    rng = np.random.default_rng(5)
+    dim = 32
+    a, b, c = (v / np.linalg.norm(v) for v in rng.normal(size=(3, dim)))
+    crowd = a + rng.normal(size=(20, dim)) * 0.05
+    small = b + rng.normal(size=(6, dim)) * 0.05
+    emb = np.vstack([crowd, small, c[None]]).astype(np.float32)
+    ids = [f"crowd{i:02d}" for i in range(20)] + [f"small{i}" for i in range(6)] + ["lone"]
+    out = suggest_frames(ids, np.full((len(ids), 3), 0.5), emb, np.zeros((0, dim), np.float32), n=len(ids))
+    order = [s.id for s in out]
+    assert order[0].startswith("crowd") and order[1].startswith("small")
+    assert order.index("lone") > order.index("small0") and order.index("lone") > 1
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="coverage, outliers"):
+        suggest_frames(["a"], np.zeros((1, 1)), np.ones((1, 2)), np.zeros((0, 2)), rule="entropy")
 
 
 def test_exclude_n_shapes_and_csv(tmp_path):

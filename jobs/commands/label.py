@@ -60,11 +60,21 @@ def register(p):
                    help="rotation range (+- degrees) of augmentation and Eq. 3; small for a fixed camera (paper: 60)")
     p.add_argument("--flip", type=float, default=LABEL_DEFAULTS["flip_p"],
                    help="flip probability of augmentation and Eq. 3; 0 for a fixed side view (paper: 0.5)")
-    p.add_argument("--suggestions", type=int, default=20, help="frames to suggest for labeling next (0: none)")
+    add_suggestion_options(p)
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay images / videos")
     add_init_option(p)
     add_train_options(p)
     p.set_defaults(**LABEL_DEFAULTS)
+
+
+def add_suggestion_options(p) -> None:
+    """--suggestions and --suggest-by, for fskp label and fskp predict."""
+    from pipeline.suggest import RULES
+
+    p.add_argument("--suggestions", type=int, default=20, help="frames to suggest for labeling next (0: none)")
+    p.add_argument("--suggest-by", choices=RULES, default=RULES[0],
+                   help="coverage: frames whose labels reach the most uncertain frames (to label next); outliers: "
+                        "frames unlike every labeled one the model is unsure of (to check for failures)")
 
 
 def parse_frames(text: str | None) -> list[str] | None:
@@ -111,7 +121,7 @@ def run(args) -> int:
                "init_from": resolve_init(args.init_from, args.tracking_uri)}
     result = label(inp, args.out, shots=args.shots, frames=parse_frames(args.frames), crop=parse_crop(args.crop),
                    margin=args.margin, job_options=options, overlay=not args.no_overlay,
-                   suggestions=args.suggestions)
+                   suggestions=args.suggestions, suggest_by=args.suggest_by)
     print(f"MLflow run {result.run_id}; checkpoint {result.checkpoint}")
     for name, path in sorted(result.outputs.items()):
         print(f"  {name:28s} {path}")

@@ -15,6 +15,8 @@ HELP = "predict keypoints on image folders or videos with a trained model (Ray D
 
 
 def register(p):
+    from jobs.commands.label import add_suggestion_options
+
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="MLflow run id (its checkpoint and crop)")
     src.add_argument("--checkpoint", help="checkpoint folder or model.pt")
@@ -30,7 +32,7 @@ def register(p):
     p.add_argument("--actors", type=int, help="model replicas (Ray Data actors; default: one per GPU, or one per 4 cores "
                                               "of each node after Ray Data's share)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
-    p.add_argument("--suggestions", type=int, default=20, help="frames to suggest for labeling next (0: none)")
+    add_suggestion_options(p)
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
@@ -87,6 +89,7 @@ def run(args) -> int:
     beside = path.parent / INDIVIDUALS_FILE              # a multi-animal DeepLabCut project's label run
     individuals = [tuple(pair) for pair in json.loads(beside.read_text())] if beside.exists() else None
     outputs = write_outputs(card, preds, out, overlay=not args.no_overlay, n_suggestions=args.suggestions,
+                            suggest_by=args.suggest_by,
                             pcutoff=args.pcutoff, relative=relative, calibration=calibration, individuals=individuals)
     print(f"predicted {int(preds.ok.sum())} frames ({int((~preds.ok).sum())} unreadable)")
     for name, p in sorted(outputs.items()):

@@ -34,7 +34,8 @@ class LabelResult:
 
 def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, frames: Sequence[str] | None = None,
           crop: Sequence[float] | None = None, margin: float = 0.1, job_options: dict | None = None,
-          overlay: bool = True, suggestions: int = 20, predict_batch: int = 32) -> LabelResult:
+          overlay: bool = True, suggestions: int = 20, suggest_by: str = "coverage",
+          predict_batch: int = 32) -> LabelResult:
     """Train on the shots, predict every frame, score the held-out frames, write every output to ``out``."""
     from jobs.training import TrainJob, run_training
 
@@ -73,20 +74,21 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     if inp.individuals and Path(result.checkpoint_path).is_dir():     # fskp predict writes the same layout
         write_text_atomic(Path(result.checkpoint_path) / INDIVIDUALS_FILE, json.dumps(inp.individuals))
     report, outputs = predict_and_write(inp, out, result.checkpoint_path, train, held, crop, gpu=job.gpu,
-                                        overlay=overlay, suggestions=suggestions, predict_batch=predict_batch)
+                                        overlay=overlay, suggestions=suggestions, suggest_by=suggest_by,
+                                        predict_batch=predict_batch)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
                "keypoints": list(inp.card.keypoints),
                "links": [[inp.card.keypoints[a], inp.card.keypoints[b]] for a, b in inp.card.links],
                "crop_box": list(crop), "size": size,
                "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs,
-               "init_from": job.init_from}
+               "init_from": job.init_from, "suggest_by": suggest_by}
     _log_to_run(job, result.run_id, report, out, crop)
     write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
 
 
 def predict_and_write(inp: LabelingInput, out: Path, checkpoint: str, train: list, held: list, crop, *,
-                      gpu: bool = False, overlay: bool = True, suggestions: int = 20,
+                      gpu: bool = False, overlay: bool = True, suggestions: int = 20, suggest_by: str = "coverage",
                       predict_batch: int = 32) -> tuple[dict | None, dict[str, str]]:
     """Everything after training: predict every frame with ``checkpoint``, score the held-out frames and fit
     the likelihood's calibration on them, write every output to ``out``.  (held-out report or None, outputs)."""
@@ -115,6 +117,7 @@ def predict_and_write(inp: LabelingInput, out: Path, checkpoint: str, train: lis
                  "others calibrate it)"), flush=True)
     outputs = write_outputs(inp, preds, out, overlay=overlay, exclude={str(Path(i.source)) for i in train},
                             labeled_ids=[str(Path(i.source)) for i in train], n_suggestions=suggestions,
+                            suggest_by=suggest_by,
                             calibration=calibration)
     return report, outputs
 

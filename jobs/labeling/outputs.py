@@ -14,13 +14,15 @@ from pipeline.converters.dlc import DEFAULT_PCUTOFF   # DeepLabCut's default pcu
 
 
 def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclude: set[str] = frozenset(),
-                  labeled_ids: Sequence[str] = (), n_suggestions: int = 20, pcutoff: float | None = None,
+                  labeled_ids: Sequence[str] = (), n_suggestions: int = 20, suggest_by: str = "coverage",
+                  pcutoff: float | None = None,
                   relative=None, calibration=None, individuals=None) -> dict[str, str]:
     """DeepLabCut CSVs (one per frame folder and per video), a COCO JSON, overlays and suggestions; with the
     ``lab`` extra installed also DeepLabCut HDF5 files and an NWB file per frame folder and video
     (``_lab_outputs``); with the ``sleap`` extra a SLEAP predictions file (``<stem>.predictions.slp``) each.
     Every likelihood written is ``calibration``'s (jobs/labeling/confidence.py) when given, else the model's
-    uncalibrated certainty; the suggestions rank frames by the same likelihood.  ``individuals``: (individual,
+    uncalibrated certainty; the suggestions rank frames by the same likelihood, under the rule ``suggest_by``
+    (pipeline/suggest.py).  ``individuals``: (individual,
     body part) per keypoint of a multi-animal DeepLabCut project, for DeepLabCut's multi-animal layout (taken
     from a LabelingInput when not given)."""
     import importlib.util
@@ -93,7 +95,7 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     exports.write_coco_json(coco_path, card, images_meta(), preds.keypoints, likelihood, pcutoff)
     outputs["coco_json"] = str(coco_path)
     outputs.update(write_suggestions(preds, 1.0 - likelihood, out, exclude, labeled_ids, n_suggestions,
-                                     relative))
+                                     relative, suggest_by))
     return outputs
 
 
@@ -204,7 +206,7 @@ def _frame_size(frame_id: str) -> dict:
 
 
 def write_suggestions(preds, uncertainty: np.ndarray, out: Path, exclude: set[str], labeled_ids: Sequence[str],
-                      n: int, relative) -> dict[str, str]:
+                      n: int, relative, rule: str = "coverage") -> dict[str, str]:
     """suggestions.csv (ranked frames to label next) and suggestions.png (a contact sheet of them).
     uncertainty [N, K]: 1 - the likelihood the outputs carry, for the frames of ``preds``."""
     from pipeline.suggest import suggest_frames, suggestion_sheet
@@ -218,7 +220,7 @@ def write_suggestions(preds, uncertainty: np.ndarray, out: Path, exclude: set[st
     labeled = set(labeled_ids)
     lab = [i for i, frame_id in enumerate(preds.ids) if frame_id in labeled]
     picks = suggest_frames(ok, uncertainty[rows], preds.embedding[rows], preds.embedding[lab].astype(np.float32),
-                           n=n, exclude=set(exclude))
+                           n=n, exclude=set(exclude), rule=rule)
     if not picks:
         return {}
     write_csv(out / "suggestions.csv", picks, {p.id: relative(p.id) for p in picks})
