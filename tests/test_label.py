@@ -171,6 +171,7 @@ def test_label_writes_every_output(labeled, project):
     with open(out / "suggestions.csv", newline="") as f:
         sugg = list(csv.DictReader(f))
     assert [int(s["rank"]) for s in sugg] == list(range(1, 6))
+    assert summary["suggest_by"] == "coverage"                      # the default rule, recorded with the run
     assert not {Path(s["id"]).name for s in sugg} & {Path(s).name for s in summary["shots"]}
     assert (out / "suggestions.png").stat().st_size > 0
 
@@ -197,7 +198,11 @@ def test_predict_on_a_video_with_the_run(labeled, project, tmp_path):
     out, uri = labeled
     summary = json.loads((out / "label.json").read_text())
     assert main(["predict", "--run", summary["run_id"], "--video", str(project / "videos" / "session1.mp4"),
-                 "--out", str(tmp_path / "pred"), "--tracking-uri", uri, "--no-overlay", "--suggestions", "0"]) == 0
+                 "--out", str(tmp_path / "pred"), "--tracking-uri", uri, "--no-overlay", "--suggestions", "3",
+                 "--suggest-by", "outliers"]) == 0
+    with open(tmp_path / "pred" / "suggestions.csv", newline="") as f:
+        sugg = list(csv.DictReader(f))
+    assert [int(r["rank"]) for r in sugg] == [1, 2, 3] and all("session1.mp4#" in r["id"] for r in sugg)
     _, rows = read_dlc_rows(tmp_path / "pred" / "predictions" / "session1.csv")
     _, label_rows = read_dlc_rows(out / "predictions" / "session1.csv")
     assert len(rows) == N_FRAMES
