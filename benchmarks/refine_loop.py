@@ -16,6 +16,13 @@ rule (benchmarks/dlc_reaching.py).  A round whose `label.json` exists in ``--out
   python benchmarks/refine_loop.py --draw 1 --round1 benchmarks/out/refine_loop_draw1/round1 --warm \
       --round2-iterations 300 --threads 1 --out benchmarks/out/refine_loop_draw1_warm
 
+``--suggest-by`` picks the rule (pipeline/suggest.py; default coverage); ``--reuse DIR`` takes round 1 and the
+random round from an earlier ``--out`` of the same frame set, so two rules are compared on the same models:
+
+  python benchmarks/refine_loop.py --variant supervised --suggest-by outliers --out benchmarks/out/rl_sup_outliers_ref
+  python benchmarks/refine_loop.py --variant supervised --reuse benchmarks/out/rl_sup_outliers_ref \
+      --out benchmarks/out/rl_sup_coverage_ref
+
 ``--draw SEED`` starts from the 10 frames benchmarks/dlc_reaching.py --draw SEED trains on; ``--round1 DIR``
 reads round 1 from a finished `fskp label` output folder with those frames instead of training it again (a
 folder made before the likelihood was calibrated is predicted again with its checkpoint, not retrained).
