@@ -26,8 +26,8 @@ score; every remaining candidate's score becomes ``base score * min(1, d / r)``,
 closest frame picked so far and r = the median nearest-neighbour cosine distance within a fixed, seeded sample
 of max(3n, 50) candidates (the spacing of frames spread like the suggestions, not of consecutive video frames),
 so neighbours of a picked frame sink; repeat.  Only distances to the picked frames are kept (updated one pick
-at a time): memory is O(N * D), never N x N.  On the reaching project, labeling its first 5 helped less than 5
-random frames (README, "Suggestions and the refine loop").
+at a time): memory is O(N * D), never N x N.  On the reaching project neither rule's first 5 frames beat 5
+random ones beyond the spread (README, "Suggestions and the refine loop, measured").
 
 Ties go to the smallest id under either rule.
 """
@@ -130,7 +130,8 @@ def _best(score: np.ndarray, taken: np.ndarray, id_order: np.ndarray) -> int:
 
 def _greedy_outliers(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id_order: np.ndarray,
                      labeled: bool):
-    """The ``outliers`` rule (module docstring): (picked candidate positions, their scores), best first."""
+    """The ``outliers`` rule (module docstring): (picked candidate positions, their scores), best first.
+    ``labeled`` is not needed: the labeled frames enter through ``nov`` alone."""
     base = _robust_z(unc) + _robust_z(nov)
     base = base - base.min() + 1e-6
     sample = np.random.default_rng(0).permutation(len(e))[:max(3 * n, 50)]
@@ -141,7 +142,8 @@ def _greedy_outliers(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id
     order, scores = [], []
     for _ in range(n):
         p = _best(score, taken, id_order)
-        order.append(p), scores.append(score[p])
+        order.append(p)
+        scores.append(score[p])
         taken[p] = True
         d = np.clip(1.0 - (e @ e[p]).astype(np.float64), 0.0, 2.0)
         np.minimum(d_min, d, out=d_min)
@@ -168,7 +170,8 @@ def _greedy_coverage(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id
     for _ in range(min(n, len(pool))):
         gain = np.maximum(kernel - covered[None, :], 0.0) @ weight              # [P]
         p = _best(gain, taken, id_order[pool])
-        order.append(int(pool[p])), scores.append(gain[p])
+        order.append(int(pool[p]))
+        scores.append(gain[p])
         taken[p] = True
         np.maximum(covered, kernel[p], out=covered)
     return order, scores
