@@ -77,8 +77,7 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
     n_frames = len(ids)
     if len(set(ids)) != n_frames:
         raise ValueError("ids must be unique")
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    check_rule(rule)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     u = np.asarray(uncertainty, dtype=np.float64)
@@ -119,6 +118,12 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
     order, scores = pick(e, unc_filled, nov, min(n, len(cand)), id_order, labeled=len(lab) > 0)
     return [Suggestion(rank=r, id=ids[cand[p]], score=float(sc), uncertainty=float(unc[p]), novelty=float(nov[p]))
             for r, (p, sc) in enumerate(zip(order, scores), start=1)]
+
+
+def check_rule(rule: str) -> None:
+    """ValueError unless ``rule`` is one of ``RULES``."""
+    if rule not in RULES:
+        raise ValueError(f"the suggestion rule must be one of {', '.join(RULES)}, got {rule!r}")
 
 
 def _best(score: np.ndarray, taken: np.ndarray, id_order: np.ndarray) -> int:

@@ -17,6 +17,7 @@ from jobs.labeling.scoring import (confidence_report, draw_reliability, held_out
 from jobs.labeling.shots import choose_shots, prepare_dataset, shots_crop
 from pipeline.atomic import write_text_atomic
 from pipeline.prepared import DataError
+from pipeline.suggest import check_rule
 
 
 #: beside a checkpoint of a multi-animal DeepLabCut project: [[individual, body part], ...] per keypoint
@@ -44,7 +45,7 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     work.mkdir(parents=True, exist_ok=True)
     opts = dict(job_options or {})
     check_trainable(inp)
-    check_suggest_rule(suggest_by)
+    check_rule(suggest_by)                     # refused before training, not after it
     shot_ids = choose_shots(inp, work, shots, frames, seed=opts.get("seed", 0),
                             backbone=opts.get("selection_backbone") or "vgg16",
                             weights=opts.get("selection_weights") or "auto")
@@ -86,14 +87,6 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
     _log_to_run(job, result.run_id, report, out, crop)
     write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
-
-
-def check_suggest_rule(rule: str) -> None:
-    """An unknown suggestion rule is refused before training, not after it."""
-    from pipeline.suggest import RULES
-
-    if rule not in RULES:
-        raise ValueError(f"suggest_by must be one of {', '.join(RULES)}, got {rule!r}")
 
 
 def predict_and_write(inp: LabelingInput, out: Path, checkpoint: str, train: list, held: list, crop, *,
