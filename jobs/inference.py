@@ -41,8 +41,8 @@ class Predictor:
         torch.set_num_threads(worker_threads(threads))          # the CPUs Ray gave this actor, on its node
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device.type)
-        self.model, _ = load_checkpoint(checkpoint, device=self.device)
-        self.size = self.model.config.image_size
+        model, _ = load_checkpoint(checkpoint, device=self.device)
+        self.detector = model.detector.inference_copy()          # BatchNorm folded into the convolutions
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -52,7 +52,7 @@ class Predictor:
         dtype = self.precision.autocast_dtype
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
-            det, embedding = self.model.detector.detect_and_embed(x)
+            det, embedding = self.detector.detect_and_embed(x)
         crop = np.asarray(batch["crop"], np.float64)                                   # [B, 4]
         scale = (crop[:, 2] - crop[:, 0]) / 2.0                                         # [-1, 1] -> source px
         kp = det.keypoints.float().cpu().numpy()

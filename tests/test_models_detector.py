@@ -52,6 +52,31 @@ def test_detector_shapes_and_small_start():
     assert det.depth.abs().max() < 0.05 and det.certainty.abs().max() < 0.05  # depth and v start near 0
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_inference_copy_folds_every_batch_norm_and_detects_the_same(backbone):
+    torch.manual_seed(0)
+    detector = Detector(tiny_config(backbone=backbone))
+    for m in detector.modules():                       # statistics and affine terms far from identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    for m in [*detector.upsample, detector.out]:                         # heatmaps with peaks, not flat
+        if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d)):
+            torch.nn.init.normal_(m.weight, std=0.05 if m is not detector.out else 1.0)
+    detector.train()
+    fused = detector.inference_copy()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert detector.training and not fused.training                      # the original is left as it was
+    images = torch.rand(4, 3, 64, 64)
+    detector.eval()
+    with torch.inference_mode():
+        (expected, embedding), (got, fused_embedding) = detector.detect_and_embed(images), fused.detect_and_embed(images)
+    assert (expected.keypoints - got.keypoints).abs().max() * 32 < 1e-3          # pixels of a 64-px image
+    assert expected.keypoints.std() > 0.01                                        # the comparison is not of centres
+    for a, b in [(expected.certainty, got.certainty), (expected.depth, got.depth), (embedding, fused_embedding)]:
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_weights_file_loads_and_a_mismatch_is_a_clear_error(tmp_path):
     torch.manual_seed(0)
     source = Detector(tiny_config())
