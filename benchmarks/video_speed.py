@@ -4,12 +4,13 @@ at two or more video lengths (memory flat in video length is the point of stream
 For each length a synthetic 640x480, 30 frames/s H.264 video (a textured background with moving blobs, a
 keyframe every 250 frames as a camera would write) is encoded once, then `fskp predict --checkpoint C --video V
 --out O` runs as a user would type it, in its own process: Ray start, model actors, decoding, prediction and the
-DeepLabCut CSV/HDF5 outputs all count.  Memory is sampled every 0.5 s over that process and all its children (the
-Ray processes it starts): the peak of the summed PSS (each shared page split between the processes that map it:
-what the run takes from the machine), of the summed RSS (shared pages such as Ray's object store counted once per
-process that touched them: an over-count) and of the driver's own RSS; and the summed PSS's peak in each quarter of
-the run (flat in video length: once the stream of decoded frames has filled its share of the object store, the
-quarters stay level).  Prints figures, asserts nothing.
+DeepLabCut CSV/HDF5 outputs all count.  Memory is sampled every ``--sample-every`` seconds (default 5; a sample
+reads every process's smaps_rollup, CPU the run would otherwise have, reported as "sampler CPU s") over that process
+and all its children (the Ray processes it starts): the peak of the summed PSS (each shared page split between the
+processes that map it: what the run takes from the machine), of the summed RSS (shared pages such as Ray's object
+store counted once per process that touched them: an over-count) and of the driver's own RSS; and the summed PSS's
+peak in each quarter of the run (flat in video length: once the stream of decoded frames has filled its share of
+the object store, the quarters stay level).  Prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/video_speed.py --minutes 1,4
     .venv/bin/python benchmarks/video_speed.py --minutes 60 --checkpoint runs/label-.../checkpoint_.../model.pt
@@ -109,28 +110,39 @@ def tree_memory(pid: int) -> dict[str, int]:
             "driver": memory_of(pid, "Rss")}
 
 
-def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str]) -> tuple[float, dict[str, int], str]:
-    """(wall seconds, peak of each ``tree_memory`` figure, output) of one `fskp predict` run."""
+def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
+                sample_every: float) -> tuple[float, dict, str]:
+    """(wall seconds, peak of each ``tree_memory`` figure and the sampler's own CPU seconds, output) of one
+    `fskp predict` run; its progress lines are echoed to stderr as they come."""
     command = [sys.executable, "-m", "jobs.cli", "predict", "--checkpoint", str(checkpoint), "--video", str(video),
                "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = {"rss": 0, "pss": 0, "driver": 0}
+    peak: dict = {"rss": 0, "pss": 0, "driver": 0}
     samples: list[tuple[float, int]] = []              # (seconds since start, summed PSS)
 
     def sample():
+        # reading smaps_rollup walks each process's page tables: every 0.5 s this took ~40 % of a core from the
+        # 2-core run it measured, so it samples every few seconds and reports what it cost
         while proc.poll() is None:
             memory = tree_memory(proc.pid)
             for key, value in memory.items():
                 peak[key] = max(peak[key], value)
             samples.append((time.time() - t0, memory["pss"]))
-            time.sleep(0.5)
+            time.sleep(sample_every)
+        peak["sampler_cpu_s"] = time.thread_time()
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    output = proc.communicate()[0]
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "frames/s" in line:
+            print(f"  {time.time() - t0:6.0f} s  {line.strip()}", file=sys.stderr, flush=True)
+    proc.wait()
     took = time.time() - t0
     sampler.join()
+    output = "".join(lines)
     if proc.returncode != 0:
         raise RuntimeError(f"fskp predict failed ({proc.returncode}):\n{output[-3000:]}")
     # flat in video length means: once the stream is full, memory stops growing -- the peak of each quarter
@@ -144,6 +156,8 @@ def main() -> None:
     p.add_argument("--minutes", default="1,4", help="video lengths in minutes, comma-separated")
     p.add_argument("--checkpoint", help="model.pt to run (default: fskp label's architecture, untrained)")
     p.add_argument("--work", help="folder for the videos and outputs (default: a temporary folder)")
+    p.add_argument("--sample-every", type=float, default=5.0,
+                   help="seconds between memory samples (each costs CPU the measured run would otherwise have)")
     p.add_argument("predict_args", nargs="*", help="extra `fskp predict` options after --, e.g. -- --actors 1")
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
@@ -156,8 +170,8 @@ def main() -> None:
           f"{checkpoint if args.checkpoint else 'fskp label architecture, untrained weights'}; {machine_summary()}",
           flush=True)
     print("| video | frames | encode s | predict wall s | frames/s | peak PSS GiB | peak PSS by quarter of the run | "
-          "peak RSS sum GiB | driver RSS GiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "peak RSS sum GiB | driver RSS GiB | sampler CPU s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for minutes in [float(m) for m in args.minutes.split(",")]:
         frames = int(round(minutes * 60 * FPS))
         video = work / f"video-{minutes:g}min.mp4"
@@ -166,12 +180,12 @@ def main() -> None:
             write_video(video, frames)
         encode = time.time() - t0
         out = work / f"predict-{minutes:g}min"
-        took, peak, output = run_predict(checkpoint, video, out, args.predict_args)
+        took, peak, output = run_predict(checkpoint, video, out, args.predict_args, args.sample_every)
         rates = [line for line in output.splitlines() if "frames/s" in line]
-        gib = {k: v / 2 ** 30 for k, v in peak.items() if k != "pss_by_quarter"}
+        gib = {k: peak[k] / 2 ** 30 for k in ("rss", "pss", "driver")}
         quarters = " / ".join(f"{m / 2 ** 30:.2f}" for m in peak["pss_by_quarter"])
         print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {gib['pss']:.2f} | "
-              f"{quarters} | {gib['rss']:.2f} | {gib['driver']:.2f} |", flush=True)
+              f"{quarters} | {gib['rss']:.2f} | {gib['driver']:.2f} | {peak['sampler_cpu_s']:.1f} |", flush=True)
         if rates:
             print(f"  (last progress line: {rates[-1].strip()})", flush=True)
 
