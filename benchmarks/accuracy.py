@@ -16,7 +16,7 @@ method from 2D labels only; the aligned 3D error row is the one to read.
   python benchmarks/accuracy.py --categories face --seeds 0,1,2 --weights package
   python benchmarks/accuracy.py --iterations 2000 --size 128 --backbone resnet50 --n 5000   # closer to the paper
   # the unsupervised terms at a tenth of the paper's weights (Eq. 9, 3, 5 against Eq. 2)
-  python benchmarks/accuracy.py --categories face --variants full --weights package --batch-norm frozen-backbone --coefficients 1,0.1,0.1,0.01
+  python benchmarks/accuracy.py --categories face --variants full,supervised --weights package --batch-norm frozen --coefficients 1,0.1,0.1,0.01
   # the learning curve: where, if anywhere, full overtakes its baseline
   python benchmarks/accuracy.py --categories face --seeds 0 --variants full,supervised --weights package --iterations 2400 --curve-every 300
 """
