@@ -83,15 +83,17 @@ def main() -> None:
 
     from mlflow.tracking import MlflowClient
 
+    from jobs.commands.train import parse_coefficients
     from jobs.grid import Cell
     from jobs.sweep import run_sweep
     from jobs.evaluation import metric_name
     from pipeline.card import load_card
     from pipeline.synth.dataset import generate
 
-    coefficients = tuple(float(c) for c in args.coefficients.split(","))
-    if len(coefficients) != 4:
-        p.error(f"--coefficients needs four numbers (few-shot,recon,2D,3D), got {args.coefficients!r}")
+    try:
+        coefficients = parse_coefficients(args.coefficients)
+    except ValueError as e:
+        p.error(str(e))
     out = Path(args.out).resolve()
     categories, variants = args.categories.split(","), args.variants.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

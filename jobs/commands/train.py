@@ -102,10 +102,16 @@ def resolve_init(spec: str | None, tracking_uri: str | None = None) -> str | Non
                                 f"an MLflow run ({str(e).split('(', 1)[-1].rstrip(')')})") from None
 
 
-def job_kwargs(args) -> dict:
-    coefficients = tuple(float(c) for c in args.coefficients.split(","))
+def parse_coefficients(text: str) -> tuple[float, float, float, float]:
+    """``--coefficients few-shot,recon,2D,3D`` (§3.6) -> four floats; ValueError naming the option otherwise."""
+    coefficients = tuple(float(c) for c in text.split(","))
     if len(coefficients) != 4:
-        raise ValueError(f"--coefficients needs 4 numbers (few-shot, recon, 2D, 3D), got {args.coefficients!r}")
+        raise ValueError(f"--coefficients needs 4 numbers (few-shot, recon, 2D, 3D), got {text!r}")
+    return coefficients
+
+
+def job_kwargs(args) -> dict:
+    coefficients = parse_coefficients(args.coefficients)
     return dict(iterations=args.iterations, backbone=args.backbone, size=args.size, seed=args.seed,
                 coefficients=coefficients, lr=args.lr, precision=args.precision, batch_norm=args.batch_norm,
                 perceptual_vit=args.perceptual_vit, backbone_weights=args.backbone_weights,
