@@ -63,8 +63,7 @@ def main() -> None:
                               ("precision", "precision"), ("threads", "threads")):
                 setattr(args, name, saved["options"][key])
             args.margin = saved["margin"]
-            rows.append((f"fskp label --variant {variant}", r["mean_error_px"], r["median_error_px"], r["pck"],
-                         f"{minutes:.0f} min"))
+            rows += label_rows(variant, r, minutes)
             checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
             continue
         options = dict(LABEL_DEFAULTS, iterations=args.iterations, size=args.size, backbone=args.backbone,
@@ -75,8 +74,7 @@ def main() -> None:
                        margin=args.margin, job_options=options, overlay=False, suggestions=20)
         minutes = (time.time() - t0) / 60
         r = result.held_out
-        rows.append((f"fskp label --variant {variant}", r["mean_error_px"], r["median_error_px"], r["pck"],
-                     f"{minutes:.0f} min"))
+        rows += label_rows(variant, r, minutes)
         (out / variant / "benchmark.json").write_text(json.dumps({"options": options, "margin": args.margin,
                                                                    "minutes": minutes,
                                                                    "held_out": r}, indent=2))
@@ -93,6 +91,23 @@ def main() -> None:
     for variant, top, everyone in checks:
         print(f"{variant}: the 5 frames suggested first have a mean error of {top:.1f} px; all held-out frames "
               f"{everyone:.1f} px")
+        confidence = json.loads((out / variant / "held_out.json").read_text()).get("confidence", {})
+        if confidence.get("auroc_likelihood_right") is not None:
+            print(f"{variant}: likelihood AUROC for a right keypoint {confidence['auroc_likelihood_right']:.3f} "
+                  f"({confidence['likelihood']}); the model's certainty alone "
+                  f"{confidence['auroc_uncalibrated']:.3f}")
+
+
+def label_rows(variant: str, report: dict, minutes: float) -> list[tuple]:
+    """Table rows of one `fskp label` run: its predictions (test-time crops by default), and, when it used
+    them, the same checkpoint's predictions from the crop alone."""
+    rows = [(f"fskp label --variant {variant}", report["mean_error_px"], report["median_error_px"], report["pck"],
+             f"{minutes:.0f} min")]
+    if "one_crop" in report:
+        alone = report["one_crop"]
+        rows.append(("  the same model, crop alone (--no-tta)", alone["mean_error_px"], alone["median_error_px"],
+                     alone["pck"], ""))
+    return rows
 
 
 def drawn_frames(project, seed: int, n: int = 10) -> list[str]:

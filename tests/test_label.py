@@ -121,6 +121,10 @@ def test_label_writes_every_output(labeled, project):
     assert report["frames"] == 4 and report["keypoints"] == 12
     assert set(report["per_bodypart_px"]) == set(PARTS) and 0 <= report["pck"] <= 100
     assert np.isfinite(report["mean_error_px"])
+    # the images were predicted with test-time crops (the default); the crop alone scored beside them
+    assert summary["test_time_crops"] is True
+    assert set(report["one_crop"]) == {"mean_error_px", "median_error_px", "pck"}
+    assert np.isfinite(report["one_crop"]["mean_error_px"])
     held = {f"labeled-data/session1/img{i:03d}.png" for i in LABELED} - set(summary["shots"])
     assert set(report["per_frame_px"]) == held
     # how far the likelihood can be trusted on them: AUROC and the reliability plot
@@ -231,6 +235,23 @@ def test_predict_on_a_video_with_the_run(labeled, project, tmp_path):
             assert series.confidence_definition.startswith("likelihood calibrated on 40 held-out labeled keypoints")
     np.testing.assert_allclose(values[..., :2], np.array(label_rows, float)[:, 1:].reshape(N_FRAMES, 3, 3)[..., :2],
                                atol=1e-3)
+
+
+def test_predict_with_test_time_crops(labeled, project, tmp_path, capsys):
+    from jobs.cli import main
+
+    out, uri = labeled
+    summary = json.loads((out / "label.json").read_text())
+    assert main(["predict", "--checkpoint", summary["checkpoint"], "--images", str(project / "labeled-data"),
+                 "--out", str(tmp_path / "none"), "--tta"]) == 2
+    assert "--tta needs a crop" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert main(["predict", "--run", summary["run_id"], "--video", str(project / "videos" / "session1.mp4"),
+                 "--out", str(tmp_path / "tta"), "--tracking-uri", uri, "--no-overlay", "--suggestions", "0",
+                 "--tta"]) == 0
+    assert "test-time crop 7/7" in capsys.readouterr().err         # the median of 7: tests/test_test_time_crops.py
+    _, rows = read_dlc_rows(tmp_path / "tta" / "predictions" / "session1.csv")
+    values = np.array(rows, float)[:, 1:].reshape(N_FRAMES, 3, 3)
+    assert np.isfinite(values).all() and ((values[..., 2] > 0) & (values[..., 2] < 1)).all()
 
 
 def test_label_refuses_unknown_frames(project, tmp_path):

@@ -84,3 +84,28 @@ def test_identity_calibration_gives_back_the_models_certainty():
     identity = Calibration(coef=np.array([1.0, 0.0]), intercept=0.0, reference=np.ones((1, 2), np.float32),
                            fitted_on=0, cross_validated_auroc=None)
     np.testing.assert_allclose(identity.likelihood(unc, np.ones((1, 2))), 1 - unc, atol=1e-6)
+
+
+def test_test_time_crop_spread_is_used_where_frames_have_one(tmp_path):
+    """Keypoints whose crops disagree are wrong, on familiar and novel frames alike: the fit with the spread
+    predicts them; frames predicted without test-time crops (NaN spread) get the fit without it."""
+    from sklearn.metrics import roc_auc_score
+
+    unc, emb, ref, right, scored = held_out_set()
+    rng = np.random.default_rng(7)
+    spread = np.where(right & (rng.random(right.shape) < 0.7), 0.002, 0.05) * rng.uniform(0.5, 2.0, right.shape)
+    plain, oof_plain = fit_calibration(unc, emb, ref, right, scored)
+    calibration, oof = fit_calibration(unc, emb, ref, right, scored, spread)
+    assert calibration.uses_spread and not plain.uses_spread and calibration.spread_coef[2] < 0
+    np.testing.assert_allclose(calibration.coef, plain.coef)          # the fit without it, kept for such frames
+    assert calibration.cross_validated_auroc > plain.cross_validated_auroc + 0.05
+    assert calibration.cross_validated_auroc == pytest.approx(roc_auc_score(right[scored], oof[scored]))
+    partial = spread.copy()
+    partial[:10] = np.nan                                             # say, a video's frames, predicted once
+    lk = calibration.likelihood(unc, emb, partial)
+    np.testing.assert_allclose(lk[:10], plain.likelihood(unc[:10], emb[:10]))
+    np.testing.assert_allclose(lk[10:], calibration.likelihood(unc[10:], emb[10:], spread[10:]))
+    assert not np.allclose(lk[10:], plain.likelihood(unc[10:], emb[10:]))
+    again = Calibration.load(calibration.save(tmp_path))
+    np.testing.assert_array_equal(again.likelihood(unc, emb, partial), lk)
+    assert "test-time-crop spread" in again.describe()

@@ -32,6 +32,9 @@ def register(p):
     p.add_argument("--actors", type=int, help="model replicas (Ray Data actors; default: one per GPU, or one per 4 cores "
                                               "of each node after Ray Data's share)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time crops: predict every frame in 7 crops (the crop moved by 4 %% and scaled by 0.9 "
+                        "and 1.1), each keypoint their median -- what fskp label does for images; 7x the time")
     add_suggestion_options(p)
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -44,7 +47,7 @@ def run(args) -> int:
     import torch
 
     from jobs.commands.label import parse_crop
-    from jobs.inference import predict_frames
+    from jobs.inference import predict_frames, predict_frames_tta
     from jobs.labeling.confidence import FILE_NAME as CALIBRATION_FILE
     from jobs.labeling.confidence import find_calibration
     from jobs.labeling.job import INDIVIDUALS_FILE
@@ -64,6 +67,8 @@ def run(args) -> int:
             raise ValueError(f"MLflow run {args.run} has no checkpoint_path tag (did it finish?)")
         if crop is None and tags.get("crop_box"):
             crop = tuple(json.loads(tags["crop_box"]))
+    if args.tta and crop is None:
+        raise ValueError("--tta needs a crop: --crop x0,y0,x1,y1, or --run of a fskp label run (its crop)")
     path = Path(ckpt) / "model.pt" if Path(ckpt).is_dir() else Path(ckpt)
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
@@ -75,9 +80,13 @@ def run(args) -> int:
     print(f"{calibration.describe()} (fskp label, {path.parent / CALIBRATION_FILE})" if calibration else
           "likelihood: the model's own certainty, not calibrated (the checkpoint has no confidence.npz: fskp label "
           "writes one when some labeled frames are held out)", flush=True)
+    if calibration and calibration.uses_spread and not args.tta:
+        print("  (without --tta the likelihood has no test-time-crop spread to go on: its fit on certainty and "
+              "novelty alone is used)", flush=True)
     sources = [args.images] if args.images else args.video
-    preds = predict_frames(ckpt, sources, crop, batch_size=args.batch_size, actors=args.actors, gpu=args.gpu,
-                           frame_step=args.frame_step)
+    options = dict(batch_size=args.batch_size, actors=args.actors, gpu=args.gpu, frame_step=args.frame_step)
+    preds = predict_frames_tta(ckpt, sources, crop, **options)[0] if args.tta else \
+        predict_frames(ckpt, sources, crop, **options)
     out = Path(args.out)
     root = Path(args.images) if args.images else None
 

@@ -36,8 +36,9 @@ class LabelResult:
 def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, frames: Sequence[str] | None = None,
           crop: Sequence[float] | None = None, margin: float = 0.1, job_options: dict | None = None,
           overlay: bool = True, suggestions: int = 20, suggest_by: str = "coverage",
-          predict_batch: int = 32) -> LabelResult:
-    """Train on the shots, predict every frame, score the held-out frames, write every output to ``out``."""
+          predict_batch: int = 32, tta: bool = True) -> LabelResult:
+    """Train on the shots, predict every frame, score the held-out frames, write every output to ``out``.
+    tta: predict the images (not the videos) with test-time crops (``predict_and_write``)."""
     from jobs.training import TrainJob, run_training
 
     out = Path(out)
@@ -77,13 +78,14 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
         write_text_atomic(Path(result.checkpoint_path) / INDIVIDUALS_FILE, json.dumps(inp.individuals))
     report, outputs = predict_and_write(inp, out, result.checkpoint_path, train, held, crop, gpu=job.gpu,
                                         overlay=overlay, suggestions=suggestions, suggest_by=suggest_by,
-                                        predict_batch=predict_batch)
+                                        predict_batch=predict_batch, tta=tta)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path, "card": inp.card.name,
                "keypoints": list(inp.card.keypoints),
                "links": [[inp.card.keypoints[a], inp.card.keypoints[b]] for a, b in inp.card.links],
                "crop_box": list(crop), "size": size,
                "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs,
-               "init_from": job.init_from, "suggest_by": suggest_by}
+               "init_from": job.init_from, "suggest_by": suggest_by,
+               "test_time_crops": tta}
     _log_to_run(job, result.run_id, report, out, crop)
     write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
@@ -91,18 +93,27 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
 
 def predict_and_write(inp: LabelingInput, out: Path, checkpoint: str, train: list, held: list, crop, *,
                       gpu: bool = False, overlay: bool = True, suggestions: int = 20, suggest_by: str = "coverage",
-                      predict_batch: int = 32) -> tuple[dict | None, dict[str, str]]:
+                      predict_batch: int = 32, tta: bool = True) -> tuple[dict | None, dict[str, str]]:
     """Everything after training: predict every frame with ``checkpoint``, score the held-out frames and fit
-    the likelihood's calibration on them, write every output to ``out``.  (held-out report or None, outputs)."""
-    from jobs.inference import predict_frames
+    the likelihood's calibration on them, write every output to ``out``.  (held-out report or None, outputs).
+    tta: the images (labeled and unlabeled) predicted with test-time crops (jobs.inference.predict_frames_tta:
+    7 passes, each keypoint the median), the videos' frames once (7 passes over a long video would cost 7x)."""
+    from jobs.inference import predict_frames, predict_frames_tta
 
-    print("predicting every frame ...", flush=True)
-    sources = [i.source for i in inp.labeled] + [str(p) for p in inp.unlabeled] + [str(v) for v in inp.videos]
-    preds = predict_frames(checkpoint, sources, crop, batch_size=predict_batch, gpu=gpu)
+    images = [i.source for i in inp.labeled] + [str(p) for p in inp.unlabeled]
+    videos = [str(v) for v in inp.videos]
+    print(f"predicting every frame{' (images with test-time crops: 7 passes)' if tta else ''} ...", flush=True)
+    if tta:
+        preds, one_crop = predict_frames_tta(checkpoint, images, crop, batch_size=predict_batch, gpu=gpu)
+    else:
+        preds = one_crop = predict_frames(checkpoint, images, crop, batch_size=predict_batch, gpu=gpu)
+    if videos:
+        from_videos = predict_frames(checkpoint, videos, crop, batch_size=predict_batch, gpu=gpu)
+        preds, one_crop = preds.concat(from_videos), one_crop.concat(from_videos)
 
     report, calibration = None, None
     if held:
-        report, calibration = score_held_out(inp, preds, held, train, out)
+        report, calibration = score_held_out(inp, preds, held, train, out, one_crop=one_crop if tta else None)
     else:                                      # an earlier run's into the same folder would read as this one's
         for stale in ("held_out.json", "reliability.png"):
             (out / stale).unlink(missing_ok=True)
@@ -124,20 +135,25 @@ def predict_and_write(inp: LabelingInput, out: Path, checkpoint: str, train: lis
     return report, outputs
 
 
-def score_held_out(inp: LabelingInput, preds, held: list, train: list, out: Path):
+def score_held_out(inp: LabelingInput, preds, held: list, train: list, out: Path, one_crop=None):
     """(report, calibration): the held-out frames' error (``held_out_report``), the likelihood calibration
     fitted on them (jobs/labeling/confidence.py; None when it cannot be fitted) and how far the likelihood
     the outputs carry can be trusted -- judged on out-of-fold likelihoods, never on a frame the calibration
-    saw.  Writes held_out.json and reliability.png to ``out``."""
+    saw.  one_crop: the same frames predicted from the crop alone when ``preds`` used test-time crops, scored
+    as report["one_crop"].  Writes held_out.json and reliability.png to ``out``."""
     at = preds.index()
     rows = [at[str(Path(i.source))] for i in held]
     gt, visible = np.stack([i.keypoints for i in held]), np.stack([i.visible for i in held])
     pred = preds.keypoints[rows]
     report = held_out_report(inp.card, pred, gt, visible, [inp.relative(i.source) for i in held])
+    if one_crop is not None:
+        alone = held_out_report(inp.card, one_crop.keypoints[[one_crop.index()[str(Path(i.source))] for i in held]],
+                                gt, visible)
+        report["one_crop"] = {k: alone[k] for k in ("mean_error_px", "median_error_px", "pck")}
     right, scored = right_keypoints(pred, gt, visible)
     reference = preds.embedding[[at[str(Path(i.source))] for i in train]]
     calibration, out_of_fold = fit_calibration(preds.uncertainty[rows], preds.embedding[rows], reference,
-                                               right, scored)
+                                               right, scored, None if preds.spread is None else preds.spread[rows])
     certainty = 1.0 - preds.uncertainty[rows]
     report["confidence"] = confidence_report(certainty if out_of_fold is None else out_of_fold, pred, gt, visible)
     report["confidence"]["likelihood"] = "uncalibrated certainty sigmoid(v)" if calibration is None else \

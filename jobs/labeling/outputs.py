@@ -46,7 +46,7 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     sleap = importlib.util.find_spec("sleap_io") is not None      # the ``sleap`` extra: SLEAP predictions files
     machine_folders: set[str] = set()       # labeled-data/<folder> names given to frame folders so far
     likelihood = exports.likelihood_from_uncertainty(preds.uncertainty) if calibration is None else \
-        calibration.likelihood(preds.uncertainty, preds.embedding)
+        calibration.likelihood(preds.uncertainty, preds.embedding, preds.spread)
     outputs: dict[str, str] = {}
     groups: dict[str, list[int]] = {}
     for n, frame_id in enumerate(preds.ids):

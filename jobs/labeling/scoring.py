@@ -39,6 +39,10 @@ def print_held_out(report: dict, out=None) -> None:
     for name, px in report["per_bodypart_px"].items():
         if np.isfinite(px):
             print(f"  {name:20s} {px:7.1f} px   PCK {report['per_bodypart_pck'][name]:5.1f} %", file=out)
+    if "one_crop" in report:
+        alone = report["one_crop"]
+        print(f"  (the crop alone, without test-time crops: mean error {alone['mean_error_px']:.1f} px, median "
+              f"{alone['median_error_px']:.1f} px, PCK {alone['pck']:.1f} %)", file=out)
     confidence = report.get("confidence", {})
     auroc, raw = confidence.get("auroc_likelihood_right"), confidence.get("auroc_uncalibrated")
     if auroc is not None:
