@@ -8,7 +8,7 @@ A local start quiets, in Ray's worker processes, what would otherwise bury the t
 - Ray Train logs every ``report`` ("Reporting training result N: TrainingReport(...)"), a long line each;
 - Ray Data logs 3-4 lines each time the unlabeled pool starts an epoch (every few steps on a small project).
 Ray Data's messages still go to its ``ray-data.log`` file in the session's log folder; its warnings still reach
-the console.  On a cluster the job's runtime environment is left as it was submitted.
+the console (the driver's too: ``quiet_ray_data_console``).  On a cluster the job's runtime environment is left as it was submitted.
 """
 from __future__ import annotations
 
@@ -46,10 +46,25 @@ def ray_data_console_config() -> str:
     return str(path)
 
 
+def quiet_ray_data_console() -> None:
+    """This process's Ray Data console at WARNING, as ``ray_data_console_config`` sets the workers': each
+    dataset's start and end (2-3 lines; `fskp label` runs 7 for its test-time crops) stay in ray-data.log.
+    Left alone when the user configured Ray Data's logging ($RAY_DATA_LOGGING_CONFIG)."""
+    if "RAY_DATA_LOGGING_CONFIG" in os.environ:
+        return
+    import ray.data  # noqa: F401  (sets up Ray Data's loggers)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.name == "console":              # Ray Data's logging config names it; its file keeps DEBUG
+            handler.setLevel(logging.WARNING)
+
+
 def start_ray(**kwargs) -> None:
-    """``ray.init`` unless Ray is up: the cluster at $RAY_ADDRESS, else a local Ray without a dashboard."""
+    """``ray.init`` unless Ray is up: the cluster at $RAY_ADDRESS, else a local Ray without a dashboard.
+    Either way this process's Ray Data console is quieted (``quiet_ray_data_console``)."""
     import ray
 
+    quiet_ray_data_console()
     if ray.is_initialized():
         return
     address = kwargs.pop("address", None) or os.environ.get("RAY_ADDRESS")

@@ -125,6 +125,12 @@ def test_label_writes_every_output(labeled, project):
     assert summary["test_time_crops"] is True
     assert set(report["one_crop"]) == {"mean_error_px", "median_error_px", "pck"}
     assert np.isfinite(report["one_crop"]["mean_error_px"])
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(labeled[1]).get_run(summary["run_id"])
+    assert run.data.tags["test_time_crops"] == "True"
+    assert run.data.metrics["held_out/mean_error_px"] == pytest.approx(report["mean_error_px"])
+    assert run.data.metrics["held_out/one_crop/median_error_px"] == pytest.approx(report["one_crop"]["median_error_px"])
     held = {f"labeled-data/session1/img{i:03d}.png" for i in LABELED} - set(summary["shots"])
     assert set(report["per_frame_px"]) == held
     # how far the likelihood can be trusted on them: AUROC and the reliability plot

@@ -48,5 +48,7 @@ def test_local_start_quiets_the_cleaner_in_detached_actors(monkeypatch):
         assert cleaner == logging.ERROR and report == logging.WARNING
         assert data_console == logging.WARNING            # Ray Data's console; its log file still gets everything
         assert data_file == logging.DEBUG and other < logging.ERROR
+        driver = [h for h in logging.getLogger("ray.data").handlers if h.name == "console"]
+        assert [h.level for h in driver] == [logging.WARNING]   # and in this process, which runs the datasets
     finally:
         ray.shutdown()

@@ -86,7 +86,7 @@ def label(inp: LabelingInput, out: str | Path, *, shots: int | None = None, fram
                "shots": [inp.relative(i.source) for i in train], "held_out": report, "outputs": outputs,
                "init_from": job.init_from, "suggest_by": suggest_by,
                "test_time_crops": tta}
-    _log_to_run(job, result.run_id, report, out, crop)
+    _log_to_run(job, result.run_id, report, out, crop, tta)
     write_text_atomic(out / "label.json", json.dumps(summary, indent=2))     # written last: the job finished
     return LabelResult(result.run_id, result.checkpoint_path, shot_ids, report, outputs)
 
@@ -167,7 +167,7 @@ def score_held_out(inp: LabelingInput, preds, held: list, train: list, out: Path
     return report, calibration
 
 
-def _log_to_run(job, run_id: str, report: dict | None, out: Path, crop) -> None:
+def _log_to_run(job, run_id: str, report: dict | None, out: Path, crop, tta: bool) -> None:
     from mlflow.tracking import MlflowClient
 
     from jobs.tracking import resolve_tracking_uri
@@ -175,10 +175,12 @@ def _log_to_run(job, run_id: str, report: dict | None, out: Path, crop) -> None:
     client = MlflowClient(resolve_tracking_uri(job.tracking_uri))
     client.set_tag(run_id, "crop_box", json.dumps([round(c, 3) for c in crop]))
     client.set_tag(run_id, "fskp.job", "label")
+    client.set_tag(run_id, "test_time_crops", str(tta))
     if report:
         metrics = {"held_out/mean_error_px": report["mean_error_px"], "held_out/median_error_px":
                    report["median_error_px"], "held_out/pck": report["pck"]}
         metrics.update({f"held_out/px/{k}": v for k, v in report["per_bodypart_px"].items() if np.isfinite(v)})
+        metrics.update({f"held_out/one_crop/{k}": v for k, v in report.get("one_crop", {}).items()})
         for name, key in (("auroc_likelihood", "auroc_likelihood_right"), ("auroc_uncalibrated", "auroc_uncalibrated")):
             if report["confidence"][key] is not None:
                 metrics[f"held_out/{name}"] = report["confidence"][key]
