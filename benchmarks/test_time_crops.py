@@ -6,7 +6,8 @@ ways and scaled by 0.9 and 1.1, each keypoint the median of the 7) and from the 
 mean / median error and PCK (the scoring of ../shared/data/README.md), and the cross-validated AUROC of the
 calibrated likelihood for "the keypoint is right" -- fitted on certainty and novelty (what the crop alone
 allows) and with the crops' spread as well (what `fskp label` now fits) -- then the paired differences,
-mean +- std over the folders.  The model is not trained again.  Prints figures, asserts nothing.
+mean +- std over the folders, and the mean error of each crop alone.  The model is not trained again.  Prints
+figures, asserts nothing.
 
     .venv/bin/python benchmarks/test_time_crops.py benchmarks/out/rl_sup_coverage_draw1/round1 ...
 """
@@ -22,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def evaluate(project, folder: Path) -> dict:
-    """{"one crop": (mean, median, PCK, AUROC), "test-time crops": (..., AUROC with the spread)} of one run."""
+    """{"one crop": (mean, median, PCK, AUROC), "test-time crops": (..., AUROC with the spread), "each crop":
+    [mean error of each crop alone, in the order of CROP_JITTER]} of one run."""
     from jobs.inference import predict_frames_tta
     from jobs.labeling.confidence import fit_calibration
     from jobs.labeling.scoring import held_out_report, right_keypoints
@@ -32,9 +34,11 @@ def evaluate(project, folder: Path) -> dict:
     held = [i for i in project.labeled if project.relative(i.source) not in shots]
     train = [i for i in project.labeled if project.relative(i.source) in shots]
     gt, visible = np.stack([i.keypoints for i in held]), np.stack([i.visible for i in held])
-    combined, alone = predict_frames_tta(summary["checkpoint"], [i.source for i in held + train],
-                                         summary["crop_box"], progress=False)
-    out = {}
+    combined, passes = predict_frames_tta(summary["checkpoint"], [i.source for i in held + train],
+                                          summary["crop_box"], progress=False)
+    alone = passes[0]
+    out = {"each crop": [held_out_report(project.card, p.keypoints[[p.index()[str(Path(i.source))] for i in held]],
+                                         gt, visible)["mean_error_px"] for p in passes[1:]]}
     for name, preds, spread in (("one crop", alone, None), ("test-time crops", combined, combined.spread)):
         at = preds.index()
         rows = [at[str(Path(i.source))] for i in held]
@@ -56,6 +60,7 @@ def main() -> None:
     p.add_argument("--project", default=str(REPO.parent / "shared" / "data" / "dlc-reaching"))
     args = p.parse_args()
 
+    from jobs.inference import CROP_JITTER
     from jobs.labeling.inputs import read_dlc_project
     from models.precision import machine_summary
 
@@ -72,6 +77,11 @@ def main() -> None:
     for folder, r in results.items():
         print(f"| {folder} | {fmt(*r['one crop'])} | {fmt(*r['test-time crops'])} | "
               f"{fmt(*np.subtract(r['test-time crops'], r['one crop']))} |")
+    print("\nmean error of each test-time crop alone (px), against the crop's own:")
+    print("| run | the crop | " + " | ".join(f"dx {dx:+g}, dy {dy:+g}, x{s:g}" for dx, dy, s in CROP_JITTER) + " |")
+    print("| --- | ---: |" + " ---: |" * len(CROP_JITTER))
+    for folder, r in results.items():
+        print(f"| {folder} | {r['one crop'][0]:.1f} | " + " | ".join(f"{e:.1f}" for e in r["each crop"]) + " |")
     diff = np.array([np.subtract(r["test-time crops"], r["one crop"]) for r in results.values()])
     print(f"| paired difference, mean +- std over {len(diff)} | | | "
           + " / ".join(f"{m:+.2f} +- {s:.2f}" for m, s in zip(diff.mean(0), diff.std(0, ddof=1) if len(diff) > 1

@@ -222,9 +222,10 @@ def jittered_boxes(crop_box: Sequence[float]) -> list[tuple[float, float, float,
 
 
 def predict_frames_tta(checkpoint: str | Path, sources: Sequence[str | Path], crop_box: Sequence[float],
-                       **options) -> tuple[Predictions, Predictions]:
+                       **options) -> tuple[Predictions, list[Predictions]]:
     """``predict_frames`` once per test-time crop (``jittered_boxes``: 7 passes), combined:
-    (combined, the crop's own pass).  Combined keypoints are each coordinate's median over the passes, the
+    (combined, the passes in the order of ``jittered_boxes``: the crop's own first).  All 7 passes are held on
+    the driver until combined: 7x the memory of one pass over the same frames.  Combined keypoints are each coordinate's median over the passes, the
     uncertainty their mean, the embedding and ``ok`` the crop's own; ``spread`` how far the passes disagree.  README "Test-time crops": on the
     reaching project's held-out frames the median lowers the median error in every run measured."""
     if crop_box is None:
@@ -247,4 +248,4 @@ def predict_frames_tta(checkpoint: str | Path, sources: Sequence[str | Path], cr
     combined = Predictions(ids=plain.ids, keypoints=median,
                            uncertainty=np.mean(np.stack([p.uncertainty for p in passes]), axis=0),
                            embedding=plain.embedding, ok=plain.ok, spread=spread)
-    return combined, plain
+    return combined, passes

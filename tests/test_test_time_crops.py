@@ -37,7 +37,9 @@ def test_one_crop_that_misses_is_outvoted_by_the_median(monkeypatch):
 
     monkeypatch.setattr("jobs.inference.predict_frames", predict)
     crop = (0.0, 0.0, 100.0, 100.0)
-    combined, plain = predict_frames_tta("ckpt", ["frames/"], crop, progress=False)
+    combined, passes = predict_frames_tta("ckpt", ["frames/"], crop, progress=False)
+    plain = passes[0]
+    assert len(passes) == 7
     assert boxes_seen == jittered_boxes(crop)
     np.testing.assert_allclose(plain.keypoints[:2], truth[:2] - 1.5)      # the crop's own pass, unchanged
     np.testing.assert_allclose(combined.keypoints[:2], truth[:2])          # the median: 0 px off

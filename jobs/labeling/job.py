@@ -104,7 +104,8 @@ def predict_and_write(inp: LabelingInput, out: Path, checkpoint: str, train: lis
     videos = [str(v) for v in inp.videos]
     print(f"predicting every frame{' (images with test-time crops: 7 passes)' if tta else ''} ...", flush=True)
     if tta:
-        preds, one_crop = predict_frames_tta(checkpoint, images, crop, batch_size=predict_batch, gpu=gpu)
+        preds, passes = predict_frames_tta(checkpoint, images, crop, batch_size=predict_batch, gpu=gpu)
+        one_crop = passes[0]
     else:
         preds = one_crop = predict_frames(checkpoint, images, crop, batch_size=predict_batch, gpu=gpu)
     if videos:
