@@ -11,7 +11,8 @@ labeled frames of `fskp label` (right = within the PCK threshold of jobs/labelin
 so a likelihood of 0.8 means that about 80 % of such keypoints were right on the user's own frames, and a
 pcutoff means what DeepLabCut users expect of it.  Frames predicted with test-time crops (jobs/inference.py)
 have a third sign of a wrong keypoint, how far the crops' predictions disagree (``spread``, a share of the crop
-side); a second regression adds + d * log(spread) and serves those frames, the first the frames without it.  Without held-out frames there is nothing to fit on; the
+side); a second regression adds + d * log(spread) and serves those frames, the first the frames without it.
+Without held-out frames there is nothing to fit on; the
 outputs then carry the uncalibrated sigmoid(v) and `fskp label` says so.
 """
 from __future__ import annotations
