@@ -8,7 +8,8 @@ A local start quiets, in Ray's worker processes, what would otherwise bury the t
 - Ray Train logs every ``report`` ("Reporting training result N: TrainingReport(...)"), a long line each;
 - Ray Data logs 3-4 lines each time the unlabeled pool starts an epoch (every few steps on a small project).
 Ray Data's messages still go to its ``ray-data.log`` file in the session's log folder; its warnings still reach
-the console (the driver's too: ``quiet_ray_data_console``).  On a cluster the job's runtime environment is left as it was submitted.
+the console (the driver's too: ``quiet_ray_data_console``).  On a cluster the job's runtime environment is left
+as it was submitted.
 """
 from __future__ import annotations
 
