@@ -57,7 +57,7 @@ def main() -> None:
 
     from sklearn.metrics import roc_auc_score
 
-    from jobs.inference import predict_frames
+    from jobs.inference import jittered_boxes, predict_frames, predict_views
     from jobs.labeling.confidence import fit_calibration, novelty
     from jobs.labeling.inputs import read_dlc_project
     from jobs.labeling.scoring import right_keypoints
@@ -86,17 +86,8 @@ def main() -> None:
         other = predict_frames(model, sources, crop, progress=False)
         signals[f"snapshots (step {step} vs {steps[-1][0]})"] = -np.linalg.norm(
             other.keypoints[[other.index()[str(Path(s))] for s in sources]] - pred, axis=-1)[scored]
-    side = crop[2] - crop[0]
-    cx, cy = (crop[0] + crop[2]) / 2, (crop[1] + crop[3]) / 2
-    moved = [(dx * side, dy * side, 1.0) for dx, dy in ((0.04, 0), (-0.04, 0), (0, 0.04), (0, -0.04))]
-    moved += [(0.0, 0.0, s) for s in (0.9, 1.1)]
-    spread = []
-    for dx, dy, s in moved:
-        h = side * s / 2
-        box = (cx + dx - h, cy + dy - h, cx + dx + h, cy + dy + h)
-        other = predict_frames(summary["checkpoint"], sources, box, progress=False)
-        spread.append(np.linalg.norm(other.keypoints[[other.index()[str(Path(s_))] for s_ in sources]] - pred,
-                                     axis=-1))
+    spread = [np.linalg.norm(other.keypoints[[other.index()[str(Path(s_))] for s_ in sources]] - pred, axis=-1)
+              for other in predict_views(summary["checkpoint"], sources, jittered_boxes(crop)[1:], progress=False)]
     signals["shifts (+-4 %, x0.9 / x1.1)"] = -np.mean(spread, axis=0)[scored]
     train_emb = base.embedding[[at[str(Path(i.source))] for i in train]]
     frame_novelty = novelty(base.embedding[rows], train_emb)

@@ -33,7 +33,9 @@ CROP_JITTER = ((0.04, 0.0, 1.0), (-0.04, 0.0, 1.0), (0.0, 0.04, 1.0), (0.0, -0.0
 
 
 class Predictor:
-    """Ray Data callable class: pool rows {id, image, ok, crop} -> predictions in source pixels."""
+    """Ray Data callable class: pool rows {id, image, ok, crop} -> predictions in source pixels, per view:
+    keypoints [B, V, K, 2], uncertainty [B, V, K] (V = 1 for rows of one crop; rows of V test-time crops,
+    image [B, V, S, S, 3], are predicted in one model call), embedding [B, D] of the first view."""
 
     def __init__(self, checkpoint: str, device: str = "cpu", threads: int | None = None, precision: str = "auto"):
         import torch
@@ -51,19 +53,23 @@ class Predictor:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        x = torch.from_numpy(np.array(batch["image"])).to(self.device)      # a writable copy of Ray's block
+        images = np.array(batch["image"])                                   # a writable copy of Ray's block
+        b, size = len(images), images.shape[-2]
+        x = torch.from_numpy(images.reshape(-1, size, size, 3)).to(self.device)          # [B * V, S, S, 3]
         x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
         dtype = self.precision.autocast_dtype
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
             det, embedding = self.detector.detect_and_embed(x)
-        crop = np.asarray(batch["crop"], np.float64)                                   # [B, 4]
+        crop = np.asarray(batch["crop"], np.float64).reshape(-1, 4)                     # [B * V, 4]
         scale = (crop[:, 2] - crop[:, 0]) / 2.0                                         # [-1, 1] -> source px
         kp = det.keypoints.float().cpu().numpy()
         source_xy = crop[:, None, :2] + (kp + 1.0) * scale[:, None, None]
-        return {"id": batch["id"], "ok": batch["ok"], "keypoints": source_xy,
-                "uncertainty": (1.0 - torch.sigmoid(det.certainty.float())).cpu().numpy(),
-                "embedding": reduce_embedding(embedding.float().cpu().numpy())}
+        k = source_xy.shape[1]
+        return {"id": batch["id"], "ok": batch["ok"], "keypoints": source_xy.reshape(b, -1, k, 2),
+                "uncertainty": (1.0 - torch.sigmoid(det.certainty.float())).cpu().numpy().reshape(b, -1, k),
+                "embedding": reduce_embedding(embedding.float().cpu().numpy().reshape(b, -1,
+                                                                                       embedding.shape[1])[:, 0])}
 
 
 def embedding_projection(channels: int, dims: int = EMBED_DIMS) -> np.ndarray | None:
@@ -146,15 +152,26 @@ def plan_actors(nodes, gpu: bool, actors: int | None = None) -> tuple[int, float
 
 
 def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_box: Sequence[float] | None,
-                   *, batch_size: int | None = None, actors: int | None = None, gpu: bool = False, frame_step: int = 1,
-                   progress: bool = True, stall_timeout: float = 600.0) -> Predictions:
+                   **options) -> Predictions:
     """Predict every frame of ``sources`` (image files, image folders, videos) with a checkpoint.
 
     crop_box: (x0, y0, x1, y1) source pixels cut from every frame before resizing to the model's
-    resolution (None: each frame's centred square).  Runs on the current Ray instance (started if needed).
-    actors: model replicas (default ``plan_actors``: one per GPU, or one per few cores of each node);
-    batch_size: frames per model call (default 128 on a GPU, 32 on a CPU).  No prediction for
-    ``stall_timeout`` seconds is an error that says what Ray has free.
+    resolution (None: each frame's centred square).  Options: ``predict_views``'s.
+    """
+    return predict_views(checkpoint, sources, None if crop_box is None else [crop_box], **options)[0]
+
+
+def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
+                  crop_boxes: Sequence[Sequence[float]] | None, *, batch_size: int | None = None,
+                  actors: int | None = None, gpu: bool = False, frame_step: int = 1, progress: bool = True,
+                  stall_timeout: float = 600.0) -> list[Predictions]:
+    """Predict every frame of ``sources`` once per box of ``crop_boxes``, each frame decoded once: one
+    ``Predictions`` per box, in their order (None: one, of each frame's centred square).
+
+    Runs on the current Ray instance (started if needed).  actors: model replicas (default ``plan_actors``:
+    one per GPU, or one per few cores of each node); batch_size: crops per model call (default 128 on a GPU,
+    32 on a CPU; a frame's views go in one call).  No prediction for ``stall_timeout`` seconds is an error
+    that says what Ray has free.
     """
     import ray
     import ray.data
@@ -175,18 +192,22 @@ def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_b
         object_store_memory=STREAM_OBJECT_STORE_BYTES)
     total = count_frames(sources, frame_step)
     actors, actor_cpus = plan_actors(cluster_nodes(), gpu, actors)
+    views = 1 if crop_boxes is None else len(crop_boxes)
     batch_size = batch_size or (128 if gpu else 32)
+    frames_per_call = max(1, batch_size // views)
     if progress:
         print(f"inference: {actors} model actor(s), {actor_cpus:g} CPU{' + 1 GPU' if gpu else ''} each, batches of "
-              f"{batch_size}", file=sys.stderr, flush=True)
-    rows = pool_dataset([str(s) for s in sources], size, crop_box=crop_box, frame_step=frame_step)
+              f"{frames_per_call * views}" + (f" ({frames_per_call} frames x {views} crops)" if views > 1 else ""),
+              file=sys.stderr, flush=True)
+    cut = {"crop_box": crop_boxes[0]} if views == 1 and crop_boxes else {"crop_boxes": crop_boxes}
+    rows = pool_dataset([str(s) for s in sources], size, frame_step=frame_step, **cut)
     preds = rows.map_batches(
         Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": "cuda" if gpu else "cpu"},
-        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
+        batch_size=frames_per_call, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
         num_cpus=actor_cpus)
     ids, kps, unc, emb, ok = [], [], [], [], []
     t0, last = time.time(), 0.0
-    batches = watched(preds.iter_batches(batch_size=batch_size, batch_format="numpy"), timeout_s=stall_timeout,
+    batches = watched(preds.iter_batches(batch_size=frames_per_call, batch_format="numpy"), timeout_s=stall_timeout,
                       what="prediction", explain=lambda: f"the model actors or the frame decoding could not run "
                                                          f"({starvation_report()}); lower --actors or give Ray more CPUs")
     for b in batches:
@@ -201,12 +222,13 @@ def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_b
         raise ValueError(f"{', '.join(map(str, sources))}: no frame to predict")
     order = sorted(range(len(ids)), key=lambda n: frame_order(ids[n]))
     k = state["num_keypoints"]
-    keypoints = np.concatenate(kps).reshape(-1, k, 2)[order]
+    keypoints = np.concatenate(kps).reshape(-1, views, k, 2)[order]          # [N, V, K, 2]
+    uncertainty = np.concatenate(unc).reshape(-1, views, k)[order]
     okv = np.concatenate(ok)[order]
     keypoints[~okv] = np.nan
-    return Predictions(ids=[ids[n] for n in order], keypoints=keypoints,
-                       uncertainty=np.concatenate(unc).reshape(-1, k)[order],
-                       embedding=np.concatenate(emb)[order], ok=okv)
+    ids, embedding = [ids[n] for n in order], np.concatenate(emb)[order]
+    return [Predictions(ids=ids, keypoints=keypoints[:, v], uncertainty=uncertainty[:, v], embedding=embedding,
+                        ok=okv) for v in range(views)]
 
 
 def jittered_boxes(crop_box: Sequence[float]) -> list[tuple[float, float, float, float]]:
@@ -223,27 +245,22 @@ def jittered_boxes(crop_box: Sequence[float]) -> list[tuple[float, float, float,
 
 def predict_frames_tta(checkpoint: str | Path, sources: Sequence[str | Path], crop_box: Sequence[float],
                        **options) -> tuple[Predictions, list[Predictions]]:
-    """``predict_frames`` once per test-time crop (``jittered_boxes``: 7 passes), combined:
-    (combined, the passes in the order of ``jittered_boxes``: the crop's own first).  All 7 passes are held on
-    the driver until combined: 7x the memory of one pass over the same frames.  Combined keypoints are each
-    coordinate's median over the passes, the uncertainty their mean, the embedding and ``ok`` the crop's own;
-    ``spread`` how far the passes disagree.  README "Test-time crops, measured": on the reaching project the
-    median lowered the supervised detector's median error in every run measured and left the full method's
-    within noise; the spread raised the likelihood's AUROC."""
+    """``predict_views`` with the test-time crops (``jittered_boxes``: 7 views of each frame, decoded once,
+    predicted in one model call), combined: (combined, the views in the order of ``jittered_boxes``: the crop's
+    own first).  All 7 are held on the driver until combined: 7x the memory of one pass over the same frames.
+    Combined keypoints are each coordinate's median over the views, the uncertainty their mean, the embedding
+    and ``ok`` the crop's own; ``spread`` how far the views disagree.  README "Test-time crops, measured": on
+    the reaching project the median lowered the supervised detector's median error in every run measured and
+    left the full method's within noise; the spread raised the likelihood's AUROC."""
     if crop_box is None:
         raise ValueError("test-time crops need a crop box (--crop, or a run that recorded one)")
-    progress = options.pop("progress", True)
-    passes = []
-    for n, box in enumerate(jittered_boxes(crop_box)):
-        if progress:
-            print(f"test-time crop {n + 1}/{len(CROP_JITTER) + 1}: {tuple(round(c, 1) for c in box)}",
-                  file=sys.stderr, flush=True)
-        passes.append(predict_frames(checkpoint, sources, box, progress=progress, **options))
+    boxes = jittered_boxes(crop_box)
+    if options.get("progress", True):
+        print(f"test-time crops: the crop and {len(boxes) - 1} moved or scaled copies of it "
+              f"({', '.join(f'{dx:+g} x, {dy:+g} y, x{s:g}' for dx, dy, s in CROP_JITTER)}; side shares)",
+              file=sys.stderr, flush=True)
+    passes = predict_views(checkpoint, sources, boxes, **options)
     plain = passes[0]
-    for p in passes[1:]:
-        if p.ids != plain.ids:
-            raise RuntimeError("test-time crops: the passes predicted different frames (a source changed "
-                               "while it was read?)")
     keypoints = np.stack([p.keypoints for p in passes])                          # [P, N, K, 2]
     median = np.median(keypoints, axis=0)
     spread = np.linalg.norm(keypoints - median, axis=-1).mean(axis=0) / (crop_box[2] - crop_box[0])

@@ -12,6 +12,9 @@ What runs here and what runs in the step:
   baseline's augmentation.  The loss needs the transform's parameters, its range grows with the iteration
   (Supplement A), and on a GPU the warp is far cheaper there than on the data workers.
 
+With ``crop_boxes`` (test-time crops, jobs/inference.py) a row shows one frame cut several ways from a single
+decode: ``image`` uint8 [V, S, S, 3] and ``crop`` float [V, 4], one view per box.
+
 Unreadable inputs are not fatal: the row comes through with ``ok = False`` and a black image, the training
 loop drops it and counts it, and the count is recorded with the run.
 """
@@ -50,22 +53,39 @@ def _resize_square(image: np.ndarray, size: int, crop_box: Sequence[float]) -> n
     return crop_resize(image, crop_box, size)
 
 
-def decode_encoded(batch: dict, size: int, crop_box: Sequence[float] | None = None) -> dict:
+def view_shape(size: int, crop_boxes: Sequence[Sequence[float]] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of one row's (image, crop): ([S, S, 3], [4]), or ([V, S, S, 3], [V, 4]) with V ``crop_boxes``."""
+    return ((size, size, 3), (4,)) if crop_boxes is None else ((len(crop_boxes), size, size, 3), (len(crop_boxes), 4))
+
+
+def cut_views(rgb: np.ndarray, size: int, crop_box: Sequence[float] | None,
+              crop_boxes: Sequence[Sequence[float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One decoded frame -> (image, crop) of its pool row: ``crop_box`` (default the centred square) resized
+    to size x size; with ``crop_boxes``, one view per box, stacked ([V, S, S, 3], [V, 4])."""
+    if crop_boxes is None:
+        crop = np.asarray(crop_for(rgb.shape, crop_box))
+        return _resize_square(rgb, size, crop), crop
+    crops = np.asarray([crop_for(rgb.shape, box) for box in crop_boxes], np.float64)
+    return np.stack([_resize_square(rgb, size, c) for c in crops]), crops
+
+
+def decode_encoded(batch: dict, size: int, crop_box: Sequence[float] | None = None,
+                   crop_boxes: Sequence[Sequence[float]] | None = None) -> dict:
     """Ray Data batch fn: encoded image bytes (column ``bytes`` or ``image``) -> decoded rows."""
     from PIL import Image
 
     raw = batch["bytes"] if "bytes" in batch else batch["image"]
     ids = batch["id"] if "id" in batch else batch["path"]
-    images = np.zeros((len(raw), size, size, 3), np.uint8)
+    image_shape, crop_shape = view_shape(size, crop_boxes)
+    images = np.zeros((len(raw), *image_shape), np.uint8)
     ok = np.zeros(len(raw), bool)
-    crops = np.zeros((len(raw), 4), np.float64)
+    crops = np.zeros((len(raw), *crop_shape), np.float64)
     for i, data in enumerate(raw):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 rgb = np.asarray(im.convert("RGB"))
-            crops[i] = crop_for(rgb.shape, crop_box)
-            images[i] = _resize_square(rgb, size, crops[i])
+            images[i], crops[i] = cut_views(rgb, size, crop_box, crop_boxes)
             ok[i] = True
         except Exception:        # truncated, corrupt or not an image at all: counted, not fatal
             pass
@@ -116,7 +136,8 @@ def _numbered_frames(container, stream, start: int) -> Iterator[tuple[int, objec
         yield (n if frame.pts is None else _frame_number(frame, stream, rate)), frame
 
 
-def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None) -> list[dict]:
+def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None,
+                 crop_boxes: Sequence[Sequence[float]] | None = None) -> list[dict]:
     """Ray Data flat_map fn: decode frames [start, start + count) of one video with PyAV.
 
     Each chunk seeks to the keyframe at or before its first frame and decodes forward
@@ -136,13 +157,12 @@ def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None) 
                 if i >= start + count:
                     break
                 if i >= start and i % step == 0:
-                    rgb = frame.to_ndarray(format="rgb24")
-                    crop = np.asarray(crop_for(rgb.shape, crop_box))
-                    out.append({"id": f"{path}#{i}", "image": _resize_square(rgb, size, crop), "ok": True,
-                                "crop": crop})
+                    image, crop = cut_views(frame.to_ndarray(format="rgb24"), size, crop_box, crop_boxes)
+                    out.append({"id": f"{path}#{i}", "image": image, "ok": True, "crop": crop})
     except Exception:
-        out.append({"id": f"{path}#{start}", "image": np.zeros((size, size, 3), np.uint8), "ok": False,
-                    "crop": np.zeros(4)})
+        image_shape, crop_shape = view_shape(size, crop_boxes)
+        out.append({"id": f"{path}#{start}", "image": np.zeros(image_shape, np.uint8), "ok": False,
+                    "crop": np.zeros(crop_shape)})
     return out
 
 
@@ -171,20 +191,28 @@ def remote_pool_problem(sources: Sequence[str | Path]) -> str | None:
 
 
 def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split: str | Sequence[str] = "train",
-                 crop_box: Sequence[float] | None = None, frame_step: int = 1, frames_per_task: int = 256):
+                 crop_box: Sequence[float] | None = None, crop_boxes: Sequence[Sequence[float]] | None = None,
+                 frame_step: int = 1, frames_per_task: int = 256):
     """The unlabeled pool as a ``ray.data.Dataset`` of {id, image uint8 [size, size, 3], ok}.
 
     source: a prepared dataset folder (the rows of ``split``, one name or several; default the training
     split, as in the paper),
     a folder of images, a video file, or a list of image/video files.  ``crop_box`` applies to raw images
     and video frames (e.g. a DeepLabCut project's fixed crop); prepared rows are already cropped.
+    ``crop_boxes`` (instead of ``crop_box``): every raw image and video frame, decoded once, is cut by each box
+    into one row of V views (test-time crops).
     """
     import ray.data
 
     from pipeline.prepared import PreparedDataset, is_prepared
 
     sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if crop_boxes is not None and crop_box is not None:
+        raise ValueError("pool_dataset: give crop_box or crop_boxes, not both")
     if len(sources) == 1 and is_prepared(sources[0]):
+        if crop_boxes is not None:
+            raise ValueError(f"{sources[0]}: a prepared dataset's rows are already cropped; test-time crops need "
+                             f"the raw images or videos")
         ds = PreparedDataset(sources[0])      # local or in an object store: Ray Data reads its Parquet in place
         splits = [split] if isinstance(split, str) else list(split)
         files = [f for s in splits for f in ds.files(s)]
@@ -214,19 +242,18 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
             raise FileNotFoundError(f"{p}: unlabeled pool not found")
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
     images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
-    parts = []
+    parts, cut = [], {"size": size, "crop_box": crop_box, "crop_boxes": crop_boxes}
     if images:
         parts.append(ray.data.read_binary_files([str(f) for f in images], include_paths=True,
                                                 num_cpus=DATA_TASK_CPUS).map_batches(
-            decode_encoded, fn_kwargs={"size": size, "crop_box": crop_box}, batch_size=64, num_cpus=DATA_TASK_CPUS))
+            decode_encoded, fn_kwargs=cut, batch_size=64, num_cpus=DATA_TASK_CPUS))
     if videos:
         chunks = []
         for v in videos:
             n = video_length(v)
             chunks += [{"video": str(v), "start": s, "count": min(frames_per_task, n - s), "step": frame_step}
                        for s in range(0, n, frames_per_task)]
-        parts.append(ray.data.from_items(chunks).flat_map(video_frames, fn_kwargs={"size": size, "crop_box": crop_box},
-                                                          num_cpus=DATA_TASK_CPUS))
+        parts.append(ray.data.from_items(chunks).flat_map(video_frames, fn_kwargs=cut, num_cpus=DATA_TASK_CPUS))
     if not parts:
         raise ValueError(f"{', '.join(map(str, paths))}: no images or videos found for the unlabeled pool")
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])

@@ -254,10 +254,29 @@ def test_predict_with_test_time_crops(labeled, project, tmp_path, capsys):
     assert main(["predict", "--run", summary["run_id"], "--video", str(project / "videos" / "session1.mp4"),
                  "--out", str(tmp_path / "tta"), "--tracking-uri", uri, "--no-overlay", "--suggestions", "0",
                  "--tta"]) == 0
-    assert "test-time crop 7/7" in capsys.readouterr().err         # the median of 7: tests/test_test_time_crops.py
+    err = capsys.readouterr().err                # the median of 7: tests/test_test_time_crops.py
+    assert "test-time crops: the crop and 6 moved or scaled copies" in err and "(4 frames x 7 crops)" in err
     _, rows = read_dlc_rows(tmp_path / "tta" / "predictions" / "session1.csv")
     values = np.array(rows, float)[:, 1:].reshape(N_FRAMES, 3, 3)
     assert np.isfinite(values).all() and ((values[..., 2] > 0) & (values[..., 2] < 1)).all()
+
+
+def test_test_time_crops_from_one_decode_match_one_pass_per_crop(labeled, project):
+    """The 7 views of a frame, cut from one decode and predicted in one model call, are what 7 separate
+    passes over the video (one crop each) predict."""
+    from jobs.inference import jittered_boxes, predict_frames, predict_frames_tta
+
+    summary = json.loads((labeled[0] / "label.json").read_text())
+    video = [str(project / "videos" / "session1.mp4")]
+    crop = (0.0, 0.0, float(W), float(H))
+    combined, views = predict_frames_tta(summary["checkpoint"], video, crop, progress=False)
+    assert len(views) == 7 and len(combined.ids) == N_FRAMES
+    for n in (0, 2, 6):                                 # the crop itself, moved left, scaled by 1.1
+        single = predict_frames(summary["checkpoint"], video, jittered_boxes(crop)[n], progress=False)
+        assert single.ids == views[n].ids
+        np.testing.assert_allclose(views[n].keypoints, single.keypoints, atol=0.05)
+        np.testing.assert_allclose(views[n].uncertainty, single.uncertainty, atol=1e-3)
+    assert not np.allclose(views[0].keypoints, views[6].keypoints, atol=0.05)     # the views do differ
 
 
 def test_label_refuses_unknown_frames(project, tmp_path):

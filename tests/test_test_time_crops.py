@@ -30,18 +30,18 @@ def test_one_crop_that_misses_is_outvoted_by_the_median(monkeypatch):
     truth = np.arange(3 * 2 * 2, dtype=np.float64).reshape(3, 2, 2) * 10.0
     boxes_seen = []
 
-    def predict(checkpoint, sources, box, **options):
-        boxes_seen.append(box)
-        n = len(boxes_seen)                             # pass 3 misses by 500 px, the others scatter by <= 1.5
-        return fake_predictions(truth + (-1.5, -1.0, 500.0, -0.5, 0.0, 1.0, 1.5)[n - 1], uncertainty=0.1 * n)
+    def predict(checkpoint, sources, boxes, **options):
+        boxes_seen.extend(boxes)                        # view 3 misses by 500 px, the others scatter by <= 1.5
+        return [fake_predictions(truth + off, uncertainty=0.1 * (n + 1))
+                for n, off in enumerate((-1.5, -1.0, 500.0, -0.5, 0.0, 1.0, 1.5))]
 
-    monkeypatch.setattr("jobs.inference.predict_frames", predict)
+    monkeypatch.setattr("jobs.inference.predict_views", predict)
     crop = (0.0, 0.0, 100.0, 100.0)
     combined, passes = predict_frames_tta("ckpt", ["frames/"], crop, progress=False)
     plain = passes[0]
     assert len(passes) == 7
-    assert boxes_seen == jittered_boxes(crop)
-    np.testing.assert_allclose(plain.keypoints[:2], truth[:2] - 1.5)      # the crop's own pass, unchanged
+    assert boxes_seen == jittered_boxes(crop)           # one stream: every frame cut by the 7 boxes
+    np.testing.assert_allclose(plain.keypoints[:2], truth[:2] - 1.5)      # the crop's own view, unchanged
     np.testing.assert_allclose(combined.keypoints[:2], truth[:2])          # the median: 0 px off
     assert np.isnan(combined.keypoints[2]).all() and combined.ok.tolist() == [True, True, False]
     np.testing.assert_allclose(combined.uncertainty, 0.4)                  # mean of 0.1 .. 0.7
@@ -51,16 +51,30 @@ def test_one_crop_that_misses_is_outvoted_by_the_median(monkeypatch):
     assert (combined.embedding == plain.embedding).all()                   # the crop's own
 
 
-def test_test_time_crops_refuse_a_missing_crop_and_passes_that_disagree(monkeypatch):
+def test_test_time_crops_refuse_a_missing_crop():
     with pytest.raises(ValueError, match="need a crop box"):
         predict_frames_tta("ckpt", ["frames/"], None)
-    calls = []
 
-    def predict(checkpoint, sources, box, **options):
-        calls.append(box)
-        ids = ("a.png", "b.png", "c.png") if len(calls) == 1 else ("a.png", "b.png", "d.png")
-        return fake_predictions(np.zeros((3, 2, 2)), 0.5, ids)
 
-    monkeypatch.setattr("jobs.inference.predict_frames", predict)
-    with pytest.raises(RuntimeError, match="different frames"):
-        predict_frames_tta("ckpt", ["frames/"], (0, 0, 10, 10), progress=False)
+def test_one_decode_cuts_every_view(tmp_path):
+    """A pool row with test-time crops: V views of one decoded image, each its box resized (pipeline/pool.py)."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.pool import decode_encoded
+
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[:, 40:] = 255                                   # left half black, right half white
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    boxes = [(0, 0, 40, 40), (40, 0, 80, 40), (20, 0, 60, 40)]
+    rows = decode_encoded({"id": ["a.png", "bad.png"], "bytes": [buf.getvalue(), b"not an image"]}, 8,
+                          crop_boxes=boxes)
+    assert rows["image"].shape == (2, 3, 8, 8, 3) and rows["crop"].shape == (2, 3, 4)
+    assert rows["ok"].tolist() == [True, False] and (rows["image"][1] == 0).all()
+    np.testing.assert_array_equal(rows["crop"][0], np.asarray(boxes, float))
+    views = rows["image"][0].mean(axis=(1, 2, 3))
+    assert views[0] < 5 and views[1] > 250 and 100 < views[2] < 155    # black, white, half and half
+    one = decode_encoded({"id": ["a.png"], "bytes": [buf.getvalue()]}, 8, crop_box=boxes[2])
+    np.testing.assert_array_equal(one["image"][0], rows["image"][0, 2])    # the same cut as a crop of its own

@@ -115,6 +115,21 @@ def test_step_keeps_multiples_of_step_whatever_the_chunking(numbered_video):
     assert [read_number(r["image"]) for r in rows] == ids
 
 
+def test_test_time_crops_cut_every_view_from_one_decode(numbered_video, count_decoded, tmp_path):
+    """Rows of V views (test-time crops): each frame decoded once, whatever V; a failed chunk's row has V views."""
+    from pipeline.pool import video_frames
+
+    boxes = [(0, 0, SIDE, SIDE), (4, 0, SIDE + 4, SIDE), (0, 0, SIDE * 1.1, SIDE * 1.1)]
+    rows = video_frames({"video": str(numbered_video), "start": 1040, "count": 100}, SIDE, crop_boxes=boxes)
+    assert [int(r["id"].rsplit("#", 1)[1]) for r in rows] == list(range(1040, 1140))
+    assert all(r["image"].shape == (3, SIDE, SIDE, 3) and r["crop"].shape == (3, 4) for r in rows)
+    assert [read_number(r["image"][0]) for r in rows] == list(range(1040, 1140))   # the crop itself: the picture
+    np.testing.assert_array_equal(rows[0]["crop"], np.asarray(boxes, float))
+    assert count_decoded["frames"] <= 100 + GOP + 2          # as with one crop: each frame once
+    failed = video_frames({"video": str(tmp_path / "missing.mp4"), "start": 0, "count": 10}, SIDE, crop_boxes=boxes)
+    assert not failed[0]["ok"] and failed[0]["image"].shape == (3, SIDE, SIDE, 3)
+
+
 def test_chunk_past_the_end_is_empty_and_a_missing_file_is_a_failed_row(numbered_video, tmp_path):
     from pipeline.pool import video_frames
 
