@@ -398,6 +398,10 @@ def train_func(config: dict) -> None:
     for step in range(start, job.iterations):
         if job.fail_at_step is not None and step == job.fail_at_step and rank == 0 and not resumed_from:
             say(f"injected failure at step {step} (--fail-at-step)")
+            # Ray Train's controller collects reports when it polls (every 2 s by default): a worker that dies
+            # just after reporting can lose that checkpoint.  Wait out a few polls so that the test checks the
+            # resume, not that race (a real crash then resumes from the checkpoint before)
+            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
             os._exit(1)
         for group in optimizer.param_groups:
             group["lr"] = optim_cfg.lr_at(step) * group.get("lr_scale", 1.0)
