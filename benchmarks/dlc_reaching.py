@@ -8,6 +8,7 @@ frame's labeled-keypoint box, never under 20 px (../shared/data/README.md).  Run
   python benchmarks/dlc_reaching.py                                  # the README's numbers
   python benchmarks/dlc_reaching.py --variants supervised --iterations 300 --size 128   # a quick look
   python benchmarks/dlc_reaching.py --draw 1 --out benchmarks/out/dlc_reaching_draw1    # another frame set
+  python benchmarks/dlc_reaching.py --seed 1 --out benchmarks/out/dlc_reaching_seed1    # same frames, another run
 
 ``--draw SEED`` trains on 10 frames drawn at random (numpy seed SEED) from the labeled frames that label
 a keypoint, instead of the reference runs' frames; the other labeled frames are held out and scored.
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--margin", type=float, default=0.1, help="crop margin per side (fskp label --margin)")
     p.add_argument("--out", default="benchmarks/out/dlc_reaching")
     p.add_argument("--draw", type=int, help="train on 10 frames drawn with this seed instead of the reference's")
+    p.add_argument("--seed", type=int, default=0, help="training seed (fskp label --seed): same frames, another run")
     p.add_argument("--report-only", action="store_true", help="print the table from an earlier run's --out")
     args = p.parse_args()
 
@@ -67,7 +69,7 @@ def main() -> None:
             checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
             continue
         options = dict(LABEL_DEFAULTS, iterations=args.iterations, size=args.size, backbone=args.backbone,
-                       precision=args.precision, threads=args.threads, variant=variant, unlabeled_batch=4,
+                       precision=args.precision, threads=args.threads, variant=variant, unlabeled_batch=4, seed=args.seed,
                        experiment="dlc-reaching", tracking_uri=f"sqlite:///{out}/mlflow.db")
         t0 = time.time()
         result = label(project, out / variant, frames=frames,
@@ -83,7 +85,7 @@ def main() -> None:
     print(f"\ndlc-reaching, 10 labeled frames ({'reference set' if args.draw is None else f'draw {args.draw}'}), "
           f"{r['frames']} held out ({r['keypoints']} keypoints); {args.iterations} iterations, "
           f"{args.size} px, crop margin {args.margin}, {args.backbone}, precision {args.precision}, "
-          f"threads {args.threads or 'auto'}; {machine_summary()}")
+          f"threads {args.threads or 'auto'}, seed {args.seed}; {machine_summary()}")
     print("| system | mean error | median | PCK | time |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, mean, median, pck, took in reference + rows:
