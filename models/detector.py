@@ -59,6 +59,27 @@ def argmax_decode(heatmaps: torch.Tensor) -> torch.Tensor:
         return torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).reshape(N, K, 2)
 
 
+def local_soft_argmax(heatmaps: torch.Tensor, radius: int) -> torch.Tensor:
+    """Eq. 1 restricted to a (2 radius + 1)^2 window of heatmap pixels around each heatmap's arg-max: mass far
+    from the peak (a second mode, the background's floor) no longer pulls the keypoint toward it.  An
+    inference-time decoding of heatmaps trained with Eq. 1 over the whole map.
+    heatmaps [N, K, h, w] -> keypoints [N, K, 2] in [-1, 1] (pixel centres as in ``pixel_centres``)."""
+    N, K, h, w = heatmaps.shape
+    with torch.autocast(heatmaps.device.type, enabled=False):
+        hm = heatmaps.float().reshape(N * K, h * w)
+        peak = hm.argmax(-1)
+        offsets = torch.arange(-radius, radius + 1, device=hm.device)
+        rows = (peak // w)[:, None, None] + offsets[None, :, None]                    # [NK, 2r+1, 1]
+        cols = (peak % w)[:, None, None] + offsets[None, None, :]                     # [NK, 1, 2r+1]
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)                  # [NK, 2r+1, 2r+1]
+        index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).reshape(N * K, -1)
+        logits = hm.gather(1, index).masked_fill(~inside.reshape(N * K, -1), float("-inf"))
+        weights = logits.softmax(-1)                                                  # [NK, (2r+1)^2]
+        x = (cols.expand_as(inside).reshape(N * K, -1).float() + 0.5) * (2.0 / w) - 1.0
+        y = (rows.expand_as(inside).reshape(N * K, -1).float() + 0.5) * (2.0 / h) - 1.0
+        return torch.stack([(weights * x).sum(-1), (weights * y).sum(-1)], -1).reshape(N, K, 2)
+
+
 def gaussian_heatmaps(keypoints: torch.Tensor, h: int, w: int, sigma: float) -> torch.Tensor:
     """Xiao et al.'s targets: [N, K, 2] in [-1, 1] -> [N, K, h, w], a Gaussian of peak 1 and ``sigma``
     heatmap pixels around each keypoint."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.config import ModelConfig
-from models.detector import Detector, pixel_centres, soft_argmax
+from models.detector import Detector, local_soft_argmax, pixel_centres, soft_argmax
 from models import pretrained
 
 
@@ -41,6 +41,22 @@ def test_soft_argmax_of_a_sharp_peak_returns_the_peak_and_its_values():
 def test_soft_argmax_of_a_flat_heatmap_is_the_centre():
     kp, = soft_argmax(torch.zeros(1, 2, 8, 8))
     assert torch.allclose(kp, torch.zeros(1, 2, 2), atol=1e-6)
+
+
+def test_local_soft_argmax_ignores_mass_away_from_the_peak_and_is_eq1_over_a_window_that_covers_the_map():
+    torch.manual_seed(0)
+    heat = torch.randn(2, 3, 12, 16) * 3
+    assert torch.allclose(local_soft_argmax(heat, 16), soft_argmax(heat)[0], atol=1e-5)
+    heat = torch.full((1, 1, 16, 16), -4.0)                   # a low floor over many pixels pulls Eq. 1 inward
+    heat[0, 0, 2, 1], heat[0, 0, 2, 2] = 6.0, 6.0             # the peak: between columns 1 and 2 of row 2
+    heat[0, 0, 13, 13] = 5.0                                  # a second, weaker mode far away
+    kp = local_soft_argmax(heat, 1)[0, 0]
+    assert torch.allclose(kp, torch.tensor([2 * 2.0 / 16 - 1, 2 * 2.5 / 16 - 1]), atol=1e-3)
+    whole, = soft_argmax(heat)
+    assert (whole[0, 0] - kp).norm() > 0.2                    # Eq. 1 over the map is pulled toward (13, 13)
+    corner = torch.full((1, 1, 8, 8), -9.0)
+    corner[0, 0, 0, 0] = 5.0                                  # window clipped at the border, no wrap-around
+    assert torch.allclose(local_soft_argmax(corner, 2)[0, 0], torch.tensor([-7 / 8, -7 / 8]), atol=1e-3)
 
 
 def test_detector_shapes_and_small_start():
