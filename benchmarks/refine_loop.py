@@ -26,6 +26,12 @@ random round from an earlier ``--out`` of the same frame set, so two rules are c
 ``--draw SEED`` starts from the 10 frames benchmarks/dlc_reaching.py --draw SEED trains on; ``--round1 DIR``
 reads round 1 from a finished `fskp label` output folder with those frames instead of training it again (a
 folder made before the likelihood was calibrated is predicted again with its checkpoint, not retrained).
+``--random-draws N`` trains N control rounds on frames drawn with seeds 0 .. N-1 (one draw is the largest noise
+in this comparison); each is compared with the suggested round on the frames neither trained on, and
+``--summarize`` averages a set's draws before taking mean ± std over the sets:
+
+  python benchmarks/refine_loop.py --variant supervised --draw 1 --random-draws 3 --out benchmarks/out/rl_draw1_x3
+
 Also printed: how each round 2 changed the error on round 1's own training frames (a refine round should
 not make a frame labeled earlier worse).
 """
@@ -60,6 +66,9 @@ def main() -> None:
     p.add_argument("--suggest-by", choices=RULES, default=RULES[0], help="the suggestion rule (pipeline/suggest.py)")
     p.add_argument("--reuse", help="an earlier --out of the same frame set: its round 1 (re-predicted when its "
                                    "suggestions came from another rule) and its random round are reused")
+    p.add_argument("--random-draws", type=int, default=1,
+                   help="control rounds, each on --add frames drawn with numpy seed 0, 1, ...: each is compared with "
+                        "the suggested round on the frames neither trained on, and the comparisons averaged")
     p.add_argument("--summarize", nargs="+", metavar="OUT", help="only print the table over finished --out "
                                                                  "folders (one per frame set), mean ± std")
     args = p.parse_args()
@@ -70,7 +79,6 @@ def main() -> None:
     from jobs.commands.train import resolve_init
     from jobs.labeling.inputs import read_dlc_project
     from jobs.labeling.job import label
-    from jobs.labeling.scoring import held_out_report
 
     project, out = Path(args.project), Path(args.out).resolve()
     inp = read_dlc_project(project)
@@ -105,62 +113,93 @@ def main() -> None:
     rounds = [run("round1", first)]
     suggested = [Path(i).name for i in suggested_frames(out / "round1", args.add)]   # stems, as FRAMES
     held = sorted({Path(i.id).name for i in inp.labeled} - set(first))
-    drawn = [str(f) for f in np.random.default_rng(0).choice(held, size=args.add, replace=False)]
-    earlier = Path(args.reuse or "", "round2-random")
-    if args.reuse and (earlier / "label.json").exists() and not (out / "round2-random").exists():
-        trained = {Path(line).stem for line in (earlier / "shots.txt").read_text().split()}
-        if trained != set(first + drawn):
-            raise SystemExit(f"{earlier} trained on {sorted(trained)}, not on {sorted(first + drawn)}")
-        (out / "round2-random").symlink_to(earlier.resolve(), target_is_directory=True)
-    rounds += [run("round2-suggested", first + suggested), run("round2-random", first + drawn)]
+    draws = [random_frames(held, args.add, seed) for seed in range(args.random_draws)]
+    for seed, drawn in enumerate(draws):
+        name = random_round(seed)
+        earlier = Path(args.reuse or "", name)
+        if args.reuse and (earlier / "label.json").exists() and not (out / name).exists():
+            trained = {Path(line).stem for line in (earlier / "shots.txt").read_text().split()}
+            if trained != set(first + drawn):
+                raise SystemExit(f"{earlier} trained on {sorted(trained)}, not on {sorted(first + drawn)}")
+            (out / name).symlink_to(earlier.resolve(), target_is_directory=True)
+    rounds += [run("round2-suggested", first + suggested)]
+    rounds += [run(random_round(seed), first + drawn) for seed, drawn in enumerate(draws)]
 
-    scored = sorted(set(held) - set(suggested) - set(drawn))
     round2 = (f"; round 2 {'from round 1' + chr(39) + 's weights' if args.warm else 'from scratch'}, "
               f"{args.round2_iterations or args.iterations} iterations")
     print(f"\nrefine loop on dlc-reaching ({args.variant}, {args.iterations} iterations{round2}, threads {args.threads or 'auto'}, "
-          f"suggested by {args.suggest_by}, "
-          f"{machine_summary()}); scored on the {len(scored)} held-out frames no round "
-          f"trained on")
-    print(f"suggested by round 1: {', '.join(suggested)}; drawn at random: {', '.join(drawn)}")
-    print("| round | training frames | mean error | median | PCK | time |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    results = {}
-    for r in rounds:
-        truth, pred = truth_and_predictions(project, r["out"])
-        ids = [i for i in truth if Path(i).name in scored and truth[i].visible.any()]
-        rep = held_out_report(inp.card, np.stack([pred[i].keypoints for i in ids]),
-                              np.stack([truth[i].keypoints for i in ids]), np.stack([truth[i].visible for i in ids]))
-        results[r["name"]] = {k: rep[k] for k in ("frames", "keypoints", "mean_error_px", "median_error_px", "pck")}
-        took = f"{r['minutes']:.0f} min" if r["minutes"] is not None else "?"
-        print(f"| {r['name']} | {len(r['frames'])} | {rep['mean_error_px']:.1f} px | {rep['median_error_px']:.1f} px "
-              f"| {rep['pck']:.1f} % | {took} |")
+          f"suggested by {args.suggest_by}, {machine_summary()}); each random round against the suggested one on "
+          f"the held-out frames neither trained on")
+    print(f"suggested by round 1: {', '.join(suggested)}")
+    by_name = {r["name"]: r for r in rounds}
+    compared = []
+    for seed, drawn in enumerate(draws):
+        scored = sorted(set(held) - set(suggested) - set(drawn))
+        print(f"\nrandom draw {seed}: {', '.join(drawn)}; {len(scored)} frames scored")
+        print("| round | training frames | mean error | median | PCK | time |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        results = {}
+        for key, r in (("round1", by_name["round1"]), ("round2-suggested", by_name["round2-suggested"]),
+                       ("round2-random", by_name[random_round(seed)])):
+            rep = score_round(project, inp.card, r["out"], scored)
+            results[key] = rep
+            took = f"{r['minutes']:.0f} min" if r["minutes"] is not None else "?"
+            print(f"| {r['name']} | {len(r['frames'])} | {rep['mean_error_px']:.1f} px | {rep['median_error_px']:.1f} "
+                  f"px | {rep['pck']:.1f} % | {took} |")
+        compared.append({"random": drawn, "scored": scored, "results": results})
     earlier = earlier_frames_check(project, rounds)
     for name, (worse, worst, n) in earlier.items():
         print(f"{name}: on round 1's {n} training frames, {worse} got worse than in round 1 by more than 5 px "
               f"(largest change {worst:+.1f} px)")
     (out / "refine_loop.json").write_text(json.dumps({"suggest_by": args.suggest_by, "variant": args.variant,
-                                                      "suggested": suggested, "random": drawn, "scored": scored,
-                                                      "results": results, "round1_frames": earlier}, indent=2))
+                                                      "suggested": suggested, **compared[0], "draws": compared,
+                                                      "round1_frames": earlier}, indent=2))
+
+
+def random_round(seed: int) -> str:
+    """The output folder of the control round drawn with ``seed`` (seed 0 keeps the name of the one-draw runs)."""
+    return "round2-random" if seed == 0 else f"round2-random-seed{seed}"
+
+
+def random_frames(held: list[str], n: int, seed: int) -> list[str]:
+    """``n`` of the ``held`` frame names, drawn without replacement with numpy seed ``seed``."""
+    return [str(f) for f in np.random.default_rng(seed).choice(held, size=n, replace=False)]
+
+
+def score_round(project: Path, card, out: Path, scored: list[str]) -> dict:
+    """A round's frames, mean / median error and PCK on the ``scored`` frame names (the README's rule)."""
+    from jobs.labeling.scoring import held_out_report
+
+    truth, pred = truth_and_predictions(project, out)
+    ids = [i for i in truth if Path(i).name in scored and truth[i].visible.any()]
+    rep = held_out_report(card, np.stack([pred[i].keypoints for i in ids]), np.stack([truth[i].keypoints for i in ids]),
+                          np.stack([truth[i].visible for i in ids]))
+    return {k: rep[k] for k in ("frames", "keypoints", "mean_error_px", "median_error_px", "pck")}
 
 
 def summarize(folders: list[Path]) -> None:
     """The refine loop over frame sets: each folder's refine_loop.json, then mean ± std over the sets of each
-    round and of the paired difference suggested - random (negative error, positive PCK: suggestions better)."""
+    round and of the paired difference suggested - random (negative error, positive PCK: suggestions better).
+    A set with several random draws contributes, per column, the mean over its draws (each draw scored with the
+    suggested round on the frames neither trained on)."""
     metrics = (("mean_error_px", "px"), ("median_error_px", "px"), ("pck", "%"))
     runs = [(f.name, json.loads((f / "refine_loop.json").read_text())) for f in folders]
-    print("| frame set | scored frames | round 1: mean / median / PCK | + 5 suggested | + 5 random | "
+    print("| frame set | random draws | scored frames | round 1: mean / median / PCK | + 5 suggested | + 5 random | "
           "suggested − random |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = {"round1": [], "round2-suggested": [], "round2-random": [], "difference": []}
     for name, run in runs:
-        r = run["results"]
-        for key in ("round1", "round2-suggested", "round2-random"):
-            rows[key].append([r[key][m] for m, _ in metrics])
-        rows["difference"].append([r["round2-suggested"][m] - r["round2-random"][m] for m, _ in metrics])
+        draws = run.get("draws", [run])                     # runs from before --random-draws: one draw
+        per_draw = {key: np.array([[d["results"][key][m] for m, _ in metrics] for d in draws])
+                    for key in ("round1", "round2-suggested", "round2-random")}
+        for key, values in per_draw.items():
+            rows[key].append(values.mean(axis=0))
+        rows["difference"].append((per_draw["round2-suggested"] - per_draw["round2-random"]).mean(axis=0))
         cells = [" / ".join(f"{v:.1f}" for v in rows[key][-1]) for key in rows]
-        print(f"| {name} | {len(run['scored'])} | " + " | ".join(cells) + " |")
+        scored = "–".join(sorted({str(len(d["scored"])) for d in draws}))
+        print(f"| {name} | {len(draws)} | {scored} | " + " | ".join(cells) + " |")
     stats = {k: (np.mean(v, axis=0), np.std(v, axis=0, ddof=1) if len(v) > 1 else np.zeros(3)) for k, v in rows.items()}
-    print(f"| mean ± std over {len(runs)} | | " + " | ".join(
+    print(f"| mean ± std over {len(runs)} | | | " + " | ".join(
         " / ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(*stats[k])) for k in rows) + " |")
     better = sum(d[0] < 0 for d in rows["difference"])
     print(f"suggested frames lowered the mean error more than random ones in {better} of {len(runs)} frame sets; "
