@@ -4,7 +4,7 @@ For each `fskp label` output folder given (label.json, the run's checkpoint), pr
 frames once -- the crop and its six test-time copies (jobs/inference.py ``jittered_boxes``) -- and decodes the
 heatmaps with Eq. 1 over the whole map (what training optimises and `fskp label` writes), Eq. 1 over a window
 of (2r+1)^2 heatmap pixels around the peak (models/detector.py ``local_soft_argmax``), and the arg-max with
-Xiao et al.'s quarter-pixel shift.  Each is scored from the crop alone and as the median of the seven crops,
+Xiao et al.'s quarter-pixel shift; and how far Eq. 1's weights spread around the keypoint.  Each is scored from the crop alone and as the median of the seven crops,
 with the scoring of ../shared/data/README.md; then the paired difference to Eq. 1 over the folders.  Nothing
 is trained.  Prints figures, asserts nothing.
 
@@ -63,8 +63,24 @@ def decodings(heatmaps) -> dict[str, np.ndarray]:
     return {name: kp.reshape(n, v, k, 2).numpy() for name, kp in out.items()}
 
 
+def spread_px(heatmaps, crops: np.ndarray) -> float:
+    """Median over the crops' keypoints of the spread of Eq. 1's weights w(p): sqrt(sum_p w(p) |p - k|^2), in
+    source pixels.  heatmaps [N, V, K, h, w] (the crop's own view, V = 0, is used), crops [N, V, 4]."""
+    from models.detector import pixel_centres
+
+    hm = heatmaps[:, 0]
+    n, k, h, w = hm.shape
+    weights = hm.reshape(n, k, h * w).softmax(-1)
+    centres = pixel_centres(h, w)                                                   # [h*w, 2] in [-1, 1]
+    mean = weights @ centres
+    var = (weights * ((centres[None, None] - mean[..., None, :]) ** 2).sum(-1)).sum(-1)   # [N, K]
+    side = (crops[:, 0, 2] - crops[:, 0, 0]) / 2.0                                  # [-1, 1] -> source px
+    return float(np.median(var.sqrt().numpy() * side[:, None]))
+
+
 def evaluate(project, folder: Path) -> dict[str, tuple]:
-    """{decoding: (mean, median, PCK from the crop alone, then mean, median, PCK of the median of 7 crops)}."""
+    """{decoding: (mean, median, PCK from the crop alone, then mean, median, PCK of the median of 7 crops)};
+    under "spread", Eq. 1's weights' spread in source px (``spread_px``)."""
     from jobs.labeling.scoring import held_out_report
 
     held, heatmaps, crops = heatmaps_of(folder, project)
@@ -78,6 +94,7 @@ def evaluate(project, folder: Path) -> dict[str, tuple]:
             r = held_out_report(project.card, pred, gt, visible)
             row += (r["mean_error_px"], r["median_error_px"], r["pck"])
         out[name] = row
+    out["spread"] = spread_px(heatmaps, crops)
     return out
 
 
@@ -92,7 +109,10 @@ def main() -> None:
 
     project = read_dlc_project(args.project)
     results = {Path(f): evaluate(project, Path(f)) for f in args.folders}
+    spreads = {folder: rows.pop("spread") for folder, rows in results.items()}
     print(f"\n{machine_summary()}")
+    for folder, spread in spreads.items():
+        print(f"{folder}: Eq. 1's weights spread {spread:.1f} source px around the keypoint (median over keypoints)")
     print("| run | decoding | crop alone: mean / median / PCK | 7 crops: mean / median / PCK |")
     print("| --- | --- | ---: | ---: |")
     fmt = "{:.1f} / {:.1f} / {:.1f}".format
