@@ -62,7 +62,8 @@ def argmax_decode(heatmaps: torch.Tensor) -> torch.Tensor:
 def local_soft_argmax(heatmaps: torch.Tensor, radius: int) -> torch.Tensor:
     """Eq. 1 restricted to a (2 radius + 1)^2 window of heatmap pixels around each heatmap's arg-max: mass far
     from the peak (a second mode, the background's floor) no longer pulls the keypoint toward it.  An
-    inference-time decoding of heatmaps trained with Eq. 1 over the whole map.
+    inference-time decoding of heatmaps trained with Eq. 1 over the whole map; measured (benchmarks/decoding.py,
+    README) it is far worse there, whose weights spread wide with their peak away from the keypoint.
     heatmaps [N, K, h, w] -> keypoints [N, K, 2] in [-1, 1] (pixel centres as in ``pixel_centres``)."""
     N, K, h, w = heatmaps.shape
     with torch.autocast(heatmaps.device.type, enabled=False):
