@@ -23,12 +23,11 @@ Prints figures, asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from label_runs import REACHING, held_out_and_shots, run_summary
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -51,7 +50,7 @@ def checkpoints_of(checkpoint: str) -> list[tuple[int, Path]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--project", default=str(REPO.parent / "shared" / "data" / "dlc-reaching"))
+    p.add_argument("--project", default=str(REACHING))
     p.add_argument("--label-out", required=True, help="a finished `fskp label` output folder")
     args = p.parse_args()
 
@@ -64,11 +63,9 @@ def main() -> None:
     from models.precision import machine_summary
 
     out = Path(args.label_out)
-    summary = json.loads((out / "label.json").read_text())
+    summary = run_summary(out)
     inp = read_dlc_project(args.project)
-    shots = set(summary["shots"])
-    held = [i for i in inp.labeled if inp.relative(i.source) not in shots]
-    train = [i for i in inp.labeled if inp.relative(i.source) in shots]
+    held, train = held_out_and_shots(inp, summary)
     crop = tuple(summary["crop_box"])
     sources = [i.source for i in held]
     gt, visible = np.stack([i.keypoints for i in held]), np.stack([i.visible for i in held])

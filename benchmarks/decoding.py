@@ -12,13 +12,12 @@ is trained.  Prints figures, asserts nothing.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from label_runs import held_out_and_shots, read_run_folders, run_summary
+
 RADII = (1, 2, 3)
 
 
@@ -32,9 +31,8 @@ def heatmaps_of(folder: Path, project) -> tuple[list, np.ndarray, np.ndarray, np
     from models.precision import resolve_precision
     from pipeline.pool import cut_views
 
-    summary = json.loads((folder / "label.json").read_text())
-    shots = set(summary["shots"])
-    held = [i for i in project.labeled if project.relative(i.source) not in shots]
+    summary = run_summary(folder)
+    held, _ = held_out_and_shots(project, summary)
     model, _ = load_checkpoint(summary["checkpoint"])
     detector = model.detector.inference_copy()
     autocast = resolve_precision("auto", "cpu").autocast_dtype
@@ -99,16 +97,10 @@ def evaluate(project, folder: Path) -> dict[str, tuple]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="+", help="finished `fskp label` output folders (of --project)")
-    p.add_argument("--project", default=str(REPO.parent / "shared" / "data" / "dlc-reaching"))
-    args = p.parse_args()
-
-    from jobs.labeling.inputs import read_dlc_project
     from models.precision import machine_summary
 
-    project = read_dlc_project(args.project)
-    results = {Path(f): evaluate(project, Path(f)) for f in args.folders}
+    folders, project = read_run_folders(__doc__)
+    results = {folder: evaluate(project, folder) for folder in folders}
     spreads = {folder: rows.pop("spread") for folder, rows in results.items()}
     print(f"\n{machine_summary()}")
     for folder, spread in spreads.items():

@@ -13,13 +13,11 @@ figures, asserts nothing.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from label_runs import held_out_and_shots, read_run_folders, run_summary
 
 
 def evaluate(project, folder: Path) -> dict:
@@ -29,10 +27,8 @@ def evaluate(project, folder: Path) -> dict:
     from jobs.labeling.confidence import fit_calibration
     from jobs.labeling.scoring import held_out_report, right_keypoints
 
-    summary = json.loads((folder / "label.json").read_text())
-    shots = set(summary["shots"])
-    held = [i for i in project.labeled if project.relative(i.source) not in shots]
-    train = [i for i in project.labeled if project.relative(i.source) in shots]
+    summary = run_summary(folder)
+    held, train = held_out_and_shots(project, summary)
     gt, visible = np.stack([i.keypoints for i in held]), np.stack([i.visible for i in held])
     combined, passes = predict_frames_tta(summary["checkpoint"], [i.source for i in held + train],
                                           summary["crop_box"], progress=False)
@@ -55,18 +51,12 @@ def evaluate(project, folder: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="+", help="finished `fskp label` output folders (of --project)")
-    p.add_argument("--project", default=str(REPO.parent / "shared" / "data" / "dlc-reaching"))
-    args = p.parse_args()
-
     from jobs.inference import CROP_JITTER
-    from jobs.labeling.inputs import read_dlc_project
     from models.precision import machine_summary
 
-    project = read_dlc_project(args.project)
+    folders, project = read_run_folders(__doc__)
     results = {}
-    for folder in map(Path, args.folders):
+    for folder in folders:
         results[folder] = evaluate(project, folder)
         print(f"{folder}: done", flush=True)
     print(f"\n{machine_summary()}")
