@@ -42,6 +42,8 @@ def main() -> None:
                    help="auto (fskp label's default: bf16 only where the CPU runs it natively and faster) | bf16 | fp32")
     p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
     p.add_argument("--margin", type=float, default=0.1, help="crop margin per side (fskp label --margin)")
+    p.add_argument("--heatmap-target", type=float, default=0.0,
+                   help="coefficient of the KL term from a Gaussian at each label to Eq. 1's weights (0: off)")
     p.add_argument("--out", default="benchmarks/out/dlc_reaching")
     p.add_argument("--draw", type=int, help="train on 10 frames drawn with this seed instead of the reference's")
     p.add_argument("--seed", type=int, default=0, help="training seed (fskp label --seed): same frames, another run")
@@ -64,12 +66,14 @@ def main() -> None:
             for name, key in (("iterations", "iterations"), ("size", "size"), ("backbone", "backbone"),
                               ("precision", "precision"), ("threads", "threads")):
                 setattr(args, name, saved["options"][key])
+            args.heatmap_target = saved["options"].get("heatmap_target", 0.0)
             args.margin = saved["margin"]
             rows += label_rows(variant, r, minutes)
             checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
             continue
         options = dict(LABEL_DEFAULTS, iterations=args.iterations, size=args.size, backbone=args.backbone,
                        precision=args.precision, threads=args.threads, variant=variant, unlabeled_batch=4, seed=args.seed,
+                       heatmap_target=args.heatmap_target,
                        experiment="dlc-reaching", tracking_uri=f"sqlite:///{out}/mlflow.db")
         t0 = time.time()
         result = label(project, out / variant, frames=frames,
@@ -85,7 +89,8 @@ def main() -> None:
     print(f"\ndlc-reaching, 10 labeled frames ({'reference set' if args.draw is None else f'draw {args.draw}'}), "
           f"{r['frames']} held out ({r['keypoints']} keypoints); {args.iterations} iterations, "
           f"{args.size} px, crop margin {args.margin}, {args.backbone}, precision {args.precision}, "
-          f"threads {args.threads or 'auto'}, seed {args.seed}; {machine_summary()}")
+          f"threads {args.threads or 'auto'}, seed {args.seed}"
+          f"{f', heatmap target {args.heatmap_target}' if args.heatmap_target else ''}; {machine_summary()}")
     print("| system | mean error | median | PCK | time |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, mean, median, pck, took in reference + rows:

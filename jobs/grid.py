@@ -36,7 +36,7 @@ RESULT_PARAMS = ("iterations", "backbone", "size", "coefficients", "lr", "unlabe
 #: TrainJob fields that change a result, added after runs were recorded without them: part of a run's settings
 #: only where they differ from this default, so earlier runs keep their settings digest and still count
 LATER_RESULT_PARAMS = {"transform_ramp": "1.0", "edge_weight_lr_scale": "1.0", "mask_patch": "16",
-                       "labeled_apart": "False", "batch_norm": "batch"}
+                       "labeled_apart": "False", "batch_norm": "batch", "heatmap_target": "0.0"}
 #: MLflow tags of the sweep's own parent run (it has no "dataset" tag, so tables never count it)
 KIND_TAG, DRIVER_HOST_TAG, DRIVER_PID_TAG = "fskp.kind", "fskp.driver_host", "fskp.driver_pid"
 CELLS_ARTIFACT = "cells.json"

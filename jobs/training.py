@@ -39,6 +39,8 @@ class TrainJob:
     transform_ramp: float = 1.0             # share of the run over which Eq. 3's ranges grow (Supplement A: 1.0)
     mask_patch: int = 16                    # Eq. 9's masking patch side in pixels (Supplement A: 16 at 128 px)
     labeled_apart: bool = False             # labeled images detected in their own pass: BN statistics not shared
+    heatmap_target: float = 0.0             # coefficient of a KL term pulling Eq. 1's weights on the labeled images
+                                            # to a Gaussian at the label (not the paper's; 0 = off; models/losses.py)
     batch_norm: str = "batch"               # batch | frozen-backbone (pretrained statistics) | frozen (models/config.py)
     unlabeled_batch: int = 16               # per worker; labeled batch is min(16, n_shots)
     workers: int = 1                        # Ray Train workers (data-parallel)
@@ -90,7 +92,7 @@ def build_model(card, job: TrainJob):
     loss_cfg = LossConfig(variant=job.variant, few_shot=few_shot, recon=recon, geo2d=geo2d, geo3d=geo3d,
                           rotation_deg=job.rotation_deg, flip_p=job.flip_p,
                           transform_ramp=job.transform_ramp, mask_patch=job.mask_patch,
-                          labeled_apart=job.labeled_apart)
+                          labeled_apart=job.labeled_apart, heatmap_target=job.heatmap_target)
     optim_cfg = OptimConfig(lr=job.lr, lr_schedule=job.lr_schedule, iterations=job.iterations, unlabeled_batch=job.unlabeled_batch,
                             seed=job.seed, precision=job.precision, edge_weight_lr_scale=job.edge_weight_lr_scale)
     return KeypointModel(model_cfg), loss_cfg, optim_cfg

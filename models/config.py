@@ -115,6 +115,8 @@ class LossConfig(_Dict):
     geo3d: float = 0.1                    # coefficient of Eq. 5 (§3.6)
     smoothing: float = 0.02               # landmark smoothing weight (Supplement A); needs smoothing_groups
     depth: float = 1.0                    # the depth term of xiao-depth, Table 2's baseline (the paper gives none)
+    heatmap_target: float = 0.0           # KL from a Gaussian at each label to Eq. 1's weights on the labeled
+                                          # images (models/losses.py::heatmap_target_loss; not the paper's: 0 = off)
     whole_object_weight: float = 0.5      # Eq. 5 term of the whole object; each part has 1 (paper: "lower")
     mask_ratio: float = 0.9               # fraction of patches masked out (Supplement A)
     mask_patch: int = 16                  # masking patch side in pixels (Supplement A)

@@ -20,7 +20,7 @@ from models.variants import XIAO_AUGMENTATION, get_variant
 if TYPE_CHECKING:
     from models.model import KeypointModel
 
-LOSS_NAMES = ("loss", "few_shot", "recon", "geo2d", "geo3d", "smooth", "depth")
+LOSS_NAMES = ("loss", "few_shot", "recon", "geo2d", "geo3d", "smooth", "depth", "heatmap_target")
 
 
 def few_shot_loss(predicted: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -38,6 +38,20 @@ def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, visible: torch.Te
     v = visible.float()
     per_keypoint = ((heatmaps.float() - wanted) ** 2).mean(dim=(2, 3))
     return 0.5 * (per_keypoint * v).sum() / v.sum().clamp_min(1.0)
+
+
+def heatmap_target_loss(heatmaps: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """KL(g || w): how far Eq. 1's weights w(p) (the softmax of each heatmap [L, K, h, w]) are from g, a
+    Gaussian around the label [L, K, 2] normalised to sum to 1 (sigma as in ``heatmap_loss``), in nats, mean
+    over the annotated (visible [L, K]) keypoints.  Not the paper's: Eq. 2 alone says where the weights' mean
+    must lie, not how wide they may spread; this asks them to be one narrow mode at the label."""
+    L, K, h, w = heatmaps.shape
+    g = gaussian_heatmaps(target, h, w, sigma=max(1.0, h / 32.0)).reshape(L, K, h * w)
+    g = g / g.sum(-1, keepdim=True).clamp_min(1e-12)
+    log_w = heatmaps.float().reshape(L, K, h * w).log_softmax(-1)
+    per_keypoint = (g * (g.clamp_min(1e-12).log() - log_w)).sum(-1)
+    v = visible.float()
+    return (per_keypoint * v).sum() / v.sum().clamp_min(1.0)
 
 
 def depth_loss(depth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -87,6 +101,8 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
         losses = {"few_shot": heatmap_loss(det.heatmaps[n_unlabeled:], target, visible)}
     else:                                                                                         # Eq. 2
         losses = {"few_shot": few_shot_loss(det.keypoints[n_unlabeled:], target, visible)}
+        if cfg.heatmap_target:                                                                    # not the paper's
+            losses["heatmap_target"] = heatmap_target_loss(det.heatmaps[n_unlabeled:], target, visible)
     if variant.depth_supervised:                                                                  # Table 2
         losses["depth"] = depth_loss(det.depth[n_unlabeled:], depth_target)
     if variant.recon:                                                                             # Eq. 6-9
@@ -106,5 +122,6 @@ def compute_losses(model: "KeypointModel", batch: dict, step: int, total_steps: 
     for name in LOSS_NAMES[1:]:
         losses.setdefault(name, zero)
     losses["loss"] = (cfg.few_shot * losses["few_shot"] + cfg.recon * losses["recon"] + cfg.geo2d * losses["geo2d"]
-                      + cfg.geo3d * losses["geo3d"] + cfg.smoothing * losses["smooth"] + cfg.depth * losses["depth"])
+                      + cfg.geo3d * losses["geo3d"] + cfg.smoothing * losses["smooth"] + cfg.depth * losses["depth"]
+                      + cfg.heatmap_target * losses["heatmap_target"])
     return {name: losses[name] for name in LOSS_NAMES}

@@ -340,3 +340,40 @@ def test_the_edge_weight_learns_at_its_own_rate():
                                                      OptimConfig(edge_weight_lr_scale=512.0), "cpu"),
                                 OptimConfig(edge_weight_lr_scale=512.0))
     assert [g["lr"] for g in supervised.param_groups] == [1e-4]     # no reconstruction: no edge weight to learn
+
+
+def test_heatmap_target_is_zero_at_the_gaussian_and_pulls_a_flat_heatmap_to_the_label():
+    """``heatmap_target_loss``: 0 where Eq. 1's weights are the Gaussian at the label, positive for a flat map, and
+    gradient steps on it leave the weights' mean (Eq. 1) at the label with less spread; invisible keypoints
+    count for nothing."""
+    from models.detector import gaussian_heatmaps, pixel_centres, soft_argmax
+    from models.losses import heatmap_target_loss
+
+    h = w = 32
+    label = torch.tensor([[[0.3, -0.4], [-0.5, 0.2]]])
+    visible = torch.tensor([[True, False]])
+    exact = gaussian_heatmaps(label, h, w, sigma=1.0).clamp_min(1e-30).log()
+    assert heatmap_target_loss(exact, label, visible).item() == pytest.approx(0.0, abs=1e-4)
+    flat = torch.zeros(1, 2, h, w, requires_grad=True)
+    assert heatmap_target_loss(flat, label, visible).item() > 3.0
+    optimiser = torch.optim.Adam([flat], lr=0.5)
+    for _ in range(100):
+        optimiser.zero_grad()
+        heatmap_target_loss(flat, label, visible).backward()
+        optimiser.step()
+    keypoints, = soft_argmax(flat.detach())
+    assert torch.allclose(keypoints[0, 0], label[0, 0], atol=0.005)
+    assert torch.equal(flat.detach()[0, 1], torch.zeros(h, w))                 # the invisible one untouched
+    weights = flat.detach().reshape(1, 2, h * w).softmax(-1)[0, 0]
+    spread = (weights * ((pixel_centres(h, w) - label[0, 0]) ** 2).sum(-1)).sum().sqrt()
+    assert spread < 0.1      # the Gaussian's own: sqrt(2) sigma = 0.088 in [-1, 1]; a flat map's about 0.9
+
+
+def test_heatmap_target_reaches_the_loss_only_when_asked(model):
+    torch.manual_seed(1)
+    batch = make_batch(n_unlabeled=0)
+    off = compute_losses(model, batch, 500, 1000, LossConfig(variant="supervised"))
+    torch.manual_seed(1)
+    on = compute_losses(model, batch, 500, 1000, LossConfig(variant="supervised", heatmap_target=0.1))
+    assert off["heatmap_target"].item() == 0.0 and on["heatmap_target"].item() > 0.0
+    assert on["loss"].item() == pytest.approx(off["loss"].item() + 0.1 * on["heatmap_target"].item(), rel=1e-4)
