@@ -45,3 +45,20 @@ def test_batch_norm_option_reaches_the_training_job(command):
     assert job_kwargs(parser.parse_args(command + ["--batch-norm", "frozen-backbone"]))["batch_norm"] == "frozen-backbone"
     with pytest.raises(SystemExit):
         parser.parse_args(command + ["--batch-norm", "fixed"])
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "d"], ["reproduce", "--datasets", "d"],
+                                     ["label", "--project", "p", "--out", "o"]])
+def test_heatmap_target_option_reaches_the_training_job_and_the_loss(command):
+    from jobs.commands.train import job_kwargs
+    from jobs.training import TrainJob, build_model
+    from pipeline.card import load_card
+
+    parser = build_parser()
+    assert job_kwargs(parser.parse_args(command))["heatmap_target"] == 0.0
+    kwargs = job_kwargs(parser.parse_args(command + ["--heatmap-target", "0.05"]))
+    assert kwargs["heatmap_target"] == 0.05
+    job = TrainJob(data="d", **{**kwargs, "backbone_weights": "none", "perceptual_weights": "none",
+                                "perceptual_vit": "vit_tiny_patch16_224", "backbone": "resnet18"})
+    _, loss_cfg, _ = build_model(load_card("synth_face"), job)
+    assert loss_cfg.heatmap_target == 0.05

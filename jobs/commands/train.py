@@ -29,6 +29,10 @@ def add_train_options(p) -> None:
     g.add_argument("--coefficients", default="1,1,1,0.1",
                    help="loss coefficients: few-shot, reconstruction, 2D, 3D (paper §3.6: 1,1,1,0.1)")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    g.add_argument("--heatmap-target", type=float, default=0.0, metavar="COEFFICIENT",
+                   help="not the paper's: add this times KL(Gaussian at each label || Eq. 1's weights) on the labeled "
+                        "images, so each heatmap is one narrow mode at its label (default 0: off; README: "
+                        "'A heatmap target on the labeled frames')")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="fp32",
                    help="fp32 (default here: the paper trains in float32, and no measurement yet shows bf16 leaves "
                         "every metric within the seed spread), auto: bf16 autocast where the device runs it natively "
@@ -114,6 +118,7 @@ def job_kwargs(args) -> dict:
     coefficients = parse_coefficients(args.coefficients)
     return dict(iterations=args.iterations, backbone=args.backbone, size=args.size, seed=args.seed,
                 coefficients=coefficients, lr=args.lr, precision=args.precision, batch_norm=args.batch_norm,
+                heatmap_target=args.heatmap_target,
                 perceptual_vit=args.perceptual_vit, backbone_weights=args.backbone_weights,
                 perceptual_weights=args.perceptual_weights, selection_backbone=args.selection_backbone,
                 selection_weights=args.selection_weights, workers=args.workers, gpu=args.gpu,
