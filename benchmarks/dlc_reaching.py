@@ -42,7 +42,7 @@ def main() -> None:
                    help="auto (fskp label's default: bf16 only where the CPU runs it natively and faster) | bf16 | fp32")
     p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
     p.add_argument("--margin", type=float, default=0.1, help="crop margin per side (fskp label --margin)")
-    p.add_argument("--heatmap-target", type=float, default=0.0,
+    p.add_argument("--heatmap-target", type=float, default=LABEL_DEFAULTS["heatmap_target"],
                    help="coefficient of the KL term from a Gaussian at each label to Eq. 1's weights (0: off)")
     p.add_argument("--out", default="benchmarks/out/dlc_reaching")
     p.add_argument("--draw", type=int, help="train on 10 frames drawn with this seed instead of the reference's")
@@ -66,7 +66,7 @@ def main() -> None:
             for name, key in (("iterations", "iterations"), ("size", "size"), ("backbone", "backbone"),
                               ("precision", "precision"), ("threads", "threads")):
                 setattr(args, name, saved["options"][key])
-            args.heatmap_target = saved["options"].get("heatmap_target", 0.0)
+            args.heatmap_target = saved["options"].get("heatmap_target", 0.0)     # runs from before the option
             args.margin = saved["margin"]
             rows += label_rows(variant, r, minutes)
             checks.append((variant, *suggestion_check(Path(args.project), out / variant)))

@@ -54,8 +54,11 @@ def test_heatmap_target_option_reaches_the_training_job_and_the_loss(command):
     from jobs.training import TrainJob, build_model
     from pipeline.card import load_card
 
+    from jobs.commands.label import LABEL_DEFAULTS
+
     parser = build_parser()
-    assert job_kwargs(parser.parse_args(command))["heatmap_target"] == 0.0
+    default = LABEL_DEFAULTS["heatmap_target"] if command[0] == "label" else 0.0     # off where the paper is run
+    assert job_kwargs(parser.parse_args(command))["heatmap_target"] == default
     kwargs = job_kwargs(parser.parse_args(command + ["--heatmap-target", "0.05"]))
     assert kwargs["heatmap_target"] == 0.05
     job = TrainJob(data="d", **{**kwargs, "backbone_weights": "none", "perceptual_weights": "none",

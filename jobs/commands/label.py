@@ -29,9 +29,9 @@ from models.variants import VARIANTS
 HELP = "label a DeepLabCut project, image folder or video from a few labeled frames"
 
 #: CPU-sized defaults of `fskp label` (fskp train keeps the paper's): see README "Labeling"
-LABEL_DEFAULTS = dict(iterations=1200, backbone="resnet18", size=192, lr=1e-3, checkpoint_every=300, log_every=50,
+LABEL_DEFAULTS = dict(iterations=600, backbone="resnet18", size=192, lr=1e-3, checkpoint_every=300, log_every=50,
                       perceptual_vit="vit_tiny_patch16_224", precision="auto", lr_schedule="cosine",
-                      rotation_deg=15.0, flip_p=0.0)
+                      rotation_deg=15.0, flip_p=0.0, heatmap_target=0.2)
 
 
 def register(p):

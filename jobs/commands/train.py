@@ -31,7 +31,7 @@ def add_train_options(p) -> None:
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     g.add_argument("--heatmap-target", type=float, default=0.0, metavar="COEFFICIENT",
                    help="not the paper's: add this times KL(Gaussian at each label || Eq. 1's weights) on the labeled "
-                        "images, so each heatmap is one narrow mode at its label (default 0: off; README: "
+                        "images, so each heatmap is one narrow mode at its label (default 0, off; fskp label: 0.2; README: "
                         "'A heatmap target on the labeled frames')")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="fp32",
                    help="fp32 (default here: the paper trains in float32, and no measurement yet shows bf16 leaves "
