@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--variant", default="full")
     p.add_argument("--iterations", type=int, default=LABEL_DEFAULTS["iterations"])
     p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
+    p.add_argument("--heatmap-target", type=float, default=LABEL_DEFAULTS["heatmap_target"],
+                   help="fskp label --heatmap-target (0: off, as before 2026-12-06)")
     p.add_argument("--out", default="benchmarks/out/refine_loop")
     p.add_argument("--draw", type=int, help="round 1 on the 10 frames of benchmarks/dlc_reaching.py --draw SEED")
     p.add_argument("--round1", help="a finished fskp label output folder to read round 1 from")
@@ -83,7 +85,7 @@ def main() -> None:
     project, out = Path(args.project), Path(args.out).resolve()
     inp = read_dlc_project(project)
     options = dict(LABEL_DEFAULTS, iterations=args.iterations, threads=args.threads, variant=args.variant,
-                   unlabeled_batch=4, experiment="refine-loop", tracking_uri=f"sqlite:///{out}/mlflow.db")
+                   heatmap_target=args.heatmap_target, unlabeled_batch=4, experiment="refine-loop", tracking_uri=f"sqlite:///{out}/mlflow.db")
     first = FRAMES.split(",") if args.draw is None else [Path(f).name for f in drawn_frames(inp, args.draw)]
     round1 = args.round1 or (args.reuse and str(Path(args.reuse) / "round1"))
     if round1 and not (out / "round1").exists():
