@@ -85,7 +85,8 @@ def main() -> None:
     project, out = Path(args.project), Path(args.out).resolve()
     inp = read_dlc_project(project)
     options = dict(LABEL_DEFAULTS, iterations=args.iterations, threads=args.threads, variant=args.variant,
-                   heatmap_target=args.heatmap_target, unlabeled_batch=4, experiment="refine-loop", tracking_uri=f"sqlite:///{out}/mlflow.db")
+                   heatmap_target=args.heatmap_target, unlabeled_batch=4, experiment="refine-loop",
+                   tracking_uri=f"sqlite:///{out}/mlflow.db")
     first = FRAMES.split(",") if args.draw is None else [Path(f).name for f in drawn_frames(inp, args.draw)]
     round1 = args.round1 or (args.reuse and str(Path(args.reuse) / "round1"))
     if round1 and not (out / "round1").exists():

@@ -31,8 +31,8 @@ def add_train_options(p) -> None:
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     g.add_argument("--heatmap-target", type=float, default=0.0, metavar="COEFFICIENT",
                    help="not the paper's: add this times KL(Gaussian at each label || Eq. 1's weights) on the labeled "
-                        "images, so each heatmap is one narrow mode at its label (default 0, off; fskp label: 0.2; README: "
-                        "'A heatmap target on the labeled frames')")
+                        "images, so each heatmap is one narrow mode at its label (default 0, off; fskp label: 0.2; the xiao "
+                        "variants regress heatmaps already and ignore it; README: 'The heatmap target, measured')")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="fp32",
                    help="fp32 (default here: the paper trains in float32, and no measurement yet shows bf16 leaves "
                         "every metric within the seed spread), auto: bf16 autocast where the device runs it natively "
