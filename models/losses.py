@@ -23,35 +23,42 @@ if TYPE_CHECKING:
 LOSS_NAMES = ("loss", "few_shot", "recon", "geo2d", "geo3d", "smooth", "depth", "heatmap_target")
 
 
+def mean_over_visible(per_keypoint: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Mean of a per-keypoint loss [L, K] over the annotated (visible [L, K]) keypoints; 0 without any."""
+    v = visible.float()
+    return (per_keypoint * v).sum() / v.sum().clamp_min(1.0)
+
+
+def label_gaussians(target: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Xiao et al.'s Gaussians around the labels [L, K, 2] -> [L, K, h, w], sigma = h / 32 heatmap pixels (their
+    2 at 64 x 48), at least 1."""
+    return gaussian_heatmaps(target, h, w, sigma=max(1.0, h / 32.0))
+
+
 def few_shot_loss(predicted: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """Eq. 2: mean over the annotated (visible) keypoints of |k - k'|_1.  [L, K, 2], [L, K, 2], [L, K]."""
-    v = visible.float()
-    return ((predicted.float() - target).abs().sum(-1) * v).sum() / v.sum().clamp_min(1.0)
+    return mean_over_visible((predicted.float() - target).abs().sum(-1), visible)
 
 
 def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """Xiao et al.'s loss (the ``xiao`` variant's few-shot term): half the mean squared error between the
-    heatmaps [L, K, h, w] and Gaussians around the labels [L, K, 2] (sigma = h / 32 heatmap pixels: their 2 at
-    64 x 48), over the annotated (visible [L, K]) keypoints."""
+    heatmaps [L, K, h, w] and ``label_gaussians`` around the labels [L, K, 2], over the annotated (visible
+    [L, K]) keypoints."""
     L, K, h, w = heatmaps.shape
-    wanted = gaussian_heatmaps(target, h, w, sigma=max(1.0, h / 32.0))
-    v = visible.float()
-    per_keypoint = ((heatmaps.float() - wanted) ** 2).mean(dim=(2, 3))
-    return 0.5 * (per_keypoint * v).sum() / v.sum().clamp_min(1.0)
+    per_keypoint = ((heatmaps.float() - label_gaussians(target, h, w)) ** 2).mean(dim=(2, 3))
+    return 0.5 * mean_over_visible(per_keypoint, visible)
 
 
 def heatmap_target_loss(heatmaps: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """KL(g || w): how far Eq. 1's weights w(p) (the softmax of each heatmap [L, K, h, w]) are from g, a
-    Gaussian around the label [L, K, 2] normalised to sum to 1 (sigma as in ``heatmap_loss``), in nats, mean
-    over the annotated (visible [L, K]) keypoints.  Not the paper's: Eq. 2 alone says where the weights' mean
-    must lie, not how wide they may spread; this asks them to be one narrow mode at the label."""
+    """KL(g || w): how far Eq. 1's weights w(p) (the softmax of each heatmap [L, K, h, w]) are from g, the
+    ``label_gaussians`` around the labels [L, K, 2] normalised to sum to 1, in nats, mean over the annotated
+    (visible [L, K]) keypoints.  Not the paper's: Eq. 2 alone says where the weights' mean must lie, not how
+    wide they may spread; this asks them to be one narrow mode at the label."""
     L, K, h, w = heatmaps.shape
-    g = gaussian_heatmaps(target, h, w, sigma=max(1.0, h / 32.0)).reshape(L, K, h * w)
+    g = label_gaussians(target, h, w).reshape(L, K, h * w)
     g = g / g.sum(-1, keepdim=True).clamp_min(1e-12)
     log_w = heatmaps.float().reshape(L, K, h * w).log_softmax(-1)
-    per_keypoint = (g * (g.clamp_min(1e-12).log() - log_w)).sum(-1)
-    v = visible.float()
-    return (per_keypoint * v).sum() / v.sum().clamp_min(1.0)
+    return mean_over_visible((g * (g.clamp_min(1e-12).log() - log_w)).sum(-1), visible)
 
 
 def depth_loss(depth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -50,11 +50,10 @@ def test_batch_norm_option_reaches_the_training_job(command):
 @pytest.mark.parametrize("command", [["train", "--data", "d"], ["reproduce", "--datasets", "d"],
                                      ["label", "--project", "p", "--out", "o"]])
 def test_heatmap_target_option_reaches_the_training_job_and_the_loss(command):
+    from jobs.commands.label import LABEL_DEFAULTS
     from jobs.commands.train import job_kwargs
     from jobs.training import TrainJob, build_model
     from pipeline.card import load_card
-
-    from jobs.commands.label import LABEL_DEFAULTS
 
     parser = build_parser()
     default = LABEL_DEFAULTS["heatmap_target"] if command[0] == "label" else 0.0     # off where the paper is run
