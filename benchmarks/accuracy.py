@@ -17,6 +17,8 @@ method from 2D labels only; the aligned 3D error row is the one to read.
   python benchmarks/accuracy.py --iterations 2000 --size 128 --backbone resnet50 --n 5000   # closer to the paper
   # the unsupervised terms at a tenth of the paper's weights (Eq. 9, 3, 5 against Eq. 2)
   python benchmarks/accuracy.py --categories face --variants full,supervised --weights package --batch-norm frozen --coefficients 1,0.1,0.1,0.01
+  # fskp label's heatmap target (a KL pull of Eq. 1's weights to a Gaussian at each label), full and its baseline
+  python benchmarks/accuracy.py --categories face --variants full,supervised --weights package --heatmap-target 0.2
   # the learning curve: where, if anywhere, full overtakes its baseline
   python benchmarks/accuracy.py --categories face --seeds 0 --variants full,supervised --weights package --iterations 2400 --curve-every 300
 """
@@ -77,6 +79,8 @@ def main() -> None:
                    "together); frozen-backbone: the backbone's at its pretrained statistics; frozen: all of them")
     p.add_argument("--coefficients", default="1,1,1,0.1",
                    help="few-shot,recon,2D,3D loss coefficients (§3.6; default the paper's 1,1,1,0.1)")
+    p.add_argument("--heatmap-target", type=float, default=0.0,
+                   help="fskp train --heatmap-target (not the paper's; default 0, off; fskp label's default 0.2)")
     p.add_argument("--out", default="benchmarks/out/accuracy")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit, jobs/resources.py)")
     args = p.parse_args()
@@ -107,6 +111,7 @@ def main() -> None:
     options = dict(iterations=args.iterations, size=args.size, log_every=100, transform_ramp=args.transform_ramp,
                    edge_weight_lr_scale=args.edge_weight_lr_scale, mask_patch=args.mask_patch,
                    labeled_apart=args.labeled_apart, batch_norm=args.batch_norm, coefficients=coefficients,
+                   heatmap_target=args.heatmap_target,
                    checkpoint_every=args.curve_every or args.iterations,
                    experiment=f"accuracy-{args.weights}", tracking_uri=f"sqlite:///{out}/mlflow.db",
                    storage_path=str(out / "runs"), **weight_options(args.weights, args.backbone))
@@ -127,7 +132,7 @@ def main() -> None:
           f"weights {args.weights} ({options['backbone']}), seeds {args.seeds}, Eq. 3 ramp {args.transform_ramp}, "
           f"edge weight lr x{args.edge_weight_lr_scale:g}, mask patch {args.mask_patch}px, labeled images "
           f"{'apart' if args.labeled_apart else 'in the shared batch'}, BatchNorm {args.batch_norm}, "
-          f"coefficients (few-shot, recon, 2D, 3D) {args.coefficients}; "
+          f"coefficients (few-shot, recon, 2D, 3D) {args.coefficients}, heatmap target {args.heatmap_target:g}; "
           f"{machine_summary()}; "
           f"{took / 60:.1f} min for {len(cells)} trainings ({len(result.failed)} failed)")
     print("| category | metric | " + " | ".join(variants) + " | full / best baseline |")
