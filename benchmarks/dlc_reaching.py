@@ -9,6 +9,9 @@ frame's labeled-keypoint box, never under 20 px (../shared/data/README.md).  Run
   python benchmarks/dlc_reaching.py --variants supervised --iterations 300 --size 128   # a quick look
   python benchmarks/dlc_reaching.py --draw 1 --out benchmarks/out/dlc_reaching_draw1    # another frame set
   python benchmarks/dlc_reaching.py --seed 1 --out benchmarks/out/dlc_reaching_seed1    # same frames, another run
+  # the offline ImageNet weights (fskp[offline-weights]) for the detector and the perceptual term
+  python benchmarks/dlc_reaching.py --backbone efficientnet_lite0 --backbone-weights package \
+      --perceptual-network efficientnet_lite0 --perceptual-weights package --out benchmarks/out/dlc_reaching_lite0
 
 ``--draw SEED`` trains on 10 frames drawn at random (numpy seed SEED) from the labeled frames that label
 a keypoint, instead of the reference runs' frames; the other labeled frames are held out and scored.
@@ -38,6 +41,10 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=LABEL_DEFAULTS["iterations"])
     p.add_argument("--size", type=int, default=LABEL_DEFAULTS["size"])
     p.add_argument("--backbone", default=LABEL_DEFAULTS["backbone"])
+    p.add_argument("--backbone-weights", default="auto",
+                   help="fskp label --backbone-weights (auto: the hub, else an installed package, else random)")
+    p.add_argument("--perceptual-network", default=LABEL_DEFAULTS["perceptual_vit"])
+    p.add_argument("--perceptual-weights", default="auto")
     p.add_argument("--precision", default=LABEL_DEFAULTS["precision"],
                    help="auto (fskp label's default: bf16 only where the CPU runs it natively and faster) | bf16 | fp32")
     p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
@@ -66,6 +73,9 @@ def main() -> None:
             for name, key in (("iterations", "iterations"), ("size", "size"), ("backbone", "backbone"),
                               ("precision", "precision"), ("threads", "threads")):
                 setattr(args, name, saved["options"][key])
+            for name, key in (("backbone_weights", "backbone_weights"), ("perceptual_network", "perceptual_vit"),
+                              ("perceptual_weights", "perceptual_weights")):     # runs from before the options
+                setattr(args, name, saved["options"].get(key, LABEL_DEFAULTS.get(key, "auto")))
             args.heatmap_target = saved["options"].get("heatmap_target", 0.0)     # runs from before the option
             args.margin = saved["margin"]
             rows += label_rows(variant, r, minutes)
@@ -73,7 +83,8 @@ def main() -> None:
             continue
         options = dict(LABEL_DEFAULTS, iterations=args.iterations, size=args.size, backbone=args.backbone,
                        precision=args.precision, threads=args.threads, variant=variant, unlabeled_batch=4, seed=args.seed,
-                       heatmap_target=args.heatmap_target,
+                       heatmap_target=args.heatmap_target, backbone_weights=args.backbone_weights,
+                       perceptual_vit=args.perceptual_network, perceptual_weights=args.perceptual_weights,
                        experiment="dlc-reaching", tracking_uri=f"sqlite:///{out}/mlflow.db")
         t0 = time.time()
         result = label(project, out / variant, frames=frames,
@@ -88,7 +99,8 @@ def main() -> None:
     reference = REFERENCE if args.draw is None else []
     print(f"\ndlc-reaching, 10 labeled frames ({'reference set' if args.draw is None else f'draw {args.draw}'}), "
           f"{r['frames']} held out ({r['keypoints']} keypoints); {args.iterations} iterations, "
-          f"{args.size} px, crop margin {args.margin}, {args.backbone}, precision {args.precision}, "
+          f"{args.size} px, crop margin {args.margin}, {args.backbone} (weights {args.backbone_weights}), "
+          f"perceptual {args.perceptual_network} (weights {args.perceptual_weights}), precision {args.precision}, "
           f"threads {args.threads or 'auto'}, seed {args.seed}"
           f"{f', heatmap target {args.heatmap_target}' if args.heatmap_target else ''}; {machine_summary()}")
     print("| system | mean error | median | PCK | time |")
