@@ -9,7 +9,7 @@ frame's labeled-keypoint box, never under 20 px (../shared/data/README.md).  Run
   python benchmarks/dlc_reaching.py --variants supervised --iterations 300 --size 128   # a quick look
   python benchmarks/dlc_reaching.py --draw 1 --out benchmarks/out/dlc_reaching_draw1    # another frame set
   python benchmarks/dlc_reaching.py --seed 1 --out benchmarks/out/dlc_reaching_seed1    # same frames, another run
-  # the offline ImageNet weights (fskp[offline-weights]) for the detector and the perceptual term
+  # the offline ImageNet weights (the package fskp installs) for the detector and the perceptual term
   python benchmarks/dlc_reaching.py --backbone efficientnet_lite0 --backbone-weights package \
       --perceptual-network efficientnet_lite0 --perceptual-weights package --out benchmarks/out/dlc_reaching_lite0
 
