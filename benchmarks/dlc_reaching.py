@@ -24,6 +24,7 @@ import json
 import time
 from pathlib import Path
 
+from models.config import BATCH_NORM_MODES
 from models.precision import machine_summary
 
 FRAMES = "img023,img068,img077,img103,img108,img116,img142,img145,img228,img245"
@@ -45,6 +46,7 @@ def main() -> None:
                    help="fskp label --backbone-weights (auto: the hub, else an installed package, else random)")
     p.add_argument("--perceptual-network", default=LABEL_DEFAULTS["perceptual_vit"])
     p.add_argument("--perceptual-weights", default="auto")
+    p.add_argument("--batch-norm", default="batch", choices=BATCH_NORM_MODES, help="fskp label --batch-norm")
     p.add_argument("--precision", default=LABEL_DEFAULTS["precision"],
                    help="auto (fskp label's default: bf16 only where the CPU runs it natively and faster) | bf16 | fp32")
     p.add_argument("--threads", type=int, help="torch threads (default: fskp label's, the CPUs Ray gives the worker)")
@@ -71,11 +73,13 @@ def main() -> None:
             saved = json.loads((out / variant / "benchmark.json").read_text())
             r, minutes = saved["held_out"], saved["minutes"]
             for name, key in (("iterations", "iterations"), ("size", "size"), ("backbone", "backbone"),
-                              ("precision", "precision"), ("threads", "threads")):
+                              ("precision", "precision"), ("threads", "threads"), ("seed", "seed")):
                 setattr(args, name, saved["options"][key])
-            for name, key in (("backbone_weights", "backbone_weights"), ("perceptual_network", "perceptual_vit"),
-                              ("perceptual_weights", "perceptual_weights")):     # runs from before the options
-                setattr(args, name, saved["options"].get(key, LABEL_DEFAULTS.get(key, "auto")))
+            for name, key, before in (("backbone_weights", "backbone_weights", "auto"),
+                                      ("perceptual_network", "perceptual_vit", LABEL_DEFAULTS["perceptual_vit"]),
+                                      ("perceptual_weights", "perceptual_weights", "auto"),
+                                      ("batch_norm", "batch_norm", "batch")):       # runs from before the options
+                setattr(args, name, saved["options"].get(key, before))
             args.heatmap_target = saved["options"].get("heatmap_target", 0.0)     # runs from before the option
             args.margin = saved["margin"]
             rows += label_rows(variant, r, minutes)
@@ -85,7 +89,7 @@ def main() -> None:
                        precision=args.precision, threads=args.threads, variant=variant, unlabeled_batch=4, seed=args.seed,
                        heatmap_target=args.heatmap_target, backbone_weights=args.backbone_weights,
                        perceptual_vit=args.perceptual_network, perceptual_weights=args.perceptual_weights,
-                       experiment="dlc-reaching", tracking_uri=f"sqlite:///{out}/mlflow.db")
+                       batch_norm=args.batch_norm, experiment="dlc-reaching", tracking_uri=f"sqlite:///{out}/mlflow.db")
         t0 = time.time()
         result = label(project, out / variant, frames=frames,
                        margin=args.margin, job_options=options, overlay=False, suggestions=20)
@@ -100,7 +104,8 @@ def main() -> None:
     print(f"\ndlc-reaching, 10 labeled frames ({'reference set' if args.draw is None else f'draw {args.draw}'}), "
           f"{r['frames']} held out ({r['keypoints']} keypoints); {args.iterations} iterations, "
           f"{args.size} px, crop margin {args.margin}, {args.backbone} (weights {args.backbone_weights}), "
-          f"perceptual {args.perceptual_network} (weights {args.perceptual_weights}), precision {args.precision}, "
+          f"perceptual {args.perceptual_network} (weights {args.perceptual_weights}), BatchNorm {args.batch_norm}, "
+          f"precision {args.precision}, "
           f"threads {args.threads or 'auto'}, seed {args.seed}"
           f"{f', heatmap target {args.heatmap_target}' if args.heatmap_target else ''}; {machine_summary()}")
     print("| system | mean error | median | PCK | time |")
