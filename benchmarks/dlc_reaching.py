@@ -78,9 +78,9 @@ def main() -> None:
             for name, key, before in (("backbone_weights", "backbone_weights", "auto"),
                                       ("perceptual_network", "perceptual_vit", LABEL_DEFAULTS["perceptual_vit"]),
                                       ("perceptual_weights", "perceptual_weights", "auto"),
-                                      ("batch_norm", "batch_norm", "batch")):       # runs from before the options
+                                      ("batch_norm", "batch_norm", "batch"),
+                                      ("heatmap_target", "heatmap_target", 0.0)):   # runs from before the options
                 setattr(args, name, saved["options"].get(key, before))
-            args.heatmap_target = saved["options"].get("heatmap_target", 0.0)     # runs from before the option
             args.margin = saved["margin"]
             rows += label_rows(variant, r, minutes)
             checks.append((variant, *suggestion_check(Path(args.project), out / variant)))
