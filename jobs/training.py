@@ -419,7 +419,7 @@ def train_func(config: dict) -> None:
         if device.type == "cpu" and not torch.isfinite(losses["loss"]):  # free on CPU; on GPU a sync: log steps only
             raise FloatingPointError(f"non-finite loss at step {done}; the last good checkpoint is kept")
         if done % job.log_every == 0 or done == job.iterations or done % job.checkpoint_every == 0:
-            edge = {"train/edge_alpha": float(net.edges.alpha)} if get_variant(job.variant).recon else {}  # Eq. 12
+            edge = {"train/edge_alpha": net.edges.alpha.item()} if get_variant(job.variant).recon else {}  # Eq. 12
             metrics = _log_losses(job, config["mlflow_run_id"], losses, done, (done - last_log) / max(time.time() - t0, 1e-9),
                                   counters, rank, extra=edge)
             t0, last_log = time.time(), done
