@@ -644,10 +644,17 @@ def check_job(job: TrainJob, ds) -> None:
         ModelConfig.from_card(ds.card, batch_norm=job.batch_norm)
     except ValueError as e:
         problems.append(str(e))
-    if job.batch_norm != "batch" and job.backbone_weights == "none":
-        problems.append(f"batch_norm {job.batch_norm!r} keeps the backbone's BatchNorm at its stored statistics, and "
-                        f"--backbone-weights none has none (mean 0, variance 1): use pretrained weights or "
-                        f"batch_norm 'batch'")
+    from models.pretrained import auto_gets_random, check_weights_choice
+
+    if job.batch_norm != "batch":
+        random_backbone = ("--backbone-weights none" if job.backbone_weights == "none" else None)
+        if job.backbone_weights == "auto" and (why := auto_gets_random(job.backbone)):
+            random_backbone = f"--backbone-weights auto finds none for {job.backbone} ({why})"
+        if random_backbone:
+            problems.append(f"--batch-norm {job.batch_norm} keeps the backbone's BatchNorm at its pretrained "
+                            f"statistics, and {random_backbone}: random weights have none (mean 0, variance 1). Use "
+                            f"pretrained weights (offline: --backbone efficientnet_lite0, whose ImageNet weights come "
+                            f"with fskp) or --batch-norm batch")
     try:
         LossConfig(variant=job.variant)
         if get_variant(job.variant).recon and not ds.card.links:
@@ -663,8 +670,6 @@ def check_job(job: TrainJob, ds) -> None:
                             f"with 3D keypoints (the synthetic benchmark has them)")
     except ValueError as e:
         problems.append(str(e))
-    from models.pretrained import check_weights_choice
-
     for option, network, choice in (("--backbone-weights", job.backbone, job.backbone_weights),
                                     ("--perceptual-weights", job.perceptual_vit, job.perceptual_weights),
                                     ("--selection-weights", job.selection_backbone, job.selection_weights)):

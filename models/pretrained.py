@@ -148,6 +148,22 @@ def check_weights_choice(name: str, choice: str) -> str | None:
     return None
 
 
+def auto_gets_random(name: str) -> str | None:
+    """Why ``auto`` would give ``name`` random weights here (None: it finds pretrained ones), seen before anything
+    is trained: no hub, no offline package installed for it, and no cached hub copy."""
+    if hub_reachable():
+        return None
+    if name in OFFLINE_PACKAGES:
+        try:
+            _package_file(name)
+            return None
+        except ImportError:
+            pass
+    if check_weights_choice(name, "hub") is None:          # a cached hub copy
+        return None
+    return f"the hub cannot be reached and no offline package is installed for {name}"
+
+
 def create_timm_model(name: str, weights: str = "auto", **kwargs) -> tuple[nn.Module, WeightsSource]:
     """``timm.create_model(name, **kwargs)`` with the weights asked for (see the module docstring)."""
     if weights == "none":

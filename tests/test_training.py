@@ -176,12 +176,21 @@ def test_a_masking_patch_that_does_not_divide_the_size_is_refused_before_ray(tin
     check_job(small_job(tiny_data, tmp_path, mask_patch=12, variant="supervised"), PreparedDataset(tiny_data))
 
 
-def test_frozen_batch_norm_without_pretrained_statistics_is_refused_before_ray(tiny_data, tmp_path):
+def test_frozen_batch_norm_without_pretrained_statistics_is_refused_before_ray(tiny_data, tmp_path, monkeypatch):
     from jobs.training import check_job
+    from models import pretrained
     from pipeline.prepared import PreparedDataset
 
-    with pytest.raises(ValueError, match="batch_norm 'frozen-backbone' .* --backbone-weights none"):
+    with pytest.raises(ValueError, match="--batch-norm frozen-backbone .* and --backbone-weights none: random"):
         check_job(small_job(tiny_data, tmp_path, batch_norm="frozen-backbone"), PreparedDataset(tiny_data))
+    monkeypatch.setattr(pretrained, "hub_reachable", lambda: False)        # and resnet18 is in no hub cache here
+    monkeypatch.setattr(pretrained, "check_weights_choice", lambda name, choice: "not cached" if choice == "hub" else None)
+    with pytest.raises(ValueError, match="--backbone-weights auto finds none for resnet18 \\(the hub cannot be "
+                                         "reached and no offline package is installed for resnet18\\)"):
+        check_job(small_job(tiny_data, tmp_path, batch_norm="frozen-backbone", backbone_weights="auto"),
+                  PreparedDataset(tiny_data))
+    check_job(small_job(tiny_data, tmp_path, batch_norm="frozen-backbone", backbone_weights="auto",   # the package's
+                        backbone="efficientnet_lite0"), PreparedDataset(tiny_data))
     with pytest.raises(ValueError, match="batch_norm must be one of batch, frozen-backbone, frozen, got 'fixed'"):
         check_job(small_job(tiny_data, tmp_path, batch_norm="fixed"), PreparedDataset(tiny_data))
     check_job(small_job(tiny_data, tmp_path, batch_norm="batch"), PreparedDataset(tiny_data))
