@@ -58,7 +58,8 @@ def add_train_options(p) -> None:
     g.add_argument("--batch-norm", choices=BATCH_NORM_MODES, default="batch",
                    help="batch (default): the detector's BatchNorm normalises by each training batch, labeled and "
                         "unlabeled images together; frozen-backbone: the backbone's keeps its pretrained statistics "
-                        "(needs pretrained --backbone-weights: refused before training where the backbone would start random); frozen: every detector BatchNorm keeps its stored ones "
+                        "(needs pretrained --backbone-weights: refused before training where the backbone would "
+                        "start random); frozen: every detector BatchNorm keeps its stored ones "
                         "(README: Accuracy, 'The detector's BatchNorm frozen')")
     g.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker")
