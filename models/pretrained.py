@@ -151,16 +151,8 @@ def check_weights_choice(name: str, choice: str) -> str | None:
 def auto_gets_random(name: str) -> str | None:
     """Why ``auto`` would give ``name`` random weights here (None: it finds pretrained ones), seen before anything
     is trained: no hub, no offline package installed for it, and no cached hub copy."""
-    if hub_reachable():
-        return None
-    if name in OFFLINE_PACKAGES:
-        try:
-            _package_file(name)
-            return None
-        except ImportError:
-            pass
-    if check_weights_choice(name, "hub") is None:          # a cached hub copy
-        return None
+    if hub_reachable() or check_weights_choice(name, "package") is None or check_weights_choice(name, "hub") is None:
+        return None                                         # the hub, an installed package, or a cached hub copy
     return f"the hub cannot be reached and no offline package is installed for {name}"
 
 

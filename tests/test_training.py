@@ -184,7 +184,9 @@ def test_frozen_batch_norm_without_pretrained_statistics_is_refused_before_ray(t
     with pytest.raises(ValueError, match="--batch-norm frozen-backbone .* and --backbone-weights none: random"):
         check_job(small_job(tiny_data, tmp_path, batch_norm="frozen-backbone"), PreparedDataset(tiny_data))
     monkeypatch.setattr(pretrained, "hub_reachable", lambda: False)        # and resnet18 is in no hub cache here
-    monkeypatch.setattr(pretrained, "check_weights_choice", lambda name, choice: "not cached" if choice == "hub" else None)
+    real_check = pretrained.check_weights_choice
+    monkeypatch.setattr(pretrained, "check_weights_choice",
+                        lambda name, choice: "not cached" if choice == "hub" else real_check(name, choice))
     with pytest.raises(ValueError, match="--backbone-weights auto finds none for resnet18 \\(the hub cannot be "
                                          "reached and no offline package is installed for resnet18\\)"):
         check_job(small_job(tiny_data, tmp_path, batch_norm="frozen-backbone", backbone_weights="auto"),
