@@ -3,8 +3,8 @@
 Frames are decoded, cropped and resized by the pool stream (pipeline/pool.py), predicted by a pool of
 ``Predictor`` actors (one model load per actor; GPU actors when asked), and gathered on the driver as a
 few numbers per frame (keypoints, uncertainty, an embedding), never as images: the driver keeps about half a
-kilobyte per frame (README, "Video speed"), the frames themselves pass through a capped stream.  Keypoints come back in the *source* frame's pixels (pixel centres at +0.5),
-mapped through the crop each row carries.
+kilobyte per frame (README, "Video speed"), the frames themselves pass through a capped stream.  Keypoints come
+back in the *source* frame's pixels (pixel centres at +0.5), mapped through the crop each row carries.
 """
 from __future__ import annotations
 
