@@ -1,10 +1,12 @@
 """Batch inference with Ray Data: a trained model over image folders and videos of any length.
 
 Frames are decoded, cropped and resized by the pool stream (pipeline/pool.py), predicted by a pool of
-``Predictor`` actors (one model load per actor; GPU actors when asked), and gathered on the driver as a
-few numbers per frame (keypoints, uncertainty, an embedding), never as images: the driver keeps about half a
-kilobyte per frame (README, "Video speed"), the frames themselves pass through a capped stream.  Keypoints come
-back in the *source* frame's pixels (pixel centres at +0.5), mapped through the crop each row carries.
+``Predictor`` actors (one model load per actor; GPU actors when asked), and written, batch by batch, to their
+row of arrays backed by unnamed temporary files (``spill_array``), never as images: the rows of every frame
+are known before the stream starts (``FramePlan``), so nothing is gathered or sorted on the driver, and the
+outputs are written from those arrays a chunk of rows at a time (jobs/labeling/outputs.py).  What the driver
+keeps per frame is its id (README, "Video speed").  Keypoints come back in the *source* frame's pixels (pixel
+centres at +0.5), mapped through the crop each row carries.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from pipeline.exports import row_chunks
 
 #: cores per CPU model actor (torch scales well to about this many threads on a batch of 32 frames)
 CPUS_PER_CPU_ACTOR = 4
@@ -118,17 +122,62 @@ def frame_order(frame_id: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (frame_id, -1)
 
 
-def count_frames(sources: Sequence[str | Path], frame_step: int = 1) -> int:
-    """How many rows the pool stream of ``sources`` will yield (for progress)."""
-    from pipeline.pool import IMAGE_SUFFIXES, VIDEO_SUFFIXES, video_length
+def spill_array(shape: tuple[int, ...], dtype, fill=None) -> np.ndarray:
+    """A writable array backed by an unnamed temporary file, gone with the array: an hour of video's predictions
+    live in the page cache, which the OS writes out and drops under pressure, not in the driver's heap.
+    fill: the initial value (default zeros)."""
+    import tempfile
 
-    n = 0
-    for s in map(Path, sources):
-        files = sorted(f for f in s.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES) \
-            if s.is_dir() else [s]
-        for f in files:
-            n += -(-video_length(f) // frame_step) if f.suffix.lower() in VIDEO_SUFFIXES else 1
-    return n
+    if int(np.prod(shape)) == 0:                                  # mmap cannot map 0 bytes
+        return np.full(shape, 0 if fill is None else fill, dtype)
+    with tempfile.TemporaryFile(prefix="fskp-predictions-") as f:
+        array = np.memmap(f, dtype=dtype, mode="w+", shape=shape)  # the mapping keeps the unlinked file alive
+    if fill is not None:
+        for rows in row_chunks(shape[0]):
+            array[rows] = fill
+    return array
+
+
+def _compact(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """array[keep] (keep: row numbers) as a new ``spill_array``, copied a chunk of rows at a time."""
+    out = spill_array((len(keep), *array.shape[1:]), array.dtype)
+    for rows in row_chunks(len(keep)):
+        out[rows] = array[keep[rows]]
+    return out
+
+
+class FramePlan:
+    """The frames the pool stream of ``sources`` (pipeline.pool.pool_files) will yield, known before it starts:
+    ``ids`` in frame order (``frame_order``: files by path, a video's frames by number) and the row of each, so
+    predictions go straight to their row however the stream orders them."""
+
+    def __init__(self, sources: Sequence[str | Path], frame_step: int = 1):
+        from pipeline.pool import VIDEO_SUFFIXES, pool_files, video_length
+
+        self.step = frame_step
+        self.ids: list[str] = []
+        self._images: dict[str, int] = {}             # image path -> row
+        self._videos: dict[str, int] = {}             # video path -> row of its frame 0
+        for f in sorted(pool_files(sources), key=str):
+            name = str(f)
+            if f.suffix.lower() in VIDEO_SUFFIXES:
+                self._videos[name] = len(self.ids)
+                self.ids += [f"{name}#{i}" for i in range(0, video_length(f), frame_step)]
+            else:
+                self._images[name] = len(self.ids)
+                self.ids.append(name)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, frame_id: str) -> int:
+        """The row of a stream row's id (an image path or ``<video>#<frame number>``)."""
+        if frame_id in self._images:
+            return self._images[frame_id]
+        video, number = frame_order(frame_id)
+        if video in self._videos and number >= 0:
+            return self._videos[video] + number // self.step
+        raise KeyError(f"{frame_id}: the pool stream yielded a frame of no source given")
 
 
 def plan_actors(nodes, gpu: bool, actors: int | None = None) -> tuple[int, float]:
@@ -190,7 +239,10 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
     context.enable_progress_bars = False
     context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
         object_store_memory=STREAM_OBJECT_STORE_BYTES)
-    total = count_frames(sources, frame_step)
+    plan = FramePlan(sources, frame_step)
+    total = len(plan)
+    if not total:
+        raise ValueError(f"{', '.join(map(str, sources))}: no frame to predict")
     actors, actor_cpus = plan_actors(cluster_nodes(), gpu, actors)
     views = 1 if crop_boxes is None else len(crop_boxes)
     batch_size = batch_size or (128 if gpu else 32)
@@ -205,30 +257,39 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
         Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": "cuda" if gpu else "cpu"},
         batch_size=frames_per_call, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
         num_cpus=actor_cpus)
-    ids, kps, unc, emb, ok = [], [], [], [], []
-    t0, last = time.time(), 0.0
+    k = state["num_keypoints"]
+    keypoints = spill_array((total, views, k, 2), np.float64, np.nan)       # [N, V, K, 2], rows in frame order
+    uncertainty = spill_array((total, views, k), np.float32, np.nan)        # [N, V, K]
+    embedding = None                                                         # [N, D], D from the first batch
+    ok, filled = np.zeros(total, bool), np.zeros(total, bool)
+    done, t0, last = 0, time.time(), 0.0
     batches = watched(preds.iter_batches(batch_size=frames_per_call, batch_format="numpy"), timeout_s=stall_timeout,
                       what="prediction", explain=lambda: f"the model actors or the frame decoding could not run "
                                                          f"({starvation_report()}); lower --actors or give Ray more CPUs")
     for b in batches:
-        ids += [str(i) for i in b["id"]]
-        kps.append(b["keypoints"]), unc.append(b["uncertainty"]), emb.append(b["embedding"])
-        ok.append(b["ok"].astype(bool))
-        if progress and (time.time() - last > 5 or len(ids) == total):
+        rows = np.fromiter((plan.row(str(i)) for i in b["id"]), np.int64, len(b["id"]))
+        for row, frame_id in zip(rows, b["id"]):
+            if plan.ids[row] != frame_id:       # a chunk that failed to decode is named by its first frame
+                plan.ids[row] = str(frame_id)
+        if embedding is None:
+            embedding = spill_array((total, b["embedding"].shape[1]), np.float16)
+        keypoints[rows], uncertainty[rows], embedding[rows] = b["keypoints"], b["uncertainty"], b["embedding"]
+        ok[rows], filled[rows] = b["ok"].astype(bool), True
+        done += len(rows)
+        if progress and (time.time() - last > 5 or done == total):
             last = time.time()
-            rate = len(ids) / max(last - t0, 1e-9)
-            print(f"predicted {len(ids)}/{total} frames  {rate:.1f} frames/s", file=sys.stderr, flush=True)
-    if not ids:
+            print(f"predicted {done}/{total} frames  {done / max(last - t0, 1e-9):.1f} frames/s",
+                  file=sys.stderr, flush=True)
+    if embedding is None:
         raise ValueError(f"{', '.join(map(str, sources))}: no frame to predict")
-    order = sorted(range(len(ids)), key=lambda n: frame_order(ids[n]))
-    k = state["num_keypoints"]
-    keypoints = np.concatenate(kps).reshape(-1, views, k, 2)[order]          # [N, V, K, 2]
-    uncertainty = np.concatenate(unc).reshape(-1, views, k)[order]
-    okv = np.concatenate(ok)[order]
-    keypoints[~okv] = np.nan
-    ids, embedding = [ids[n] for n in order], np.concatenate(emb)[order]
+    keypoints[np.flatnonzero(filled & ~ok)] = np.nan
+    ids = plan.ids
+    if not filled.all():              # frames the container counted but the decoder never gave
+        keep = np.flatnonzero(filled)
+        keypoints, uncertainty, embedding = (_compact(a, keep) for a in (keypoints, uncertainty, embedding))
+        ok, ids = ok[keep], [ids[n] for n in keep]
     return [Predictions(ids=ids, keypoints=keypoints[:, v], uncertainty=uncertainty[:, v], embedding=embedding,
-                        ok=okv) for v in range(views)]
+                        ok=ok) for v in range(views)]
 
 
 def jittered_boxes(crop_box: Sequence[float]) -> list[tuple[float, float, float, float]]:

@@ -36,7 +36,9 @@ NWB (``write_nwb``): a Neurodata Without Borders file with an ndx-pose ``PoseEst
 pixel-index coordinates, confidence = likelihood) and a ``Skeleton`` with the card's links as edges.
 
 Every file is written under a temporary name in its folder and renamed when complete, so a failed export
-never leaves a file that looks finished.
+never leaves a file that looks finished.  Frames are read and written ``CHUNK_ROWS`` at a time
+(``prediction_chunks``): an hour of video's predictions, given as file-backed arrays (jobs/inference.py), is
+never copied whole into memory by a writer.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,6 +56,8 @@ from pipeline.atomic import atomic_path
 from pipeline.card import Card
 from pipeline.converters._common import PIXEL_INDEX_OFFSET
 
+#: frames converted and written at once by the writers (and copied at once by jobs/inference.py)
+CHUNK_ROWS = 8192
 #: the uncertainty ring's radius grows by this fraction of the image's larger side at likelihood 0
 RING_GROWTH = 0.03
 #: JPEG quality of overlay images
@@ -90,6 +94,23 @@ def _predictions(keypoints, likelihood, k: int | None = None) -> tuple[np.ndarra
     if given.size and (given.min() < 0.0 or given.max() > 1.0):
         raise ValueError(f"likelihood must lie in [0, 1], got values in [{given.min():g}, {given.max():g}]")
     return kp, lk
+
+
+def row_chunks(n: int, rows: int = CHUNK_ROWS) -> list[slice]:
+    """Slices of at most ``rows`` rows covering range(n), in order."""
+    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+
+def prediction_chunks(keypoints, likelihood, k: int | None = None,
+                      rows: int = CHUNK_ROWS) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """(rows, keypoints [n, K, 2], likelihood [n, K]) float64, checked as ``_predictions`` does, a chunk of at
+    most ``rows`` frames at a time (one empty chunk when there are no frames).  Shapes are checked here, before
+    the first chunk; arrays are never copied whole."""
+    kp, lk = np.asarray(keypoints), np.asarray(likelihood)
+    _predictions(kp[:0], lk[:0], k)
+    if lk.shape != kp.shape[:2]:
+        raise ValueError(f"likelihood must be [N, K] = {list(kp.shape[:2])}, got shape {lk.shape}")
+    return ((chunk, *_predictions(kp[chunk], lk[chunk], k)) for chunk in row_chunks(len(kp), rows) or [slice(0, 0)])
 
 
 def _check_cutoff(cutoff: float) -> float:
@@ -137,16 +158,12 @@ def write_dlc_csv(path: str | Path, scorer: str, bodyparts: list[str], index: li
     it is written for every keypoint, and DeepLabCut (and ``dlc.read_label_file``) treat a body part with
     likelihood < the project's ``pcutoff`` as not labeled.  Written atomically; returns ``path``.
     """
-    kp, lk = _predictions(keypoints, likelihood, len(bodyparts))
+    chunks = prediction_chunks(keypoints, likelihood, len(bodyparts))
     if not scorer or not isinstance(scorer, str):
         raise ValueError(f"scorer must be a non-empty name, got {scorer!r}")
     owners = _check_parts(bodyparts, individuals)
-    if len(index) != len(kp):
-        raise ValueError(f"{len(index)} index entries for {len(kp)} frames")
-    finite = np.isfinite(kp).all(2)
-    if not np.isfinite(lk[finite]).all():
-        n, k = np.argwhere(finite & ~np.isfinite(lk))[0]
-        raise ValueError(f"frame {index[n]!r}, {bodyparts[k]}: a keypoint is given but its likelihood is not finite")
+    if len(index) != len(keypoints):
+        raise ValueError(f"{len(index)} index entries for {len(keypoints)} frames")
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f, lineterminator="\n")
@@ -155,11 +172,17 @@ def write_dlc_csv(path: str | Path, scorer: str, bodyparts: list[str], index: li
             out.writerow(["individuals", *[o[0] for o in owners for _ in range(3)]])
         out.writerow(["bodyparts", *[o[-1] for o in owners for _ in range(3)]])
         out.writerow(["coords", *["x", "y", "likelihood"] * len(bodyparts)])
-        for name, xy, p, ok in zip(index, kp - PIXEL_INDEX_OFFSET, lk, finite):
-            cells = [str(name)]
-            for (x, y), l, known in zip(xy, p, ok):
-                cells += [_number(x), _number(y), _number(l)] if known else ["", "", _number(l)]
-            out.writerow(cells)
+        for rows, kp, lk in chunks:
+            finite = np.isfinite(kp).all(2)
+            if not np.isfinite(lk[finite]).all():
+                n, k = np.argwhere(finite & ~np.isfinite(lk))[0]
+                raise ValueError(f"frame {index[rows.start + n]!r}, {bodyparts[k]}: a keypoint is given but its "
+                                 f"likelihood is not finite")
+            for name, xy, p, ok in zip(index[rows], kp - PIXEL_INDEX_OFFSET, lk, finite):
+                cells = [str(name)]
+                for (x, y), l, known in zip(xy, p, ok):
+                    cells += [_number(x), _number(y), _number(l)] if known else ["", "", _number(l)]
+                out.writerow(cells)
     return path
 
 
@@ -196,23 +219,29 @@ def _dlc_frame(scorer: str, bodyparts: list[str], index, keypoints: np.ndarray, 
 
 def write_dlc_video_h5(folder: str | Path, video: str | Path, scorer: str, bodyparts: list[str],
                        frames: Sequence[int], keypoints: np.ndarray, likelihood: np.ndarray,
-                       individuals: Sequence[tuple[str, str]] | None = None) -> Path:
+                       individuals: Sequence[tuple[str, str]] | None = None, rows: int = CHUNK_ROWS) -> Path:
     """Write ``folder/<video stem><DLC scorer>.h5``, the file DeepLabCut's ``analyze_videos`` writes.
 
     frames: the frame number of each row (the index); keypoints [N, K, 2] prepared convention, written as
     pixel indices; likelihood [N, K]; individuals: multi-animal columns (see ``write_dlc_csv``).  Key
     ``df_with_missing``, PyTables "table" format, as DeepLabCut writes it.  The scorer is
-    ``dlc_scorer(scorer)``.  Written atomically; returns the path.
+    ``dlc_scorer(scorer)``.  Appended ``rows`` frames at a time.  Written atomically; returns the path.
     """
     import pandas as pd
 
     name = dlc_scorer(scorer)
-    if any(isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0 for f in frames):
+    numbers = np.asarray(frames)
+    if numbers.dtype == bool or not (numbers.size == 0 or np.issubdtype(numbers.dtype, np.integer)) or \
+            (numbers < 0).any():
         raise ValueError("frames must be frame numbers (whole numbers >= 0)")
-    df = _dlc_frame(name, bodyparts, pd.Index(np.asarray(frames, np.int64)), keypoints, likelihood, individuals)
+    if len(numbers) != len(keypoints):
+        raise ValueError(f"{len(numbers)} index entries for {len(keypoints)} frames")
     path = Path(folder) / f"{Path(video).stem}{name}.h5"
     with atomic_path(path) as tmp, pd.HDFStore(tmp, mode="w") as store:
-        store.put("df_with_missing", df, format="table", track_times=False)
+        for chunk, kp, lk in prediction_chunks(keypoints, likelihood, len(bodyparts), rows):          # appended a chunk at a time; PyTables indexes it after the last
+            df = _dlc_frame(name, bodyparts, pd.Index(numbers[chunk].astype(np.int64)), kp, lk, individuals)
+            store.put("df_with_missing", df, format="table", append=True, track_times=False,
+                      index=chunk.stop == len(numbers))
         # pandas < 3 (DeepLabCut's) reads a table only with the layout version pandas 3 no longer writes
         store.get_storer("df_with_missing").attrs.pandas_version = PANDAS_TABLE_VERSION
     return path
@@ -268,7 +297,7 @@ def write_nwb(path: str | Path, card: Card, keypoints: np.ndarray, likelihood: n
               timestamps: Sequence[float] | None = None, rate: float | None = None,
               source: Sequence[str | Path] = (), source_rate: float | None = None,
               source_frames: int | None = None, scorer: str = "fskp", description: str = "", session_start=None,
-              confidence_definition: str = NWB_CONFIDENCE) -> Path:
+              confidence_definition: str = NWB_CONFIDENCE, rows: int = CHUNK_ROWS) -> Path:
     """Write the predictions as an NWB file with ndx-pose: ``processing/behavior`` holds a ``PoseEstimation``
     with one ``PoseEstimationSeries`` per keypoint and a ``Skeletons`` container with the card's skeleton.
 
@@ -278,7 +307,8 @@ def write_nwb(path: str | Path, card: Card, keypoints: np.ndarray, likelihood: n
     the predictions were made on, stored as an external ``ImageSeries`` linked as ``source_video``
     (paths relative to the NWB file's folder) of ``source_frames`` frames (default N) at ``source_rate``
     frames per second (default ``rate``, else 1).  session_start: a timezone-aware datetime (default: the first source file's modification time;
-    fskp does not know when the recording started).  Validated by pynwb's validator in the tests.
+    fskp does not know when the recording started).  More than ``rows`` frames are written ``rows`` at a time
+    (HDF5 chunks of that many frames, ``_nwb_rows``).  Validated by pynwb's validator in the tests.
     """
     import datetime
     import os
@@ -289,7 +319,9 @@ def write_nwb(path: str | Path, card: Card, keypoints: np.ndarray, likelihood: n
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.image import ImageSeries
 
-    kp, lk = _predictions(keypoints, likelihood, card.num_keypoints)
+    for _ in prediction_chunks(keypoints, likelihood, card.num_keypoints):
+        pass                                              # every value checked before anything is built
+    kp, lk = np.asarray(keypoints), np.asarray(likelihood)
     if (timestamps is None) == (rate is None):
         raise ValueError("give exactly one of timestamps and rate")
     if timestamps is not None and len(timestamps) != len(kp):
@@ -321,16 +353,17 @@ def write_nwb(path: str | Path, card: Card, keypoints: np.ndarray, likelihood: n
         nwb.add_acquisition(source_video)
     skeleton = Skeleton(name=card.name, nodes=list(card.keypoints),
                         edges=np.asarray(card.links, np.uint8).reshape(-1, 2))
-    xy = np.where(np.isfinite(kp).all(2, keepdims=True), kp - PIXEL_INDEX_OFFSET, np.nan)
     series = []
     for k, name in enumerate(card.keypoints):
         if timestamps is None:
             time = {"rate": float(rate), "starting_time": 0.0}
         else:               # stored once: the other series link to the first one's timestamps
             time = {"timestamps": series[0] if series else np.asarray(timestamps, np.float64)}
-        series.append(PoseEstimationSeries(name=name, description=f"estimated position of {name}", data=xy[:, k],
-                                           unit="pixels", reference_frame=NWB_REFERENCE_FRAME,
-                                           confidence=lk[:, k], confidence_definition=confidence_definition, **time))
+        series.append(PoseEstimationSeries(name=name, description=f"estimated position of {name}",
+                                           data=_nwb_rows(kp, k, rows, _pixel_index_xy), unit="pixels",
+                                           reference_frame=NWB_REFERENCE_FRAME,
+                                           confidence=_nwb_rows(lk, k, rows, _float64),
+                                           confidence_definition=confidence_definition, **time))
     pose = PoseEstimation(name="PoseEstimation", pose_estimation_series=series,
                           description=description or f"keypoints predicted by fskp ({card.name})",
                           scorer=scorer, source_software="fskp", source_software_version=fskp_version,
@@ -342,6 +375,37 @@ def write_nwb(path: str | Path, card: Card, keypoints: np.ndarray, likelihood: n
         with NWBHDF5IO(str(tmp), "w") as io:
             io.write(nwb)
     return path
+
+
+def _pixel_index_xy(kp: np.ndarray) -> np.ndarray:
+    """Keypoints [n, 2] (prepared convention) -> float64 pixel indices, NaN where either coordinate is not finite."""
+    kp = np.asarray(kp, np.float64)
+    return np.where(np.isfinite(kp).all(1, keepdims=True), kp - PIXEL_INDEX_OFFSET, np.nan)
+
+
+def _float64(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, np.float64)
+
+
+def _nwb_rows(values: np.ndarray, k: int, rows: int, convert: Callable[[np.ndarray], np.ndarray]):
+    """Keypoint ``k``'s column of values [N, K, ...] converted for NWB: the array itself for up to ``rows``
+    frames, else an hdmf iterator that reads and writes ``rows`` frames at a time."""
+    if len(values) <= rows:
+        return convert(values[:, k])
+    from hdmf.data_utils import GenericDataChunkIterator
+
+    class Rows(GenericDataChunkIterator):
+        def _get_data(self, selection):
+            return convert(values[selection[0], k])[(slice(None), *selection[1:])]
+
+        def _get_maxshape(self):
+            return (len(values), *values.shape[2:])
+
+        def _get_dtype(self):
+            return np.dtype(np.float64)
+
+    shape = (rows, *values.shape[2:])
+    return Rows(buffer_shape=shape, chunk_shape=shape, display_progress=False)
 
 
 # ---- COCO --------------------------------------------------------------------------------------------
@@ -397,7 +461,8 @@ def write_coco_json(path: str | Path, card: Card, images: Iterable[dict], keypoi
     its links as a 1-based ``skeleton``.  Written atomically; returns ``path``.
     """
     cutoff = _check_cutoff(cutoff)
-    kp, lk = _predictions(keypoints, likelihood, card.num_keypoints)
+    chunks = prediction_chunks(keypoints, likelihood, card.num_keypoints)
+    frames = len(keypoints)
     info = {"description": f"keypoints predicted by fskp ({card.name}); v = 2 where likelihood >= {cutoff:g}, "
                            f"keypoint_scores hold the model's likelihoods", "keypoint_cutoff": cutoff}
     categories = [{"id": 1, "name": card.name, "supercategory": card.name, "keypoints": list(card.keypoints),
@@ -407,15 +472,17 @@ def write_coco_json(path: str | Path, card: Card, images: Iterable[dict], keypoi
         f.write(f'{{"info": {json.dumps(info)}, "images": [')
         count = 0
         for n, item in enumerate(images):
-            if n >= len(kp):
-                raise ValueError(f"more images than the {len(kp)} frames of keypoints")
+            if n >= frames:
+                raise ValueError(f"more images than the {frames} frames of keypoints")
             f.write((", " if n else "") + json.dumps(_coco_image(n, item)))
             count = n + 1
-        if count != len(kp):
-            raise ValueError(f"{count} images for {len(kp)} frames of keypoints")
+        if count != frames:
+            raise ValueError(f"{count} images for {frames} frames of keypoints")
         f.write('], "annotations": [')
-        for n in range(len(kp)):
-            f.write((", " if n else "") + json.dumps(_coco_annotation(n, kp[n], lk[n], cutoff), allow_nan=False))
+        for rows, kp, lk in chunks:
+            for i in range(len(kp)):
+                n = rows.start + i
+                f.write((", " if n else "") + json.dumps(_coco_annotation(n, kp[i], lk[i], cutoff), allow_nan=False))
         f.write(f'], "categories": {json.dumps(categories)}}}')
     return path
 

@@ -190,6 +190,21 @@ def remote_pool_problem(sources: Sequence[str | Path]) -> str | None:
     return None
 
 
+def pool_files(sources: Sequence[str | Path]) -> list[Path]:
+    """The image and video files of raw pool ``sources`` (files, or folders searched recursively, each folder's
+    files sorted), in the order given; a file named twice counts once."""
+    files: dict[str, Path] = {}
+    for p in map(Path, sources):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        elif p.exists():
+            found = [p]
+        else:
+            raise FileNotFoundError(f"{p}: unlabeled pool not found")
+        files.update((str(f), f) for f in found if str(f) not in files)
+    return list(files.values())
+
+
 def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split: str | Sequence[str] = "train",
                  crop_box: Sequence[float] | None = None, crop_boxes: Sequence[Sequence[float]] | None = None,
                  frame_step: int = 1, frames_per_task: int = 256):
@@ -232,14 +247,7 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
     if problem:
         raise ValueError(problem)
     paths = [Path(p) for p in sources]
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-        elif p.exists():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: unlabeled pool not found")
+    files = pool_files(paths)
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
     images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
     parts, cut = [], {"size": size, "crop_box": crop_box, "crop_boxes": crop_boxes}

@@ -259,7 +259,7 @@ def test_a_long_videos_suggestions_hold_one_float32_copy_of_its_embeddings(tmp_p
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            written = outputs.write_suggestions(preds, preds.uncertainty, tmp_path, set(), ids[:10], 20, lambda p: p)
+            written = outputs.write_suggestions(preds, 1.0 - preds.uncertainty, tmp_path, set(), ids[:10], 20, lambda p: p)
             assert "suggestions_csv" in written and "suggestions_png" in written
             return tracemalloc.get_traced_memory()[1] - before
         finally:

@@ -45,46 +45,40 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     lab = _lab_packages()
     sleap = importlib.util.find_spec("sleap_io") is not None      # the ``sleap`` extra: SLEAP predictions files
     machine_folders: set[str] = set()       # labeled-data/<folder> names given to frame folders so far
-    likelihood = exports.likelihood_from_uncertainty(preds.uncertainty) if calibration is None else \
-        calibration.likelihood(preds.uncertainty, preds.embedding, preds.spread)
+    likelihood = _likelihood(preds, calibration)
     outputs: dict[str, str] = {}
-    groups: dict[str, list[int]] = {}
-    for n, frame_id in enumerate(preds.ids):
-        video, number = frame_order(frame_id)
-        key = video if number >= 0 else str(Path(frame_id).parent)
-        groups.setdefault(key, []).append(n)
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
-    for key, rows in groups.items():
-        is_video = frame_order(preds.ids[rows[0]])[1] >= 0
+    for key, rows in frame_groups(preds.ids).items():
+        ids = preds.ids[rows] if isinstance(rows, slice) else [preds.ids[n] for n in rows]
+        is_video = frame_order(ids[0])[1] >= 0
         stem = Path(key).stem if is_video else (relative(key).strip("./").replace("/", "_") or "images")
-        index = [frame_order(preds.ids[n])[1] for n in rows] if is_video else [relative(preds.ids[n]) for n in rows]
+        index = np.fromiter((frame_order(i)[1] for i in ids), np.int64, len(ids)) if is_video else \
+            [relative(i) for i in ids]
+        keypoints, group_likelihood = preds.keypoints[rows], likelihood[rows]     # views of a video's rows
         path = pred_dir / f"{stem}.csv"
-        exports.write_dlc_csv(path, f"fskp_{scorer}", list(card.keypoints), index, preds.keypoints[rows],
-                              likelihood[rows], individuals)
+        exports.write_dlc_csv(path, f"fskp_{scorer}", list(card.keypoints), index, keypoints, group_likelihood,
+                              individuals)
         outputs[f"dlc_csv:{stem}"] = str(path)
         if lab:
-            outputs.update(_lab_outputs(card, key, stem, is_video, index, [preds.ids[n] for n in rows],
-                                        preds.keypoints[rows], likelihood[rows], pred_dir, f"fskp_{scorer}",
-                                        iteration, machine_folders, individuals, nwb_confidence))
+            outputs.update(_lab_outputs(card, key, stem, is_video, index, ids, keypoints, group_likelihood, pred_dir,
+                                        f"fskp_{scorer}", iteration, machine_folders, individuals, nwb_confidence))
         if sleap:
             from pipeline.converters.slp import write_slp_predictions
 
             target = pred_dir / f"{stem}.predictions.slp"          # SLEAP's name for a predictions file
-            write_slp_predictions(target, card.keypoints, card.links,
-                                  key if is_video else [preds.ids[n] for n in rows],
-                                  index if is_video else range(len(rows)), preds.keypoints[rows], likelihood[rows])
+            write_slp_predictions(target, card.keypoints, card.links, key if is_video else ids,
+                                  index if is_video else range(len(ids)), keypoints, group_likelihood)
             outputs[f"slp:{stem}"] = str(target)
         if overlay:
             if is_video:
-                frames = {frame_order(preds.ids[n])[1]: (preds.keypoints[n], likelihood[n]) for n in rows}
                 target = out / "overlay" / f"{stem}.mp4"
-                exports.write_overlay_video(Path(key), target, frames, card.links, pcutoff,
-                                            progress=_every_few_seconds(f"overlay {target.name}"))
+                exports.write_overlay_video(Path(key), target, FrameLookup(index, keypoints, group_likelihood),
+                                            card.links, pcutoff, progress=_every_few_seconds(f"overlay {target.name}"))
                 outputs[f"overlay:{stem}"] = str(target)
             else:
-                exports.write_overlay_images([Path(preds.ids[n]) for n in rows], out / "overlay" / stem,
-                                             preds.keypoints[rows], likelihood[rows], card.links, pcutoff)
+                exports.write_overlay_images([Path(i) for i in ids], out / "overlay" / stem, keypoints,
+                                             group_likelihood, card.links, pcutoff)
                 outputs[f"overlay:{stem}"] = str(out / "overlay" / stem)
     def images_meta():                       # streamed into the JSON file, one frame at a time
         for frame_id in preds.ids:
@@ -94,9 +88,60 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     coco_path = out / "predictions" / "keypoints_coco.json"
     exports.write_coco_json(coco_path, card, images_meta(), preds.keypoints, likelihood, pcutoff)
     outputs["coco_json"] = str(coco_path)
-    outputs.update(write_suggestions(preds, 1.0 - likelihood, out, exclude, labeled_ids, n_suggestions,
-                                     relative, suggest_by))
+    outputs.update(write_suggestions(preds, likelihood, out, exclude, labeled_ids, n_suggestions, relative,
+                                     suggest_by))
     return outputs
+
+
+def _likelihood(preds, calibration) -> np.ndarray:
+    """[N, K] the likelihood every output carries (module docstring of write_outputs), computed a chunk of
+    frames at a time into a file-backed array (jobs/inference.py ``spill_array``)."""
+    from jobs.inference import spill_array
+    from pipeline import exports
+
+    out = spill_array(preds.uncertainty.shape, np.float64)
+    for rows in exports.row_chunks(len(out)):
+        out[rows] = exports.likelihood_from_uncertainty(preds.uncertainty[rows]) if calibration is None else \
+            calibration.likelihood(preds.uncertainty[rows], preds.embedding[rows],
+                                   None if preds.spread is None else preds.spread[rows])
+    return out
+
+
+def frame_groups(ids: Sequence[str]) -> dict[str, slice | list[int]]:
+    """The rows of each output file: a video's frames (key: the video) or a folder's images (key: the folder),
+    in the order of ``ids``; a group whose rows are consecutive (a video's frames, in frame order) as a slice."""
+    from jobs.inference import frame_order
+
+    runs: dict[str, list[list[int]]] = {}        # key -> [start, stop) runs of rows
+    for n, frame_id in enumerate(ids):
+        video, number = frame_order(frame_id)
+        group = runs.setdefault(video if number >= 0 else str(Path(frame_id).parent), [])
+        if group and group[-1][1] == n:
+            group[-1][1] = n + 1
+        else:
+            group.append([n, n + 1])
+    return {key: slice(*r[0]) if len(r) == 1 else [n for a, b in r for n in range(a, b)] for key, r in runs.items()}
+
+
+class FrameLookup:
+    """frame number -> (keypoints [K, 2], likelihood [K]) of a video's rows, without a dict entry per frame
+    (``exports.write_overlay_video``'s ``frame_keypoints``).  numbers [N] ascending, one per row."""
+
+    def __init__(self, numbers: np.ndarray, keypoints: np.ndarray, likelihood: np.ndarray):
+        self.numbers, self.keypoints, self.likelihood = numbers, keypoints, likelihood
+
+    def _row(self, number: int) -> int | None:
+        n = int(np.searchsorted(self.numbers, number))
+        return n if n < len(self.numbers) and self.numbers[n] == number else None
+
+    def __contains__(self, number) -> bool:
+        return self._row(number) is not None
+
+    def __getitem__(self, number) -> tuple[np.ndarray, np.ndarray]:
+        n = self._row(number)
+        if n is None:
+            raise KeyError(number)
+        return self.keypoints[n], self.likelihood[n]
 
 
 def _lab_packages() -> bool:
@@ -130,8 +175,8 @@ def _lab_outputs(card: Card, key: str, stem: str, is_video: bool, index: list, f
         rate, frames = _video_timing(key)
         out[f"dlc_h5:{stem}"] = str(exports.write_dlc_video_h5(pred_dir, key, scorer, list(card.keypoints), index,
                                                                keypoints, likelihood, individuals))
-        timing = {"rate": rate} if index == list(range(len(index))) else \
-            {"timestamps": [float(i / rate) for i in index]}
+        timing = {"rate": rate} if np.array_equal(index, np.arange(len(index))) else \
+            {"timestamps": np.asarray(index, np.float64) / rate}
         out[f"nwb:{stem}"] = str(exports.write_nwb(
             pred_dir / f"{stem}.nwb", card, keypoints, likelihood, **timing, source=[key], source_rate=rate,
             source_frames=frames, scorer=exports.dlc_scorer(scorer), confidence_definition=nwb_confidence,
@@ -205,15 +250,16 @@ def _frame_size(frame_id: str) -> dict:
     return _SIZES[key]
 
 
-def write_suggestions(preds, uncertainty: np.ndarray, out: Path, exclude: set[str], labeled_ids: Sequence[str],
+def write_suggestions(preds, likelihood: np.ndarray, out: Path, exclude: set[str], labeled_ids: Sequence[str],
                       n: int, relative, rule: str = "coverage") -> dict[str, str]:
     """suggestions.csv (ranked frames to label next) and suggestions.png (a contact sheet of them).
-    uncertainty [N, K]: 1 - the likelihood the outputs carry, for the frames of ``preds``."""
+    likelihood [N, K]: the likelihood the outputs carry, for the frames of ``preds``."""
     from pipeline.suggest import suggest_frames, suggestion_sheet
     from pipeline.suggest import write_suggestions as write_csv
 
     if n <= 0:
         return {}
+    uncertainty = 1.0 - np.asarray(likelihood)
     readable = bool(preds.ok.all())             # a long video's arrays are passed as they are, not copied
     rows = slice(None) if readable else np.flatnonzero(preds.ok)
     ok = preds.ids if readable else [preds.ids[i] for i in rows]

@@ -51,6 +51,7 @@ from pipeline.atomic import atomic_path
 from pipeline.card import Card
 from pipeline.converters._common import PIXEL_INDEX_OFFSET  # 0.5: pixel centres at integers -> at +0.5
 from pipeline.converters.coco import card_from_keypoints, keypoint_order, slug
+from pipeline.exports import row_chunks
 from pipeline.converters.dlc import DEFAULT_MARGIN, VIDEO_SUFFIXES
 from pipeline.prepared import DataError, Instance, square_crop_box
 
@@ -255,21 +256,22 @@ def write_slp_predictions(path: str | Path, skeleton_names: Sequence[str], links
     names = [str(n) for n in skeleton_names]
     if not names or len(set(names)) != len(names) or not all(names):
         raise ValueError(f"skeleton names must be distinct non-empty names, got {names}")
-    kp = np.asarray(keypoints, dtype=np.float64)
-    sc = np.asarray(scores, dtype=np.float64)
-    frames = [int(f) for f in frame_indices]
+    kp, sc = np.asarray(keypoints), np.asarray(scores)          # not copied: a long video's arrays stay on disk
+    frames = np.asarray(frame_indices, np.int64)
     if kp.ndim != 3 or kp.shape[1:] != (len(names), 2):
         raise ValueError(f"keypoints must be [N, {len(names)}, 2], got shape {kp.shape}")
     if sc.shape != kp.shape[:2]:
         raise ValueError(f"scores must be [N, K] = {list(kp.shape[:2])}, got shape {sc.shape}")
     if len(frames) != len(kp):
         raise ValueError(f"{len(frames)} frame indices for {len(kp)} frames of keypoints")
-    if len(set(frames)) != len(frames) or min(frames, default=0) < 0:
+    if len(np.unique(frames)) != len(frames) or min(frames, default=0) < 0:
         raise ValueError("frame indices must be distinct and >= 0 (one predicted instance per frame)")
-    given = np.isfinite(kp).all(axis=2)
-    if not np.isfinite(sc[given]).all():
-        n, k = np.argwhere(given & ~np.isfinite(sc))[0]
-        raise ValueError(f"frame {frames[n]}, {names[k]}: a keypoint is given but its score is not finite")
+    for rows in row_chunks(len(kp)):
+        given = np.isfinite(kp[rows]).all(axis=2)
+        if not np.isfinite(sc[rows][given]).all():
+            n, k = np.argwhere(given & ~np.isfinite(sc[rows]))[0]
+            raise ValueError(f"frame {frames[rows.start + n]}, {names[k]}: a keypoint is given but its score is not "
+                             f"finite")
     edges = []
     for a, b in links:
         a, b = (names[a], names[b]) if isinstance(a, (int, np.integer)) else (str(a), str(b))
@@ -281,55 +283,69 @@ def write_slp_predictions(path: str | Path, skeleton_names: Sequence[str], links
     video = _video(video_path_or_image_paths, sio)
     if isinstance(video.filename, list) and max(frames, default=0) >= len(video.filename):
         raise ValueError(f"frame index {max(frames)} is past the {len(video.filename)} images")
-    xy = np.where(given[..., None], kp - PIXEL_INDEX_OFFSET, np.nan)
-    point_scores = np.where(given, sc, 0.0)
-    shown = given.sum(1)
-    instance_scores = np.where(shown > 0, point_scores.sum(1) / np.maximum(shown, 1), 0.0)
     path = Path(path)
     with atomic_path(path) as tmp:
         # sleap-io writes the file's metadata, skeleton and video for the first frame; the per-frame tables
-        # (frames, instances, pred_points) are then written whole from arrays: one Python object per frame
-        # would take ~5 KB each, 0.5 GB for an hour of video
+        # (frames, instances, pred_points) are then written from arrays, a chunk of frames at a time: one
+        # Python object per frame would take ~5 KB each, 0.5 GB for an hour of video
         first = []
-        if frames:
+        if len(frames):
+            xy, point_scores, instance_scores = _sleap_points(kp[:1], sc[:1])
             instance = sio.PredictedInstance.from_numpy(xy[0], skeleton=skeleton, point_scores=point_scores[0],
                                                         score=float(instance_scores[0]))
-            first = [sio.LabeledFrame(video=video, frame_idx=frames[0], instances=[instance])]
+            first = [sio.LabeledFrame(video=video, frame_idx=int(frames[0]), instances=[instance])]
         sio.save_slp(sio.Labels(labeled_frames=first, videos=[video], skeletons=[skeleton]), str(tmp), verbose=False)
         if len(frames) > 1:
-            _write_prediction_tables(tmp, np.asarray(frames), xy, point_scores, instance_scores)
+            _write_prediction_tables(tmp, frames, kp, sc)
     return path
 
 
-def _write_prediction_tables(path: Path, frames: np.ndarray, xy: np.ndarray, point_scores: np.ndarray,
-                             instance_scores: np.ndarray) -> None:
+def _sleap_points(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xy [n, K, 2] SLEAP coordinates, NaN where missing; point scores [n, K], 0 where missing; instance scores
+    [n], the mean of the given points' scores) from keypoints [n, K, 2] (prepared convention) and scores [n, K]."""
+    kp, sc = np.asarray(keypoints, np.float64), np.asarray(scores, np.float64)
+    given = np.isfinite(kp).all(axis=2)
+    xy = np.where(given[..., None], kp - PIXEL_INDEX_OFFSET, np.nan)
+    point_scores = np.where(given, sc, 0.0)
+    shown = given.sum(1)
+    return xy, point_scores, np.where(shown > 0, point_scores.sum(1) / np.maximum(shown, 1), 0.0)
+
+
+def _write_prediction_tables(path: Path, frames: np.ndarray, keypoints: np.ndarray, scores: np.ndarray) -> None:
     """Rewrite the ``frames``, ``instances`` and ``pred_points`` tables of a one-frame .slp file written by
     sleap-io for all N frames (one predicted instance of K points each, video 0, skeleton 0, no track), in
     the dtypes sleap-io gave them and with its row of frame 0 as the check that the layout is the one
-    assumed here.  xy: [N, K, 2] SLEAP coordinates, NaN where missing; point_scores: [N, K];
-    instance_scores: [N]."""
+    assumed here.  frames [N]; keypoints [N, K, 2] prepared convention; scores [N, K].  Written a chunk of
+    frames at a time (pipeline.exports.row_chunks)."""
     import h5py
 
-    n, k = xy.shape[:2]
+    n, k = keypoints.shape[:2]
     with h5py.File(path, "r+") as f:
-        tables = {name: f[name][:] for name in ("frames", "instances", "pred_points")}
-        first = {name: t.copy() for name, t in tables.items()}
-        rows = {name: np.zeros(n * (k if name == "pred_points" else 1), dtype=t.dtype) for name, t in tables.items()}
-        fr, inst, pts = rows["frames"], rows["instances"], rows["pred_points"]
-        ids = np.arange(n)
-        fr["frame_id"], fr["video"], fr["frame_idx"] = ids, 0, frames
-        fr["instance_id_start"], fr["instance_id_end"] = ids, ids + 1
-        inst["instance_id"], inst["instance_type"], inst["frame_id"], inst["skeleton"] = ids, 1, ids, 0
-        inst["track"], inst["from_predicted"], inst["score"] = -1, -1, instance_scores
-        inst["point_id_start"], inst["point_id_end"], inst["tracking_score"] = ids * k, ids * k + k, np.nan
-        visible = np.isfinite(xy).all(2).reshape(-1)
-        pts["x"], pts["y"] = xy[..., 0].reshape(-1), xy[..., 1].reshape(-1)
-        pts["visible"], pts["complete"], pts["score"] = visible, False, point_scores.reshape(-1)
-        for name, table in rows.items():
-            head = table[:len(first[name])]
-            if head.tobytes() != first[name].tobytes():
-                raise RuntimeError(f"sleap-io wrote a {name} table this writer does not know: {first[name]!r} "
-                                   f"(expected {head!r}); pin sleap-io to a version it was tested with")
+        first = {name: f[name][:] for name in ("frames", "instances", "pred_points")}
+        tables = {}
+        for name, head in first.items():
             del f[name]
-            f.create_dataset(name, data=table)
-    return path
+            tables[name] = f.create_dataset(name, shape=(n * (k if name == "pred_points" else 1),), dtype=head.dtype)
+        for chunk in row_chunks(n):
+            xy, point_scores, instance_scores = _sleap_points(keypoints[chunk], scores[chunk])
+            rows = {name: np.zeros(len(xy) * (k if name == "pred_points" else 1), dtype=t.dtype)
+                    for name, t in first.items()}
+            fr, inst, pts = rows["frames"], rows["instances"], rows["pred_points"]
+            ids = np.arange(chunk.start, chunk.stop)
+            fr["frame_id"], fr["video"], fr["frame_idx"] = ids, 0, frames[chunk]
+            fr["instance_id_start"], fr["instance_id_end"] = ids, ids + 1
+            inst["instance_id"], inst["instance_type"], inst["frame_id"], inst["skeleton"] = ids, 1, ids, 0
+            inst["track"], inst["from_predicted"], inst["score"] = -1, -1, instance_scores
+            inst["point_id_start"], inst["point_id_end"], inst["tracking_score"] = ids * k, ids * k + k, np.nan
+            visible = np.isfinite(xy).all(2).reshape(-1)
+            pts["x"], pts["y"] = xy[..., 0].reshape(-1), xy[..., 1].reshape(-1)
+            pts["visible"], pts["complete"], pts["score"] = visible, False, point_scores.reshape(-1)
+            for name, table in rows.items():
+                if chunk.start == 0:
+                    head = table[:len(first[name])]
+                    if head.tobytes() != first[name].tobytes():
+                        raise RuntimeError(f"sleap-io wrote a {name} table this writer does not know: "
+                                           f"{first[name]!r} (expected {head!r}); pin sleap-io to a version it "
+                                           f"was tested with")
+                per_frame = k if name == "pred_points" else 1
+                tables[name][chunk.start * per_frame:chunk.stop * per_frame] = table
