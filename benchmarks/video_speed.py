@@ -104,10 +104,12 @@ def memory_of(pid: int, field: str) -> int:
 
 def tree_memory(pid: int) -> dict[str, int]:
     """{"rss": summed Rss of the tree (shared pages counted once per process), "pss": summed Pss (what the
-    tree takes from the machine), "driver": the `fskp predict` process's own Rss (what it gathers)}."""
+    tree takes from the machine), "driver": the `fskp predict` process's own Rss, "driver_anon": the part of
+    it in anonymous pages (its heap; the rest is files it maps: libraries and the file-backed prediction
+    arrays, which the OS can drop)}."""
     tree = process_tree(pid)
     return {"rss": sum(memory_of(p, "Rss") for p in tree), "pss": sum(memory_of(p, "Pss") for p in tree),
-            "driver": memory_of(pid, "Rss")}
+            "driver": memory_of(pid, "Rss"), "driver_anon": memory_of(pid, "Anonymous")}
 
 
 def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
@@ -118,7 +120,7 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
                "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak: dict = {"rss": 0, "pss": 0, "driver": 0}
+    peak: dict = {"rss": 0, "pss": 0, "driver": 0, "driver_anon": 0}
     samples: list[tuple[float, int]] = []              # (seconds since start, summed PSS)
 
     def sample():
@@ -170,8 +172,8 @@ def main() -> None:
           f"{checkpoint if args.checkpoint else 'fskp label architecture, untrained weights'}; {machine_summary()}",
           flush=True)
     print("| video | frames | encode s | predict wall s | frames/s | peak PSS GiB | peak PSS by quarter of the run | "
-          "peak RSS sum GiB | driver RSS GiB | sampler CPU s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "peak RSS sum GiB | driver RSS GiB | driver anonymous GiB | sampler CPU s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for minutes in [float(m) for m in args.minutes.split(",")]:
         frames = int(round(minutes * 60 * FPS))
         video = work / f"video-{minutes:g}min.mp4"
@@ -182,10 +184,11 @@ def main() -> None:
         out = work / f"predict-{minutes:g}min"
         took, peak, output = run_predict(checkpoint, video, out, args.predict_args, args.sample_every)
         rates = [line for line in output.splitlines() if "frames/s" in line]
-        gib = {k: peak[k] / 2 ** 30 for k in ("rss", "pss", "driver")}
+        gib = {k: peak[k] / 2 ** 30 for k in ("rss", "pss", "driver", "driver_anon")}
         quarters = " / ".join(f"{m / 2 ** 30:.2f}" for m in peak["pss_by_quarter"])
         print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {gib['pss']:.2f} | "
-              f"{quarters} | {gib['rss']:.2f} | {gib['driver']:.2f} | {peak['sampler_cpu_s']:.1f} |", flush=True)
+              f"{quarters} | {gib['rss']:.2f} | {gib['driver']:.2f} | {gib['driver_anon']:.2f} | "
+              f"{peak['sampler_cpu_s']:.1f} |", flush=True)
         if rates:
             print(f"  (last progress line: {rates[-1].strip()})", flush=True)
 

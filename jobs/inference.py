@@ -91,7 +91,8 @@ def reduce_embedding(e: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
 
 @dataclass
 class Predictions:
-    """Per-frame predictions, in the order of ``ids`` (image paths, or ``<video>#<frame index>``)."""
+    """Per-frame predictions, in the order of ``ids`` (image paths, or ``<video>#<frame index>``).  From
+    ``predict_views`` the arrays are file-backed (``spill_array``): read them a chunk of rows at a time."""
 
     ids: list[str]
     keypoints: np.ndarray      # [N, K, 2] source pixels, pixel centres at +0.5 (NaN where unreadable)
@@ -308,7 +309,7 @@ def predict_frames_tta(checkpoint: str | Path, sources: Sequence[str | Path], cr
                        **options) -> tuple[Predictions, list[Predictions]]:
     """``predict_views`` with the test-time crops (``jittered_boxes``: 7 views of each frame, decoded once,
     predicted in one model call), combined: (combined, the views in the order of ``jittered_boxes``: the crop's
-    own first).  All 7 are held on the driver until combined: 7x the memory of one pass over the same frames.
+    own first).  All 7 are file-backed arrays (``spill_array``) and combined a chunk of frames at a time.
     Combined keypoints are each coordinate's median over the views, the uncertainty their mean, the embedding
     and ``ok`` the crop's own; ``spread`` how far the views disagree.  README "Test-time crops, measured": on
     the reaching project the median lowered the supervised detector's median error in every run measured and
@@ -322,10 +323,14 @@ def predict_frames_tta(checkpoint: str | Path, sources: Sequence[str | Path], cr
               file=sys.stderr, flush=True)
     passes = predict_views(checkpoint, sources, boxes, **options)
     plain = passes[0]
-    keypoints = np.stack([p.keypoints for p in passes])                          # [P, N, K, 2]
-    median = np.median(keypoints, axis=0)
-    spread = np.linalg.norm(keypoints - median, axis=-1).mean(axis=0) / (crop_box[2] - crop_box[0])
-    combined = Predictions(ids=plain.ids, keypoints=median,
-                           uncertainty=np.mean(np.stack([p.uncertainty for p in passes]), axis=0),
-                           embedding=plain.embedding, ok=plain.ok, spread=spread)
+    n, k = plain.uncertainty.shape
+    median, uncertainty = spill_array((n, k, 2), np.float64), spill_array((n, k), np.float32)
+    spread = spill_array((n, k), np.float64)
+    for rows in row_chunks(n):                               # a chunk of frames at a time: a long video stays on disk
+        keypoints = np.stack([p.keypoints[rows] for p in passes])                          # [P, n, K, 2]
+        median[rows] = np.median(keypoints, axis=0)
+        spread[rows] = np.linalg.norm(keypoints - median[rows], axis=-1).mean(axis=0) / (crop_box[2] - crop_box[0])
+        uncertainty[rows] = np.mean(np.stack([p.uncertainty[rows] for p in passes]), axis=0)
+    combined = Predictions(ids=plain.ids, keypoints=median, uncertainty=uncertainty, embedding=plain.embedding,
+                           ok=plain.ok, spread=spread)
     return combined, passes
