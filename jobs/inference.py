@@ -125,8 +125,9 @@ def frame_order(frame_id: str) -> tuple[str, int]:
 
 def spill_array(shape: tuple[int, ...], dtype, fill=None) -> np.ndarray:
     """A writable array backed by an unnamed temporary file, gone with the array: an hour of video's predictions
-    live in the page cache, which the OS writes out and drops under pressure, not in the driver's heap.
-    fill: the initial value (default zeros)."""
+    live in the page cache, which the OS writes out and drops under pressure, not in the driver's heap.  The file
+    is in the temporary folder ($TMPDIR, else /tmp): about 0.7 KB a frame (keypoints, uncertainty, embedding,
+    likelihood), 75 MB for an hour of video at 30 frames/s.  fill: the initial value (default zeros)."""
     import tempfile
 
     if int(np.prod(shape)) == 0:                                  # mmap cannot map 0 bytes
