@@ -238,7 +238,8 @@ def write_dlc_video_h5(folder: str | Path, video: str | Path, scorer: str, bodyp
         raise ValueError(f"{len(numbers)} index entries for {len(keypoints)} frames")
     path = Path(folder) / f"{Path(video).stem}{name}.h5"
     with atomic_path(path) as tmp, pd.HDFStore(tmp, mode="w") as store:
-        for chunk, kp, lk in prediction_chunks(keypoints, likelihood, len(bodyparts), rows):          # appended a chunk at a time; PyTables indexes it after the last
+        # appended a chunk at a time; PyTables indexes the table after the last one
+        for chunk, kp, lk in prediction_chunks(keypoints, likelihood, len(bodyparts), rows):
             df = _dlc_frame(name, bodyparts, pd.Index(numbers[chunk].astype(np.int64)), kp, lk, individuals)
             store.put("df_with_missing", df, format="table", append=True, track_times=False,
                       index=chunk.stop == len(numbers))

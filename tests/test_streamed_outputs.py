@@ -122,3 +122,18 @@ def test_writing_a_long_videos_outputs_does_not_copy_its_arrays(tmp_path, monkey
     per_frame = (peak(40_000) - peak(12_000)) / 28_000       # both above CHUNK_ROWS: the same chunks in flight
     assert per_frame < 150, f"{per_frame:.0f} bytes per frame"      # 78 measured (20,000 to 50,000: ~0)
     print(f"heap peak while writing: {per_frame:.0f} bytes per frame")
+
+
+def test_overlay_lookup_finds_each_frames_row_in_any_order():
+    from jobs.labeling.outputs import FrameLookup
+
+    keypoints, likelihood = np.arange(4 * 2 * 2.0).reshape(4, 2, 2), np.arange(8.0).reshape(4, 2)
+    for numbers in ([0, 3, 6, 9], [9, 0, 6, 3]):
+        lookup = FrameLookup(np.array(numbers), keypoints, likelihood)
+        for row, number in enumerate(numbers):
+            assert number in lookup
+            np.testing.assert_array_equal(lookup[number][0], keypoints[row])
+            np.testing.assert_array_equal(lookup[number][1], likelihood[row])
+        assert 4 not in lookup and 10 not in lookup
+        with pytest.raises(KeyError):
+            lookup[5]

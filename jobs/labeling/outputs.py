@@ -125,14 +125,21 @@ def frame_groups(ids: Sequence[str]) -> dict[str, slice | list[int]]:
 
 class FrameLookup:
     """frame number -> (keypoints [K, 2], likelihood [K]) of a video's rows, without a dict entry per frame
-    (``exports.write_overlay_video``'s ``frame_keypoints``).  numbers [N] ascending, one per row."""
+    (``exports.write_overlay_video``'s ``frame_keypoints``).  numbers [N]: each row's frame number (in frame
+    order from ``predict_views``; any other order is sorted once)."""
 
     def __init__(self, numbers: np.ndarray, keypoints: np.ndarray, likelihood: np.ndarray):
-        self.numbers, self.keypoints, self.likelihood = numbers, keypoints, likelihood
+        numbers = np.asarray(numbers)
+        ascending = bool(np.all(numbers[1:] > numbers[:-1]))
+        self.order = None if ascending else np.argsort(numbers, kind="stable")     # rows by frame number
+        self.numbers = numbers if ascending else numbers[self.order]
+        self.keypoints, self.likelihood = keypoints, likelihood
 
     def _row(self, number: int) -> int | None:
         n = int(np.searchsorted(self.numbers, number))
-        return n if n < len(self.numbers) and self.numbers[n] == number else None
+        if n >= len(self.numbers) or self.numbers[n] != number:
+            return None
+        return n if self.order is None else int(self.order[n])
 
     def __contains__(self, number) -> bool:
         return self._row(number) is not None
