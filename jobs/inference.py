@@ -123,21 +123,18 @@ def frame_order(frame_id: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (frame_id, -1)
 
 
-def spill_array(shape: tuple[int, ...], dtype, fill=None) -> np.ndarray:
-    """A writable array backed by an unnamed temporary file, gone with the array: an hour of video's predictions
-    live in the page cache, which the OS writes out and drops under pressure, not in the driver's heap.  The file
-    is in the temporary folder ($TMPDIR, else /tmp): about 0.7 KB a frame (keypoints, uncertainty, embedding,
-    likelihood), 75 MB for an hour of video at 30 frames/s.  fill: the initial value (default zeros)."""
+def spill_array(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A writable array of zeros backed by an unnamed temporary file, gone with the array: an hour of video's
+    predictions live in the page cache, which the OS writes out and drops under pressure, not in the driver's
+    heap.  The file is in the temporary folder ($TMPDIR, else /tmp): about 0.7 KB a frame (keypoints,
+    uncertainty, embedding, likelihood), 75 MB for an hour of video at 30 frames/s; its pages are written only
+    where rows are."""
     import tempfile
 
     if int(np.prod(shape)) == 0:                                  # mmap cannot map 0 bytes
-        return np.full(shape, 0 if fill is None else fill, dtype)
+        return np.zeros(shape, dtype)
     with tempfile.TemporaryFile(prefix="fskp-predictions-") as f:
-        array = np.memmap(f, dtype=dtype, mode="w+", shape=shape)  # the mapping keeps the unlinked file alive
-    if fill is not None:
-        for rows in row_chunks(shape[0]):
-            array[rows] = fill
-    return array
+        return np.memmap(f, dtype=dtype, mode="w+", shape=shape)  # the mapping keeps the unlinked file alive
 
 
 def _compact(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -151,20 +148,22 @@ def _compact(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
 class FramePlan:
     """The frames the pool stream of ``sources`` (pipeline.pool.pool_files) will yield, known before it starts:
     ``ids`` in frame order (``frame_order``: files by path, a video's frames by number) and the row of each, so
-    predictions go straight to their row however the stream orders them."""
+    predictions go straight to their row however the stream orders them.  ``lengths``: each video's frame
+    count, read once here and handed to the stream (``pool_dataset``)."""
 
     def __init__(self, sources: Sequence[str | Path], frame_step: int = 1):
         from pipeline.pool import VIDEO_SUFFIXES, pool_files, video_length
 
         self.step = frame_step
         self.ids: list[str] = []
+        self.lengths: dict[str, int] = {}             # video path -> frames in its container
         self._images: dict[str, int] = {}             # image path -> row
         self._videos: dict[str, int] = {}             # video path -> row of its frame 0
         for f in sorted(pool_files(sources), key=str):
             name = str(f)
             if f.suffix.lower() in VIDEO_SUFFIXES:
-                self._videos[name] = len(self.ids)
-                self.ids += [f"{name}#{i}" for i in range(0, video_length(f), frame_step)]
+                self._videos[name], self.lengths[name] = len(self.ids), video_length(f)
+                self.ids += [f"{name}#{i}" for i in range(0, self.lengths[name], frame_step)]
             else:
                 self._images[name] = len(self.ids)
                 self.ids.append(name)
@@ -180,6 +179,17 @@ class FramePlan:
         if video in self._videos and number >= 0:
             return self._videos[video] + number // self.step
         raise KeyError(f"{frame_id}: the pool stream yielded a frame of no source given")
+
+    def place(self, frame_ids: Sequence[str]) -> np.ndarray:
+        """[B] the rows of a batch's ids.  A chunk of video that failed to decode comes as one row named by
+        its first frame (``pipeline.pool.video_frames``), which need not be a multiple of the frame step: its
+        row takes that name."""
+        rows = np.empty(len(frame_ids), np.int64)
+        for n, frame_id in enumerate(map(str, frame_ids)):
+            rows[n] = row = self.row(frame_id)
+            if self.ids[row] != frame_id:
+                self.ids[row] = frame_id
+        return rows
 
 
 def plan_actors(nodes, gpu: bool, actors: int | None = None) -> tuple[int, float]:
@@ -254,14 +264,15 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
               f"{frames_per_call * views}" + (f" ({frames_per_call} frames x {views} crops)" if views > 1 else ""),
               file=sys.stderr, flush=True)
     cut = {"crop_box": crop_boxes[0]} if views == 1 and crop_boxes else {"crop_boxes": crop_boxes}
-    rows = pool_dataset([str(s) for s in sources], size, frame_step=frame_step, **cut)
+    rows = pool_dataset([str(s) for s in sources], size, frame_step=frame_step, video_lengths=plan.lengths, **cut)
     preds = rows.map_batches(
         Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": "cuda" if gpu else "cpu"},
         batch_size=frames_per_call, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
         num_cpus=actor_cpus)
     k = state["num_keypoints"]
-    keypoints = spill_array((total, views, k, 2), np.float64, np.nan)       # [N, V, K, 2], rows in frame order
-    uncertainty = spill_array((total, views, k), np.float32, np.nan)        # [N, V, K]
+    # every row is written by its batch, or dropped below (a frame the decoder never gave): no fill needed
+    keypoints = spill_array((total, views, k, 2), np.float64)               # [N, V, K, 2], rows in frame order
+    uncertainty = spill_array((total, views, k), np.float32)                # [N, V, K]
     embedding = None                                                         # [N, D], D from the first batch
     ok, filled = np.zeros(total, bool), np.zeros(total, bool)
     done, t0, last = 0, time.time(), 0.0
@@ -269,10 +280,7 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
                       what="prediction", explain=lambda: f"the model actors or the frame decoding could not run "
                                                          f"({starvation_report()}); lower --actors or give Ray more CPUs")
     for b in batches:
-        rows = np.fromiter((plan.row(str(i)) for i in b["id"]), np.int64, len(b["id"]))
-        for row, frame_id in zip(rows, b["id"]):
-            if plan.ids[row] != frame_id:       # a chunk that failed to decode is named by its first frame
-                plan.ids[row] = str(frame_id)
+        rows = plan.place(b["id"])
         if embedding is None:
             embedding = spill_array((total, b["embedding"].shape[1]), np.float16)
         keypoints[rows], uncertainty[rows], embedding[rows] = b["keypoints"], b["uncertainty"], b["embedding"]

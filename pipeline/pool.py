@@ -166,6 +166,37 @@ def video_frames(row: dict, size: int, crop_box: Sequence[float] | None = None,
     return out
 
 
+#: a wanted frame further than this past the frame just decoded is reached by seeking, not by decoding on
+#: (about a group of pictures of a camera's video; ``read_frames``)
+SEEK_BEYOND = 256
+
+
+def read_frames(path: str | Path, numbers) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame number, RGB [H, W, 3]) of the frames ``numbers`` of a video, in ascending order, numbered as the
+    pool stream numbers them (``_numbered_frames``).  Each is reached by seeking to the keyframe at or before it
+    unless it lies within ``SEEK_BEYOND`` frames of the one decoded last: a few frames of an hour-long video
+    cost a few groups of pictures, not the hour.  Numbers the video does not have are not yielded."""
+    import av
+
+    wanted = sorted({int(n) for n in numbers})
+    k = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        while k < len(wanted):
+            for i, frame in _numbered_frames(container, stream, wanted[k]):      # from at or before wanted[k]
+                while k < len(wanted) and wanted[k] < i:         # numbers the video skips
+                    k += 1
+                if k == len(wanted):
+                    break
+                if wanted[k] == i:
+                    yield i, frame.to_ndarray(format="rgb24")
+                    k += 1
+                    if k == len(wanted) or wanted[k] - i > SEEK_BEYOND:
+                        break                                     # done, or seek to the next one
+            else:
+                return                                            # the video ended: the rest are past its end
+
+
 def video_length(path: str | Path) -> int:
     """Number of frames of a video: the container's frame count, else a count of its video packets (read
     without decoding; one frame per packet)."""
@@ -207,7 +238,7 @@ def pool_files(sources: Sequence[str | Path]) -> list[Path]:
 
 def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split: str | Sequence[str] = "train",
                  crop_box: Sequence[float] | None = None, crop_boxes: Sequence[Sequence[float]] | None = None,
-                 frame_step: int = 1, frames_per_task: int = 256):
+                 frame_step: int = 1, frames_per_task: int = 256, video_lengths: dict[str, int] | None = None):
     """The unlabeled pool as a ``ray.data.Dataset`` of {id, image uint8 [size, size, 3], ok}.
 
     source: a prepared dataset folder (the rows of ``split``, one name or several; default the training
@@ -215,7 +246,8 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
     a folder of images, a video file, or a list of image/video files.  ``crop_box`` applies to raw images
     and video frames (e.g. a DeepLabCut project's fixed crop); prepared rows are already cropped.
     ``crop_boxes`` (instead of ``crop_box``): every raw image and video frame, decoded once, is cut by each box
-    into one row of V views (test-time crops).
+    into one row of V views (test-time crops).  video_lengths: each video's frame count by path (``str`` of
+    the ``pool_files`` path), when the caller has read it already (jobs/inference.py ``FramePlan``).
     """
     import ray.data
 
@@ -258,7 +290,7 @@ def pool_dataset(source: str | Path | Sequence[str | Path], size: int, *, split:
     if videos:
         chunks = []
         for v in videos:
-            n = video_length(v)
+            n = video_lengths[str(v)] if video_lengths and str(v) in video_lengths else video_length(v)
             chunks += [{"video": str(v), "start": s, "count": min(frames_per_task, n - s), "step": frame_step}
                        for s in range(0, n, frames_per_task)]
         parts.append(ray.data.from_items(chunks).flat_map(video_frames, fn_kwargs=cut, num_cpus=DATA_TASK_CPUS))

@@ -22,6 +22,10 @@ def test_frame_plan_knows_every_row_before_the_stream_starts(tmp_path):
     assert plan.ids == [f"{root}/a.mp4#0", f"{root}/a.mp4#3", f"{root}/a.mp4#6", f"{root}/a.png", f"{root}/b.png",
                         f"{root}/sub/c.png"]
     assert [plan.row(i) for i in reversed(plan.ids)] == list(reversed(range(6)))
+    assert plan.lengths == {f"{root}/a.mp4": 7}
+    # a chunk that failed to decode comes as one row named by its first frame (4, not a multiple of the step)
+    np.testing.assert_array_equal(plan.place([f"{root}/b.png", f"{root}/a.mp4#4"]), [4, 1])
+    assert plan.ids[1] == f"{root}/a.mp4#4" and len(plan) == 6
     with pytest.raises(KeyError, match="no source given"):
         plan.row(f"{root}/other.mp4#3")
 
@@ -29,8 +33,8 @@ def test_frame_plan_knows_every_row_before_the_stream_starts(tmp_path):
 def test_spilled_arrays_are_file_backed_and_compact_by_chunks():
     from jobs.inference import _compact, spill_array
 
-    a = spill_array((20_000, 3, 2), np.float64, np.nan)
-    assert isinstance(a, np.memmap) and np.isnan(a).all()
+    a = spill_array((20_000, 3, 2), np.float64)
+    assert isinstance(a, np.memmap) and not a.any()
     a[:] = np.arange(20_000)[:, None, None]
     keep = np.arange(1, 20_000, 7)
     np.testing.assert_array_equal(_compact(a, keep), a[keep])
@@ -89,7 +93,7 @@ def test_writing_a_long_videos_outputs_does_not_copy_its_arrays(tmp_path, monkey
     parts = [f"p{i}" for i in range(k)]
     body = card_from_keypoints("animal", "", parts, [(i, i + 1) for i in range(k - 1)], origin="test")
     monkeypatch.setattr(outputs, "_video_timing", lambda video: (30.0, 10**6))
-    monkeypatch.setattr(outputs, "_frame_size", lambda frame_id: {"width": 640, "height": 480})
+    monkeypatch.setattr(outputs, "_frame_size", lambda source, is_video: {"width": 640, "height": 480})
     rng = np.random.default_rng(0)
     video = write_video(tmp_path / "session.mp4", 3)            # opened for its name and size only
 

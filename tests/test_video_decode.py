@@ -130,6 +130,20 @@ def test_test_time_crops_cut_every_view_from_one_decode(numbered_video, count_de
     assert not failed[0]["ok"] and failed[0]["image"].shape == (3, SIDE, SIDE, 3)
 
 
+def test_read_frames_seeks_to_each_wanted_frame(numbered_video, count_decoded):
+    """Thumbnails of suggestions and labeled frames extracted from a video: a few frames anywhere in it cost a
+    group of pictures each (two close together, one), not a decode from frame 0; numbers past the end are left
+    out."""
+    from pipeline.pool import read_frames
+
+    wanted = [1990, 7, 1200, 1210, N_FRAMES + 5]
+    frames = list(read_frames(numbered_video, wanted))
+    assert [i for i, _ in frames] == [7, 1200, 1210, 1990]
+    assert [read_number(rgb) for _, rgb in frames] == [7, 1200, 1210, 1990]
+    assert count_decoded["frames"] <= 3 * (GOP + 2) + 10 + 2 * GOP + 2    # 3 seeks, + 10 on, + the end's seek
+    assert list(read_frames(numbered_video, [N_FRAMES + 500])) == []        # far past the end: nothing, no hang
+
+
 def test_chunk_past_the_end_is_empty_and_a_missing_file_is_a_failed_row(numbered_video, tmp_path):
     from pipeline.pool import video_frames
 

@@ -223,20 +223,18 @@ def frame_number(name: str, where: Path, row) -> int:
 
 
 def extract_frames(video: Path, numbers: set[int], out: Path) -> dict[int, Path]:
-    """Decode ``video`` once and save the frames whose index is in ``numbers`` as out/img<i>.png."""
-    import av
+    """Save the frames of ``video`` whose index is in ``numbers`` as out/img<i>.png, each reached by seeking
+    (``pipeline.pool.read_frames``: numbered as the pool stream numbers the video's frames)."""
     from PIL import Image
+
+    from pipeline.pool import read_frames
 
     out.mkdir(parents=True, exist_ok=True)
     saved = {}
-    with av.open(str(video)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in numbers:
-                path = out / f"img{i:06d}.png"
-                Image.fromarray(frame.to_ndarray(format="rgb24")).save(path)
-                saved[i] = path
-            if len(saved) == len(numbers):
-                break
+    for i, rgb in read_frames(video, numbers):
+        path = out / f"img{i:06d}.png"
+        Image.fromarray(rgb).save(path)
+        saved[i] = path
     missing = sorted(numbers - set(saved))
     if missing:
         raise DataError(video, None, f"the labels name frames {missing[:5]} but the video has fewer frames")

@@ -28,7 +28,6 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     import importlib.util
 
     from pipeline import exports
-    from jobs.inference import frame_order
 
     card = inp_or_card.card if isinstance(inp_or_card, LabelingInput) else inp_or_card
     if isinstance(inp_or_card, LabelingInput):
@@ -49,12 +48,12 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     outputs: dict[str, str] = {}
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
-    for key, rows in frame_groups(preds.ids).items():
+    groups, numbers = frame_groups(preds.ids)
+    for key, rows in groups.items():
         ids = preds.ids[rows] if isinstance(rows, slice) else [preds.ids[n] for n in rows]
-        is_video = frame_order(ids[0])[1] >= 0
+        is_video = bool(numbers[rows][0] >= 0)
         stem = Path(key).stem if is_video else (relative(key).strip("./").replace("/", "_") or "images")
-        index = np.fromiter((frame_order(i)[1] for i in ids), np.int64, len(ids)) if is_video else \
-            [relative(i) for i in ids]
+        index = numbers[rows] if is_video else [relative(i) for i in ids]
         keypoints, group_likelihood = preds.keypoints[rows], likelihood[rows]     # views of a video's rows
         path = pred_dir / f"{stem}.csv"
         exports.write_dlc_csv(path, f"fskp_{scorer}", list(card.keypoints), index, keypoints, group_likelihood,
@@ -81,10 +80,13 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
                                              group_likelihood, card.links, pcutoff)
                 outputs[f"overlay:{stem}"] = str(out / "overlay" / stem)
     def images_meta():                       # streamed into the JSON file, one frame at a time
-        for frame_id in preds.ids:
-            video, number = frame_order(frame_id)
-            yield {"file_name": relative(frame_id) if number < 0 else f"{Path(video).name}#{number}",
-                   **({"frame_index": number} if number >= 0 else {}), **_frame_size(frame_id)}
+        for frame_id, number in zip(preds.ids, numbers.tolist()):
+            if number < 0:
+                yield {"file_name": relative(frame_id), **_frame_size(frame_id, is_video=False)}
+            else:
+                video = frame_id.rsplit("#", 1)[0]
+                yield {"file_name": f"{Path(video).name}#{number}", "frame_index": number,
+                       **_frame_size(video, is_video=True)}
     coco_path = out / "predictions" / "keypoints_coco.json"
     exports.write_coco_json(coco_path, card, images_meta(), preds.keypoints, likelihood, pcutoff)
     outputs["coco_json"] = str(coco_path)
@@ -107,20 +109,23 @@ def _likelihood(preds, calibration) -> np.ndarray:
     return out
 
 
-def frame_groups(ids: Sequence[str]) -> dict[str, slice | list[int]]:
-    """The rows of each output file: a video's frames (key: the video) or a folder's images (key: the folder),
-    in the order of ``ids``; a group whose rows are consecutive (a video's frames, in frame order) as a slice."""
+def frame_groups(ids: Sequence[str]) -> tuple[dict[str, slice | list[int]], np.ndarray]:
+    """(the rows of each output file, [N] each row's frame number, -1 for an image), each id parsed once.
+    A group is a video's frames (key: the video) or a folder's images (key: the folder), in the order of
+    ``ids``; a group whose rows are consecutive (a video's frames, in frame order) comes as a slice."""
     from jobs.inference import frame_order
 
     runs: dict[str, list[list[int]]] = {}        # key -> [start, stop) runs of rows
+    numbers = np.empty(len(ids), np.int64)
     for n, frame_id in enumerate(ids):
-        video, number = frame_order(frame_id)
-        group = runs.setdefault(video if number >= 0 else str(Path(frame_id).parent), [])
+        video, numbers[n] = frame_order(frame_id)
+        group = runs.setdefault(video if numbers[n] >= 0 else str(Path(frame_id).parent), [])
         if group and group[-1][1] == n:
             group[-1][1] = n + 1
         else:
             group.append([n, n + 1])
-    return {key: slice(*r[0]) if len(r) == 1 else [n for a, b in r for n in range(a, b)] for key, r in runs.items()}
+    groups = {key: slice(*r[0]) if len(r) == 1 else [n for a, b in r for n in range(a, b)] for key, r in runs.items()}
+    return groups, numbers
 
 
 class FrameLookup:
@@ -233,28 +238,24 @@ def _every_few_seconds(what: str, seconds: float = 10.0):
 _SIZES: dict[str, dict] = {}
 
 
-def _frame_size(frame_id: str) -> dict:
-    """{"width", "height"} of an image file or of a video's frames (cached per video)."""
-    from jobs.inference import frame_order
-
-    video, number = frame_order(frame_id)
-    key = video if number >= 0 else frame_id
-    if key not in _SIZES:
-        if number >= 0:
+def _frame_size(source: str, is_video: bool) -> dict:
+    """{"width", "height"} of an image file or of a video's frames (cached per file)."""
+    if source not in _SIZES:
+        if is_video:
             import av
 
-            with av.open(video) as c:
+            with av.open(source) as c:
                 s = c.streams.video[0]
-                _SIZES[key] = {"width": int(s.width), "height": int(s.height)}
+                _SIZES[source] = {"width": int(s.width), "height": int(s.height)}
         else:
             from PIL import Image
 
             try:
-                with Image.open(frame_id) as im:
-                    _SIZES[key] = {"width": im.width, "height": im.height}
+                with Image.open(source) as im:
+                    _SIZES[source] = {"width": im.width, "height": im.height}
             except OSError:
-                _SIZES[key] = {"width": 0, "height": 0}
-    return _SIZES[key]
+                _SIZES[source] = {"width": 0, "height": 0}
+    return _SIZES[source]
 
 
 def write_suggestions(preds, likelihood: np.ndarray, out: Path, exclude: set[str], labeled_ids: Sequence[str],
@@ -285,11 +286,13 @@ def write_suggestions(preds, likelihood: np.ndarray, out: Path, exclude: set[str
 
 
 def _thumbnails(frame_ids: Sequence[str], size: int = 160) -> list[np.ndarray]:
-    """Each frame (an image file or ``<video>#<i>``) fitted into a size x size tile; one decode pass per video."""
+    """Each frame (an image file or ``<video>#<i>``) fitted into a size x size tile; a video's frames reached by
+    seeking (``pipeline.pool.read_frames``)."""
     from PIL import Image
 
     from jobs.inference import frame_order
     from pipeline.converters._common import enclosing_square
+    from pipeline.pool import read_frames
     from pipeline.prepared import crop_resize
 
     def tile(image: np.ndarray) -> np.ndarray:
@@ -305,12 +308,6 @@ def _thumbnails(frame_ids: Sequence[str], size: int = 160) -> list[np.ndarray]:
             with Image.open(f) as im:
                 tiles[f] = tile(np.asarray(im.convert("RGB")))
     for video, numbers in wanted.items():
-        import av
-
-        with av.open(video) as c:
-            for i, frame in enumerate(c.decode(video=0)):
-                if i in numbers:
-                    tiles[f"{video}#{i}"] = tile(frame.to_ndarray(format="rgb24"))
-                if i >= max(numbers):
-                    break
+        for i, rgb in read_frames(video, numbers):
+            tiles[f"{video}#{i}"] = tile(rgb)
     return [tiles[f] for f in frame_ids]
