@@ -50,8 +50,8 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     pred_dir.mkdir(parents=True, exist_ok=True)
     groups, numbers = frame_groups(preds.ids)
     for key, rows in groups.items():
-        ids = preds.ids[rows] if isinstance(rows, slice) else [preds.ids[n] for n in rows]
         is_video = bool(numbers[rows][0] >= 0)
+        ids = None if is_video else preds.ids[rows] if isinstance(rows, slice) else [preds.ids[n] for n in rows]
         stem = Path(key).stem if is_video else (relative(key).strip("./").replace("/", "_") or "images")
         index = numbers[rows] if is_video else [relative(i) for i in ids]
         keypoints, group_likelihood = preds.keypoints[rows], likelihood[rows]     # views of a video's rows
@@ -80,7 +80,7 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
                                              group_likelihood, card.links, pcutoff)
                 outputs[f"overlay:{stem}"] = str(out / "overlay" / stem)
     def images_meta():                       # streamed into the JSON file, one frame at a time
-        for frame_id, number in zip(preds.ids, numbers.tolist()):
+        for frame_id, number in zip(preds.ids, map(int, numbers)):       # not .tolist(): 40 B a frame
             if number < 0:
                 yield {"file_name": relative(frame_id), **_frame_size(frame_id, is_video=False)}
             else:
