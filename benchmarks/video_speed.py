@@ -10,7 +10,9 @@ and all its children (the Ray processes it starts): the peak of the summed PSS (
 processes that map it: what the run takes from the machine), of the summed RSS (shared pages such as Ray's object
 store counted once per process that touched them: an over-count) and of the driver's own RSS; and the summed PSS's
 peak in each quarter of the run (flat in video length: once the stream of decoded frames has filled its share of
-the object store, the quarters stay level).  Prints figures, asserts nothing.
+the object store, the quarters stay level); and the summed PSS by kind of process (the driver, Ray's daemons, Ray
+workers by the task or actor they run) at the run's peak, to tell where memory goes.  Prints figures, asserts
+nothing.
 
     .venv/bin/python benchmarks/video_speed.py --minutes 1,4
     .venv/bin/python benchmarks/video_speed.py --minutes 60 --checkpoint runs/label-.../checkpoint_.../model.pt
@@ -102,14 +104,36 @@ def memory_of(pid: int, field: str) -> int:
         return 0
 
 
-def tree_memory(pid: int) -> dict[str, int]:
+def process_kind(pid: int, driver: int) -> str:
+    """What a process of the tree is, from its command line: "driver" (`fskp predict`), Ray's own daemons
+    (raylet, gcs_server, dashboard, ...), or a Ray worker by the task or actor it runs (``ray::Name``)."""
+    if pid == driver:
+        return "driver"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "gone"
+    if argv[0].startswith("ray::"):
+        return argv[0].split()[0]
+    for word in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor", "runtime_env"):
+        if any(word in a for a in argv[:3]):
+            return word
+    return Path(argv[0]).name or "?"
+
+
+def tree_memory(pid: int) -> dict:
     """{"rss": summed Rss of the tree (shared pages counted once per process), "pss": summed Pss (what the
     tree takes from the machine), "driver": the `fskp predict` process's own Rss, "driver_anon": the part of
     it in anonymous pages (its heap; the rest is files it maps: libraries and the file-backed prediction
-    arrays, which the OS can drop)}."""
+    arrays, which the OS can drop), "pss_by_kind": {``process_kind``: summed Pss}}."""
     tree = process_tree(pid)
-    return {"rss": sum(memory_of(p, "Rss") for p in tree), "pss": sum(memory_of(p, "Pss") for p in tree),
-            "driver": memory_of(pid, "Rss"), "driver_anon": memory_of(pid, "Anonymous")}
+    pss = {p: memory_of(p, "Pss") for p in tree}
+    by_kind: dict[str, int] = {}
+    for p, m in pss.items():
+        kind = process_kind(p, pid)
+        by_kind[kind] = by_kind.get(kind, 0) + m
+    return {"rss": sum(memory_of(p, "Rss") for p in tree), "pss": sum(pss.values()),
+            "driver": memory_of(pid, "Rss"), "driver_anon": memory_of(pid, "Anonymous"), "pss_by_kind": by_kind}
 
 
 def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
@@ -120,7 +144,7 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
                "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak: dict = {"rss": 0, "pss": 0, "driver": 0, "driver_anon": 0}
+    peak: dict = {"rss": 0, "pss": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {}, "pss_by_kind_at_peak": {}}
     samples: list[tuple[float, int]] = []              # (seconds since start, summed PSS)
 
     def sample():
@@ -128,8 +152,13 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
         # 2-core run it measured, so it samples every few seconds and reports what it cost
         while proc.poll() is None:
             memory = tree_memory(proc.pid)
+            by_kind = memory.pop("pss_by_kind")
+            if memory["pss"] > peak["pss"]:
+                peak["pss_by_kind_at_peak"] = by_kind
             for key, value in memory.items():
                 peak[key] = max(peak[key], value)
+            for kind, value in by_kind.items():
+                peak["pss_by_kind"][kind] = max(peak["pss_by_kind"].get(kind, 0), value)
             samples.append((time.time() - t0, memory["pss"]))
             time.sleep(sample_every)
         peak["sampler_cpu_s"] = time.thread_time()
@@ -191,6 +220,10 @@ def main() -> None:
               f"{peak['sampler_cpu_s']:.1f} |", flush=True)
         if rates:
             print(f"  (last progress line: {rates[-1].strip()})", flush=True)
+        kinds = sorted(peak["pss_by_kind"], key=lambda k: -peak["pss_by_kind"][k])
+        print("  PSS GiB by process, at the run's peak (each one's own peak): " + ", ".join(
+            f"{k} {peak['pss_by_kind_at_peak'].get(k, 0) / 2 ** 30:.2f} ({peak['pss_by_kind'][k] / 2 ** 30:.2f})"
+            for k in kinds if peak["pss_by_kind"][k] >= 2 ** 24), flush=True)
 
 
 if __name__ == "__main__":
