@@ -26,7 +26,7 @@ CPUS_PER_CPU_ACTOR = 4
 #: object store bytes the inference stream may hold at once, per model actor (decoded frames waiting for it):
 #: Ray Data's default is a share of the node's object store, which a long video fills and keeps resident.  256 MiB
 #: is about 70 CPU batches of 32 frames at 192 px (18 GPU batches of 128); on the 2-core Intel Xeon it gave the
-#: same frames/s as 1 GiB with 0.13 GiB less peak memory (README, "Video speed")
+#: same frames/s as 1 GiB with 0.13-0.31 GiB less peak memory, 4 minutes to an hour of video (README, "Video speed")
 STREAM_BYTES_PER_ACTOR = 1 << 28
 #: embeddings wider than this are reduced by a fixed random projection (Johnson-Lindenstrauss), so a
 #: long video's embeddings stay small on the driver
