@@ -80,7 +80,7 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
     check_rule(rule)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    u = np.asarray(uncertainty, dtype=np.float64)
+    u = np.asarray(uncertainty)                                   # read a block at a time, never copied whole
     if u.ndim != 2 or u.shape[0] != n_frames or u.shape[1] == 0:
         raise ValueError(f"uncertainty must be [N={n_frames}, K>=1], got shape {u.shape}")
     emb = np.asarray(embeddings)
@@ -92,17 +92,18 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
         lab = np.zeros((0, dim), np.float32)
     elif lab.ndim != 2 or lab.shape[1] != dim:
         raise ValueError(f"labeled_embeddings must be [M, D={dim}], got shape {lab.shape}")
-    if not np.isfinite(emb).all():
+    if not all(np.isfinite(block).all() for _, block in _row_blocks(emb)):
         raise ValueError("embeddings contain NaN or infinite values")
     if not np.isfinite(lab).all():
         raise ValueError("labeled_embeddings contain NaN or infinite values")
 
-    cand = np.array([i for i, f in enumerate(ids) if f not in exclude], dtype=np.int64)
+    cand = np.fromiter((i for i, f in enumerate(ids) if f not in exclude), dtype=np.int64)
     if len(cand) == 0 or n == 0:
         return []
 
-    e = _normalise(emb, None if len(cand) == n_frames else cand)   # [C, D], the only copy of the embeddings
-    unc = _frame_uncertainty(u[cand])
+    rows = None if len(cand) == n_frames else cand
+    e = _normalise(emb, rows)                                    # [C, D], the only copy of the embeddings
+    unc = _frame_uncertainty(u, rows)
     if len(lab):
         nov = 1.0 - _max_similarity(e, _normalise(lab))
     else:
@@ -237,33 +238,45 @@ def suggestion_sheet(images: list[np.ndarray], suggestions: list[Suggestion], co
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
+def _row_blocks(x: np.ndarray, rows: np.ndarray | None = None):
+    """(start, block) over the rows of ``x`` (those indexed by ``rows``, else all), ``_ROWS`` at a time: a long
+    video's arrays are read a block at a time instead of converted or indexed whole."""
+    n = len(x) if rows is None else len(rows)
+    for start in range(0, n, _ROWS):
+        yield start, np.asarray(x[start:start + _ROWS] if rows is None else x[rows[start:start + _ROWS]])
+
+
 def _normalise(x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """Rows of ``x`` (those indexed by ``rows``, else all) scaled to unit L2 norm, as a new float32 array; all-zero
     rows stay zero.  Built a block at a time, so a long video's embeddings (float16) are copied once, not three
     times."""
-    n = len(x) if rows is None else len(rows)
-    out = np.empty((n, np.shape(x)[1]), np.float32)
-    for start in range(0, n, _ROWS):
-        block = np.asarray(x[start:start + _ROWS] if rows is None else x[rows[start:start + _ROWS]], np.float32)
+    out = np.empty((len(x) if rows is None else len(rows), np.shape(x)[1]), np.float32)
+    for start, block in _row_blocks(x, rows):
+        block = block.astype(np.float32)
         norm = np.linalg.norm(block, axis=1, keepdims=True)
-        out[start:start + _ROWS] = block / np.where(norm > 0, norm, 1.0).astype(np.float32)
+        out[start:start + len(block)] = block / np.where(norm > 0, norm, 1.0).astype(np.float32)
     return out
 
 
 def _mean_unit_row(x: np.ndarray) -> np.ndarray:
     """[D] float64: the mean of ``x``'s rows scaled to unit length (``_normalise``), a block at a time."""
     total = np.zeros(np.shape(x)[1], np.float64)
-    for start in range(0, len(x), _ROWS):
-        total += _normalise(x[start:start + _ROWS]).sum(axis=0, dtype=np.float64)
+    for _, block in _row_blocks(x):
+        total += _normalise(block).sum(axis=0, dtype=np.float64)
     return total / max(len(x), 1)
 
 
-def _frame_uncertainty(u: np.ndarray) -> np.ndarray:
-    """nanmean over keypoints; NaN where a frame has no finite value."""
-    finite = np.isfinite(u)
-    count = finite.sum(axis=1)
-    total = np.where(finite, u, 0.0).sum(axis=1)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+def _frame_uncertainty(u: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """[C] float64: the nanmean over keypoints of ``u``'s rows (those indexed by ``rows``, else all); NaN where a
+    frame has no finite value.  A block at a time (``_row_blocks``)."""
+    out = np.empty(len(u) if rows is None else len(rows), np.float64)
+    for start, block in _row_blocks(u, rows):
+        block = block.astype(np.float64)
+        finite = np.isfinite(block)
+        count = finite.sum(axis=1)
+        total = np.where(finite, block, 0.0).sum(axis=1)
+        out[start:start + len(block)] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return out
 
 
 def _robust_z(x: np.ndarray) -> np.ndarray:

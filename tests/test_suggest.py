@@ -243,7 +243,8 @@ def test_suggestion_sheet_tiles_and_ranks():
 def test_a_long_videos_suggestions_hold_one_float32_copy_of_its_embeddings(tmp_path, monkeypatch):
     """The suggestions of an hour of video (108,000 frames) once held four copies of every frame's embedding
     (2.3 KB per frame, the driver's growth with video length); now the normalised float32 one (512 B with 128-d
-    embeddings): the peak's growth per frame, between 10,000 and 40,000 frames, measured 0.7 KB."""
+    embeddings): the peak's growth per frame, between 10,000 and 40,000 frames, measured 0.7 KB (0.64 KB since the
+    uncertainty and the finiteness check are read a block at a time, 2026-12-07)."""
     import tracemalloc
 
     import jobs.labeling.outputs as outputs
