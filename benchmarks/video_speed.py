@@ -11,11 +11,12 @@ processes that map it: what the run takes from the machine), of the summed RSS (
 store counted once per process that touched them: an over-count) and of the driver's own RSS; and the summed PSS's
 peak in each quarter of the run (flat in video length: once the stream of decoded frames has filled its share of
 the object store, the quarters stay level); and the summed PSS by kind of process (the driver, Ray's daemons, Ray
-workers by the task or actor they run) at the run's peak, to tell where memory goes.  Prints figures, asserts
-nothing.
+workers by the task or actor they run) at the run's peak, to tell where memory goes; with ``--by-mapping KIND``,
+the processes of that kind by what its pages map (heap, object store, libraries).  Prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/video_speed.py --minutes 1,4
     .venv/bin/python benchmarks/video_speed.py --minutes 60 --checkpoint runs/label-.../checkpoint_.../model.pt
+    .venv/bin/python benchmarks/video_speed.py --minutes 4,15 --work DIR --by-mapping Predictor
 
 Without ``--checkpoint`` the model is the architecture `fskp label` trains (jobs/commands/label.py's defaults:
 resnet18 at 192 px) with untrained weights, said in the output: speed does not depend on the weights.
@@ -121,6 +122,29 @@ def process_kind(pid: int, driver: int) -> str:
     return Path(argv[0]).name or "?"
 
 
+def pss_by_mapping(pid: int) -> dict[str, int]:
+    """One process's Pss by what its pages map, from /proc/<pid>/smaps: "object store" (Ray's shared memory,
+    /dev/shm), "libraries" (.so files), "heap" (anonymous memory: malloc, torch's tensors), "other files" (the
+    rest that names a file), or the kernel's name for a special mapping ([stack], [vvar], ...)."""
+    by_mapping: dict[str, int] = {}
+    where = "heap"
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return by_mapping
+    for line in lines:
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):       # a mapping's header line
+            name = fields[5] if len(fields) > 5 else ""
+            where = ("object store" if "plasma" in name or name.startswith("/dev/shm") else
+                     "libraries" if ".so" in name else
+                     "heap" if name in ("", "[heap]") else
+                     name if name.startswith("[") else "other files")
+        elif fields and fields[0] == "Pss:":
+            by_mapping[where] = by_mapping.get(where, 0) + int(fields[1]) * 1024
+    return by_mapping
+
+
 def tree_memory(pid: int) -> dict:
     """{"rss": summed Rss of the tree (shared pages counted once per process), "pss": summed Pss (what the
     tree takes from the machine), "driver": the `fskp predict` process's own Rss, "driver_anon": the part of
@@ -137,14 +161,16 @@ def tree_memory(pid: int) -> dict:
 
 
 def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
-                sample_every: float) -> tuple[float, dict, str]:
+                sample_every: float, by_mapping: str | None = None) -> tuple[float, dict, str]:
     """(wall seconds, peak of each ``tree_memory`` figure and the sampler's own CPU seconds, output) of one
-    `fskp predict` run; its progress lines are echoed to stderr as they come."""
+    `fskp predict` run; its progress lines are echoed to stderr as they come.  With ``by_mapping`` (part of
+    a ``process_kind``), also the peak of each ``pss_by_mapping`` category summed over the processes of that kind."""
     command = [sys.executable, "-m", "jobs.cli", "predict", "--checkpoint", str(checkpoint), "--video", str(video),
                "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak: dict = {"rss": 0, "pss": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {}, "pss_by_kind_at_peak": {}}
+    peak: dict = {"rss": 0, "pss": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {}, "pss_by_kind_at_peak": {},
+                  "pss_by_mapping": {}}
     samples: list[tuple[float, int]] = []              # (seconds since start, summed PSS)
 
     def sample():
@@ -160,6 +186,14 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
             for kind, value in by_kind.items():
                 peak["pss_by_kind"][kind] = max(peak["pss_by_kind"].get(kind, 0), value)
             samples.append((time.time() - t0, memory["pss"]))
+            if by_mapping:
+                mapped: dict[str, int] = {}
+                for p in process_tree(proc.pid):
+                    if by_mapping in process_kind(p, proc.pid):
+                        for where, value in pss_by_mapping(p).items():
+                            mapped[where] = mapped.get(where, 0) + value
+                for where, value in mapped.items():
+                    peak["pss_by_mapping"][where] = max(peak["pss_by_mapping"].get(where, 0), value)
             time.sleep(sample_every)
         peak["sampler_cpu_s"] = time.thread_time()
 
@@ -189,6 +223,9 @@ def main() -> None:
     p.add_argument("--work", help="folder for the videos and outputs (default: a temporary folder)")
     p.add_argument("--sample-every", type=float, default=5.0,
                    help="seconds between memory samples (each costs CPU the measured run would otherwise have)")
+    p.add_argument("--by-mapping", metavar="KIND",
+                   help="also break one kind of process down by what its pages map (heap, Ray's object store, "
+                        "libraries, ...), e.g. Predictor for the model actors (processes whose kind contains KIND); reads their full smaps each sample")
     p.add_argument("predict_args", nargs="*", help="extra `fskp predict` options after --, e.g. -- --actors 1")
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
@@ -211,7 +248,7 @@ def main() -> None:
             write_video(video, frames)
         encode = time.time() - t0
         out = work / f"predict-{minutes:g}min"
-        took, peak, output = run_predict(checkpoint, video, out, args.predict_args, args.sample_every)
+        took, peak, output = run_predict(checkpoint, video, out, args.predict_args, args.sample_every, args.by_mapping)
         rates = [line for line in output.splitlines() if "frames/s" in line]
         gib = {k: peak[k] / 2 ** 30 for k in ("rss", "pss", "driver", "driver_anon")}
         quarters = " / ".join(f"{m / 2 ** 30:.2f}" for m in peak["pss_by_quarter"])
@@ -224,6 +261,11 @@ def main() -> None:
         print("  PSS GiB by process, at the run's peak (each one's own peak): " + ", ".join(
             f"{k} {peak['pss_by_kind_at_peak'].get(k, 0) / 2 ** 30:.2f} ({peak['pss_by_kind'][k] / 2 ** 30:.2f})"
             for k in kinds if peak["pss_by_kind"][k] >= 2 ** 24), flush=True)
+        if args.by_mapping:
+            mapped = sorted(peak["pss_by_mapping"].items(), key=lambda kv: -kv[1])
+            print(f"  {args.by_mapping} PSS GiB by mapping, each one's own peak: " + (", ".join(
+                f"{where} {value / 2 ** 30:.3f}" for where, value in mapped if value >= 2 ** 20) or
+                "no such process seen"), flush=True)
 
 
 if __name__ == "__main__":

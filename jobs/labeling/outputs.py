@@ -51,7 +51,9 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     groups, numbers = frame_groups(preds.ids)
     for key, rows in groups.items():
         is_video = bool(numbers[rows][0] >= 0)
-        ids = None if is_video else preds.ids[rows] if isinstance(rows, slice) else [preds.ids[n] for n in rows]
+        ids = None                                        # a video's rows are named by their numbers
+        if not is_video:
+            ids = preds.ids[rows] if isinstance(rows, slice) else [preds.ids[n] for n in rows]
         stem = Path(key).stem if is_video else (relative(key).strip("./").replace("/", "_") or "images")
         index = numbers[rows] if is_video else [relative(i) for i in ids]
         keypoints, group_likelihood = preds.keypoints[rows], likelihood[rows]     # views of a video's rows
