@@ -12,7 +12,7 @@ store counted once per process that touched them: an over-count) and of the driv
 peak in each quarter of the run (flat in video length: once the stream of decoded frames has filled its share of
 the object store, the quarters stay level); and the summed PSS by kind of process (the driver, Ray's daemons, Ray
 workers by the task or actor they run) at the run's peak, to tell where memory goes; with ``--by-mapping KIND``,
-the processes of that kind by what its pages map (heap, object store, libraries).  Prints figures, asserts nothing.
+the processes of that kind by what their pages map (heap, object store, libraries).  Prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/video_speed.py --minutes 1,4
     .venv/bin/python benchmarks/video_speed.py --minutes 60 --checkpoint runs/label-.../checkpoint_.../model.pt
@@ -225,7 +225,8 @@ def main() -> None:
                    help="seconds between memory samples (each costs CPU the measured run would otherwise have)")
     p.add_argument("--by-mapping", metavar="KIND",
                    help="also break one kind of process down by what its pages map (heap, Ray's object store, "
-                        "libraries, ...), e.g. Predictor for the model actors (processes whose kind contains KIND); reads their full smaps each sample")
+                        "libraries, ...), e.g. Predictor for the model actors (processes whose kind contains KIND); "
+                        "reads their full smaps each sample")
     p.add_argument("predict_args", nargs="*", help="extra `fskp predict` options after --, e.g. -- --actors 1")
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
