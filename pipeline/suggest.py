@@ -252,7 +252,7 @@ def _normalise(x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     times."""
     out = np.empty((len(x) if rows is None else len(rows), np.shape(x)[1]), np.float32)
     for start, block in _row_blocks(x, rows):
-        block = block.astype(np.float32)
+        block = block.astype(np.float32, copy=False)
         norm = np.linalg.norm(block, axis=1, keepdims=True)
         out[start:start + len(block)] = block / np.where(norm > 0, norm, 1.0).astype(np.float32)
     return out
@@ -271,7 +271,7 @@ def _frame_uncertainty(u: np.ndarray, rows: np.ndarray | None = None) -> np.ndar
     frame has no finite value.  A block at a time (``_row_blocks``)."""
     out = np.empty(len(u) if rows is None else len(rows), np.float64)
     for start, block in _row_blocks(u, rows):
-        block = block.astype(np.float64)
+        block = block.astype(np.float64, copy=False)
         finite = np.isfinite(block)
         count = finite.sum(axis=1)
         total = np.where(finite, block, 0.0).sum(axis=1)
