@@ -149,15 +149,17 @@ def tree_memory(pid: int) -> dict:
     """{"rss": summed Rss of the tree (shared pages counted once per process), "pss": summed Pss (what the
     tree takes from the machine), "driver": the `fskp predict` process's own Rss, "driver_anon": the part of
     it in anonymous pages (its heap; the rest is files it maps: libraries and the file-backed prediction
-    arrays, which the OS can drop), "pss_by_kind": {``process_kind``: summed Pss}}."""
+    arrays, which the OS can drop), "pss_by_kind": {``process_kind``: summed Pss}, "kinds": {pid: its
+    ``process_kind``}}."""
     tree = process_tree(pid)
     pss = {p: memory_of(p, "Pss") for p in tree}
+    kinds = {p: process_kind(p, pid) for p in tree}
     by_kind: dict[str, int] = {}
     for p, m in pss.items():
-        kind = process_kind(p, pid)
-        by_kind[kind] = by_kind.get(kind, 0) + m
+        by_kind[kinds[p]] = by_kind.get(kinds[p], 0) + m
     return {"rss": sum(memory_of(p, "Rss") for p in tree), "pss": sum(pss.values()),
-            "driver": memory_of(pid, "Rss"), "driver_anon": memory_of(pid, "Anonymous"), "pss_by_kind": by_kind}
+            "driver": memory_of(pid, "Rss"), "driver_anon": memory_of(pid, "Anonymous"), "pss_by_kind": by_kind,
+            "kinds": kinds}
 
 
 def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
@@ -178,7 +180,7 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
         # 2-core run it measured, so it samples every few seconds and reports what it cost
         while proc.poll() is None:
             memory = tree_memory(proc.pid)
-            by_kind = memory.pop("pss_by_kind")
+            by_kind, kinds = memory.pop("pss_by_kind"), memory.pop("kinds")
             if memory["pss"] > peak["pss"]:
                 peak["pss_by_kind_at_peak"] = by_kind
             for key, value in memory.items():
@@ -188,8 +190,8 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
             samples.append((time.time() - t0, memory["pss"]))
             if by_mapping:
                 mapped: dict[str, int] = {}
-                for p in process_tree(proc.pid):
-                    if by_mapping in process_kind(p, proc.pid):
+                for p, kind in kinds.items():
+                    if by_mapping in kind:
                         for where, value in pss_by_mapping(p).items():
                             mapped[where] = mapped.get(where, 0) + value
                 for where, value in mapped.items():
