@@ -10,6 +10,7 @@ centres at +0.5), mapped through the crop each row carries.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -28,6 +29,11 @@ CPUS_PER_CPU_ACTOR = 4
 #: is about 70 CPU batches of 32 frames at 192 px (18 GPU batches of 128); on the 2-core Intel Xeon it gave the
 #: same frames/s as 1 GiB with 0.13-0.31 GiB less peak memory, 4 minutes to an hour of video (README, "Video speed")
 STREAM_BYTES_PER_ACTOR = 1 << 28
+#: object store of the local Ray `fskp predict` starts, per model actor: twice what its stream may hold.  The
+#: store keeps resident every page it has once handed out (freed objects' pages are reused, not given back), so
+#: with Ray's default size (30 % of RAM) a long video's peak memory crept up with its length: +0.10 GiB of the
+#: model actor's store pages from 4 minutes to an hour (README, "Video speed").  This size bounds that creep.
+LOCAL_STORE_BYTES_PER_ACTOR = 2 * STREAM_BYTES_PER_ACTOR
 #: embeddings wider than this are reduced by a fixed random projection (Johnson-Lindenstrauss), so a
 #: long video's embeddings stay small on the driver
 EMBED_DIMS = 128
@@ -213,6 +219,20 @@ def plan_actors(nodes, gpu: bool, actors: int | None = None) -> tuple[int, float
     return actors or per_node * len(cpu_nodes), round(usable / per_node, 3)
 
 
+def local_store_bytes(gpu: bool, actors: int | None = None) -> int:
+    """Object store bytes for a local Ray started to predict: ``LOCAL_STORE_BYTES_PER_ACTOR`` for each model
+    actor ``plan_actors`` places on this machine (its CPUs; with ``gpu`` one per GPU, at least one: a machine
+    without one is refused by ``plan_actors`` once Ray is up, with the message that says so)."""
+    import torch
+
+    from jobs.resources import NodeShape
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    gpus = max(1, torch.cuda.device_count()) if gpu else 0
+    planned, _ = plan_actors([NodeShape(float(cpus), float(gpus))], gpu, actors)
+    return LOCAL_STORE_BYTES_PER_ACTOR * planned
+
+
 def predict_frames(checkpoint: str | Path, sources: Sequence[str | Path], crop_box: Sequence[float] | None,
                    **options) -> Predictions:
     """Predict every frame of ``sources`` (image files, image folders, videos) with a checkpoint.
@@ -247,7 +267,7 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
     state = torch.load(Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else checkpoint,
                        map_location="cpu", weights_only=True)
     size = int(state["config"]["image_size"])
-    start_ray(configure_logging=True, logging_level="WARNING")
+    start_ray(configure_logging=True, logging_level="WARNING", object_store_memory=local_store_bytes(gpu, actors))
     plan = FramePlan(sources, frame_step)
     total = len(plan)
     if not total:

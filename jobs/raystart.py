@@ -62,7 +62,8 @@ def quiet_ray_data_console() -> None:
 
 def start_ray(**kwargs) -> None:
     """``ray.init`` unless Ray is up: the cluster at $RAY_ADDRESS, else a local Ray without a dashboard.
-    Either way this process's Ray Data console is quieted (``quiet_ray_data_console``)."""
+    Either way this process's Ray Data console is quieted (``quiet_ray_data_console``).  ``num_cpus`` and
+    ``object_store_memory`` size a local start only."""
     import ray
 
     quiet_ray_data_console()
@@ -71,6 +72,7 @@ def start_ray(**kwargs) -> None:
     address = kwargs.pop("address", None) or os.environ.get("RAY_ADDRESS")
     if address:
         kwargs.pop("num_cpus", None)                 # a cluster's resources are its own
+        kwargs.pop("object_store_memory", None)
         ray.init(address=address, **kwargs)
         return
     env = {} if "RAY_DATA_LOGGING_CONFIG" in os.environ else {"RAY_DATA_LOGGING_CONFIG": ray_data_console_config()}

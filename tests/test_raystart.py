@@ -27,8 +27,9 @@ def test_local_start_quiets_the_cleaner_in_detached_actors(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if ray.is_initialized():
         ray.shutdown()
-    start_ray(num_cpus=1, logging_level="ERROR")
+    start_ray(num_cpus=1, logging_level="ERROR", object_store_memory=100 << 20)
     try:
+        assert ray.cluster_resources()["object_store_memory"] == 100 << 20      # as `fskp predict` sizes it
         @ray.remote(num_cpus=0)
         class Probe:                       # detached, like the cleaner Ray Train starts from its controller
             def levels(self):

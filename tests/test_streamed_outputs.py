@@ -141,3 +141,56 @@ def test_overlay_lookup_finds_each_frames_row_in_any_order():
         assert 4 not in lookup and 10 not in lookup
         with pytest.raises(KeyError):
             lookup[5]
+
+
+def test_a_local_ray_started_to_predict_gets_a_store_sized_to_its_model_actors(monkeypatch):
+    """`fskp predict`'s local Ray: ``LOCAL_STORE_BYTES_PER_ACTOR`` per model actor this machine gets, not Ray's
+    30 % of RAM, whose pages a long video keeps resident one by one."""
+    import jobs.inference as inference
+
+    per_actor = inference.LOCAL_STORE_BYTES_PER_ACTOR
+    assert per_actor == 2 * inference.STREAM_BYTES_PER_ACTOR
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: set(range(2)))
+    assert inference.local_store_bytes(gpu=False) == per_actor                  # 2 cores: one actor
+    assert inference.local_store_bytes(gpu=False, actors=3) == 3 * per_actor
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: set(range(18)))
+    assert inference.local_store_bytes(gpu=False) == 4 * per_actor              # 17.5 usable cores / 4 each
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert inference.local_store_bytes(gpu=True) == per_actor                   # refused later, once Ray is up
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    assert inference.local_store_bytes(gpu=True) == 2 * per_actor
+
+
+def test_predict_asks_for_that_store_when_it_starts_ray(tmp_path, monkeypatch):
+    import torch
+
+    import jobs.inference as inference
+    import jobs.raystart as raystart
+
+    asked = {}
+
+    def start_ray(**kwargs):
+        asked.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(raystart, "start_ray", start_ray)
+    monkeypatch.setattr(inference, "local_store_bytes", lambda gpu, actors=None: 1000 * (actors or 1) + gpu)
+    torch.save({"config": {"image_size": 64}}, tmp_path / "model.pt")
+    with pytest.raises(RuntimeError, match="stop here"):
+        inference.predict_views(tmp_path / "model.pt", [tmp_path], None, actors=3, gpu=True)
+    assert asked["object_store_memory"] == 3001
+
+
+def test_the_store_size_is_for_a_local_start_only(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from jobs.raystart import start_ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    start_ray(num_cpus=2, object_store_memory=1 << 29)
+    monkeypatch.delenv("RAY_ADDRESS")
+    start_ray(num_cpus=2, object_store_memory=1 << 29)
+    assert calls[0] == {"address": "10.0.0.1:6379"}                   # a cluster's store is its own
+    assert calls[1]["object_store_memory"] == 1 << 29 and calls[1]["num_cpus"] == 2
