@@ -96,7 +96,11 @@ def wait_for(what: str, check, timeout: float, every: float = 1.0):
 class Flow:
     def __init__(self, work: Path):
         self.work = work
-        self.ports = {k: free_port() for k in ("s3", "mlflow", "gcs", "dashboard")}
+        # every port a node would otherwise take at Ray's fixed default (the agents' HTTP port 52365, the head's
+        # Ray Client port 10001) is a free one: another Ray on the machine, a user's or a benchmark's, holds those,
+        # and a head agent without its HTTP port leaves `ray job submit` with "No available agent" for good
+        self.ports = {k: free_port() for k in ("s3", "mlflow", "gcs", "dashboard", "client", "agent", "agent_a",
+                                               "agent_b")}
         self.env = {**os.environ,
                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.ports['s3']}", "AWS_ACCESS_KEY_ID": "flow",
                     "AWS_SECRET_ACCESS_KEY": "flow", "AWS_DEFAULT_REGION": "us-east-1",
@@ -155,11 +159,12 @@ class Flow:
     def start_cluster(self) -> None:
         self.ray("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.ports["gcs"]),
                  "--num-cpus", "1", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                 "--dashboard-port", str(self.ports["dashboard"]),
-                 "--temp-dir", str(self.ray_tmp / "head"))
+                 "--dashboard-port", str(self.ports["dashboard"]), "--ray-client-server-port", str(self.ports["client"]),
+                 "--dashboard-agent-listen-port", str(self.ports["agent"]), "--temp-dir", str(self.ray_tmp / "head"))
         workers = [subprocess.Popen([str(BIN / "ray"), "start", "--address", f"127.0.0.1:{self.ports['gcs']}",
                                      "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
                                      "--resources", json.dumps({f"flow_worker_{name}": 1}),
+                                     "--dashboard-agent-listen-port", str(self.ports[f"agent_{name}"]),
                                      "--temp-dir", str(self.ray_tmp / name)],
                                     env=self.ray_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                    for name in ("a", "b")]                    # both worker nodes join at once
