@@ -8,10 +8,13 @@ DeepLabCut CSV/HDF5 outputs all count.  Memory is sampled every ``--sample-every
 reads every process's smaps_rollup, CPU the run would otherwise have, reported as "sampler CPU s") over that process
 and all its children (the Ray processes it starts): the peak of the summed PSS (each shared page split between the
 processes that map it: what the run takes from the machine), of the summed RSS (shared pages such as Ray's object
-store counted once per process that touched them: an over-count) and of the driver's own RSS; and the summed PSS's
+store counted once per process that touched them: an over-count) and of the driver's own RSS; the summed PSS's
 peak in each quarter of the run (flat in video length: once the stream of decoded frames has filled its share of
-the object store, the quarters stay level); and the summed PSS by kind of process (the driver, Ray's daemons, Ray
-workers by the task or actor they run) at the run's peak, to tell where memory goes; with ``--by-mapping KIND``,
+the object store, the quarters stay level); the same two for the "held" part of the PSS, its anonymous and
+shared-memory pages (heaps and Ray's object store: what the OS cannot take back without swap, unlike the pages of
+mapped files such as the prediction arrays, which are page cache); and the summed PSS by kind of process (the
+driver, Ray's daemons, Ray workers by the task or actor they run, with how many processes of each kind there were)
+at the run's peak, to tell where memory goes; with ``--by-mapping KIND``,
 the processes of that kind by what their pages map (heap, object store, libraries).  Prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/video_speed.py --minutes 1,4
@@ -95,14 +98,21 @@ def process_tree(pid: int) -> set[int]:
     return tree
 
 
-def memory_of(pid: int, field: str) -> int:
-    """Bytes of one /proc/<pid>/smaps_rollup field: ``Rss`` counts every page the process maps, shared ones
-    (Ray's object store in /dev/shm, libraries) in full; ``Pss`` splits each shared page between its users."""
+def rollup(pid: int) -> dict[str, int]:
+    """Bytes of each /proc/<pid>/smaps_rollup field ({} for a process gone): ``Rss`` counts every page the
+    process maps, shared ones (Ray's object store in /dev/shm, libraries) in full; ``Pss`` splits each shared
+    page between its users, and splits into ``Pss_Anon`` (heap), ``Pss_Shmem`` (Ray's object store) and
+    ``Pss_File`` (libraries and mapped files such as the prediction arrays: page cache the OS can drop)."""
     try:
-        line = next(x for x in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines() if x.startswith(field + ":"))
-        return int(line.split()[1]) * 1024
-    except (OSError, StopIteration):
-        return 0
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {}
+    for line in lines[1:]:
+        name, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            fields[name] = int(rest.split()[0]) * 1024
+    return fields
 
 
 def process_kind(pid: int, driver: int) -> str:
@@ -147,19 +157,21 @@ def pss_by_mapping(pid: int) -> dict[str, int]:
 
 def tree_memory(pid: int) -> dict:
     """{"rss": summed Rss of the tree (shared pages counted once per process), "pss": summed Pss (what the
-    tree takes from the machine), "driver": the `fskp predict` process's own Rss, "driver_anon": the part of
-    it in anonymous pages (its heap; the rest is files it maps: libraries and the file-backed prediction
-    arrays, which the OS can drop), "pss_by_kind": {``process_kind``: summed Pss}, "kinds": {pid: its
-    ``process_kind``}}."""
+    tree takes from the machine), "held": the part of that PSS in anonymous and shared-memory pages (what the
+    OS cannot drop without swap: the PSS less mapped files), "driver": the `fskp predict` process's own Rss,
+    "driver_anon": the part of it in anonymous pages (its heap; the rest is files it maps: libraries and the
+    file-backed prediction arrays, which the OS can drop), "pss_by_kind": {``process_kind``: summed Pss},
+    "kinds": {pid: its ``process_kind``}}."""
     tree = process_tree(pid)
-    pss = {p: memory_of(p, "Pss") for p in tree}
+    memory = {p: rollup(p) for p in tree}
     kinds = {p: process_kind(p, pid) for p in tree}
     by_kind: dict[str, int] = {}
-    for p, m in pss.items():
-        by_kind[kinds[p]] = by_kind.get(kinds[p], 0) + m
-    return {"rss": sum(memory_of(p, "Rss") for p in tree), "pss": sum(pss.values()),
-            "driver": memory_of(pid, "Rss"), "driver_anon": memory_of(pid, "Anonymous"), "pss_by_kind": by_kind,
-            "kinds": kinds}
+    for p, m in memory.items():
+        by_kind[kinds[p]] = by_kind.get(kinds[p], 0) + m.get("Pss", 0)
+    total = lambda field: sum(m.get(field, 0) for m in memory.values())       # noqa: E731
+    return {"rss": total("Rss"), "pss": total("Pss"), "held": total("Pss_Anon") + total("Pss_Shmem"),
+            "driver": memory[pid].get("Rss", 0), "driver_anon": memory[pid].get("Anonymous", 0),
+            "pss_by_kind": by_kind, "kinds": kinds}
 
 
 def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
@@ -171,9 +183,9 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
                "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak: dict = {"rss": 0, "pss": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {}, "pss_by_kind_at_peak": {},
-                  "pss_by_mapping": {}}
-    samples: list[tuple[float, int]] = []              # (seconds since start, summed PSS)
+    peak: dict = {"rss": 0, "pss": 0, "held": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {}, "pss_by_kind_at_peak": {},
+                  "pss_by_mapping": {}, "count_at_peak": {}}
+    samples: list[tuple[float, int, int]] = []         # (seconds since start, summed PSS, its held part)
 
     def sample():
         # reading smaps_rollup walks each process's page tables: every 0.5 s this took ~40 % of a core from the
@@ -183,11 +195,12 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
             by_kind, kinds = memory.pop("pss_by_kind"), memory.pop("kinds")
             if memory["pss"] > peak["pss"]:
                 peak["pss_by_kind_at_peak"] = by_kind
+                peak["count_at_peak"] = {k: list(kinds.values()).count(k) for k in by_kind}
             for key, value in memory.items():
                 peak[key] = max(peak[key], value)
             for kind, value in by_kind.items():
                 peak["pss_by_kind"][kind] = max(peak["pss_by_kind"].get(kind, 0), value)
-            samples.append((time.time() - t0, memory["pss"]))
+            samples.append((time.time() - t0, memory["pss"], memory["held"]))
             if by_mapping:
                 mapped: dict[str, int] = {}
                 for p, kind in kinds.items():
@@ -213,8 +226,9 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
     if proc.returncode != 0:
         raise RuntimeError(f"fskp predict failed ({proc.returncode}):\n{output[-3000:]}")
     # flat in video length means: once the stream is full, memory stops growing -- the peak of each quarter
-    peak["pss_by_quarter"] = [max((m for t, m in samples if q * took / 4 <= t < (q + 1) * took / 4), default=0)
-                              for q in range(4)]
+    for n, key in ((1, "pss_by_quarter"), (2, "held_by_quarter")):
+        peak[key] = [max((s[n] for s in samples if q * took / 4 <= s[0] < (q + 1) * took / 4), default=0)
+                     for q in range(4)]
     return took, peak, output
 
 
@@ -241,8 +255,8 @@ def main() -> None:
           f"{checkpoint if args.checkpoint else 'fskp label architecture, untrained weights'}; {machine_summary()}",
           flush=True)
     print("| video | frames | encode s | predict wall s | frames/s | peak PSS GiB | peak PSS by quarter of the run | "
-          "peak RSS sum GiB | driver RSS GiB | driver anonymous GiB | sampler CPU s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "peak held GiB | peak held by quarter | peak RSS sum GiB | driver RSS GiB | driver anonymous GiB | sampler CPU s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for minutes in [float(m) for m in args.minutes.split(",")]:
         frames = int(round(minutes * 60 * FPS))
         video = work / f"video-{minutes:g}min.mp4"
@@ -253,16 +267,18 @@ def main() -> None:
         out = work / f"predict-{minutes:g}min"
         took, peak, output = run_predict(checkpoint, video, out, args.predict_args, args.sample_every, args.by_mapping)
         rates = [line for line in output.splitlines() if "frames/s" in line]
-        gib = {k: peak[k] / 2 ** 30 for k in ("rss", "pss", "driver", "driver_anon")}
-        quarters = " / ".join(f"{m / 2 ** 30:.2f}" for m in peak["pss_by_quarter"])
+        gib = {k: peak[k] / 2 ** 30 for k in ("rss", "pss", "held", "driver", "driver_anon")}
+        quarters, held = (" / ".join(f"{m / 2 ** 30:.2f}" for m in peak[key])
+                          for key in ("pss_by_quarter", "held_by_quarter"))
         print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {gib['pss']:.2f} | "
-              f"{quarters} | {gib['rss']:.2f} | {gib['driver']:.2f} | {gib['driver_anon']:.2f} | "
+              f"{quarters} | {gib['held']:.2f} | {held} | {gib['rss']:.2f} | {gib['driver']:.2f} | {gib['driver_anon']:.2f} | "
               f"{peak['sampler_cpu_s']:.1f} |", flush=True)
         if rates:
             print(f"  (last progress line: {rates[-1].strip()})", flush=True)
         kinds = sorted(peak["pss_by_kind"], key=lambda k: -peak["pss_by_kind"][k])
-        print("  PSS GiB by process, at the run's peak (each one's own peak): " + ", ".join(
-            f"{k} {peak['pss_by_kind_at_peak'].get(k, 0) / 2 ** 30:.2f} ({peak['pss_by_kind'][k] / 2 ** 30:.2f})"
+        count = lambda k: f" x{peak['count_at_peak'][k]}" if peak["count_at_peak"].get(k, 1) > 1 else ""  # noqa: E731
+        print("  PSS GiB by process, at the run's peak (xN: N processes then; each kind's own peak): " + ", ".join(
+            f"{k} {peak['pss_by_kind_at_peak'].get(k, 0) / 2 ** 30:.2f}{count(k)} ({peak['pss_by_kind'][k] / 2 ** 30:.2f})"
             for k in kinds if peak["pss_by_kind"][k] >= 2 ** 24), flush=True)
         if args.by_mapping:
             mapped = sorted(peak["pss_by_mapping"].items(), key=lambda kv: -kv[1])
