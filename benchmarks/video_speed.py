@@ -178,7 +178,8 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
                 sample_every: float, by_mapping: str | None = None) -> tuple[float, dict, str]:
     """(wall seconds, peak of each ``tree_memory`` figure and the sampler's own CPU seconds, output) of one
     `fskp predict` run; its progress lines are echoed to stderr as they come.  With ``by_mapping`` (part of
-    a ``process_kind``), also the peak of each ``pss_by_mapping`` category summed over the processes of that kind."""
+    a ``process_kind``, or several comma-separated), also the peak of each ``pss_by_mapping`` category summed
+    over the processes of those kinds."""
     command = [sys.executable, "-m", "jobs.cli", "predict", "--checkpoint", str(checkpoint), "--video", str(video),
                "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
     t0 = time.time()
@@ -204,7 +205,7 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
             if by_mapping:
                 mapped: dict[str, int] = {}
                 for p, kind in kinds.items():
-                    if by_mapping in kind:
+                    if any(part in kind for part in by_mapping.split(",")):
                         for where, value in pss_by_mapping(p).items():
                             mapped[where] = mapped.get(where, 0) + value
                 for where, value in mapped.items():
@@ -241,7 +242,8 @@ def main() -> None:
                    help="seconds between memory samples (each costs CPU the measured run would otherwise have)")
     p.add_argument("--by-mapping", metavar="KIND",
                    help="also break one kind of process down by what its pages map (heap, Ray's object store, "
-                        "libraries, ...), e.g. Predictor for the model actors (processes whose kind contains KIND); "
+                        "libraries, ...), e.g. Predictor for the model actors (processes whose kind contains KIND, "
+                        "or one of several comma-separated: IDLE,video_frames for the decoding workers, idle or not); "
                         "reads their full smaps each sample")
     p.add_argument("predict_args", nargs="*", help="extra `fskp predict` options after --, e.g. -- --actors 1")
     args = p.parse_args()
