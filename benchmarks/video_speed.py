@@ -184,7 +184,8 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
                "--out", str(out), "--suggestions", "0", "--no-overlay", *extra]
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak: dict = {"rss": 0, "pss": 0, "held": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {}, "pss_by_kind_at_peak": {},
+    peak: dict = {"rss": 0, "pss": 0, "held": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {},
+                  "pss_by_kind_at_peak": {},
                   "pss_by_mapping": {}, "count_at_peak": {}}
     samples: list[tuple[float, int, int]] = []         # (seconds since start, summed PSS, its held part)
 
@@ -257,7 +258,8 @@ def main() -> None:
           f"{checkpoint if args.checkpoint else 'fskp label architecture, untrained weights'}; {machine_summary()}",
           flush=True)
     print("| video | frames | encode s | predict wall s | frames/s | peak PSS GiB | peak PSS by quarter of the run | "
-          "peak held GiB | peak held by quarter | peak RSS sum GiB | driver RSS GiB | driver anonymous GiB | sampler CPU s |")
+          "peak held GiB | peak held by quarter | peak RSS sum GiB | driver RSS GiB | driver anonymous GiB | "
+          "sampler CPU s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for minutes in [float(m) for m in args.minutes.split(",")]:
         frames = int(round(minutes * 60 * FPS))
@@ -273,14 +275,16 @@ def main() -> None:
         quarters, held = (" / ".join(f"{m / 2 ** 30:.2f}" for m in peak[key])
                           for key in ("pss_by_quarter", "held_by_quarter"))
         print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {gib['pss']:.2f} | "
-              f"{quarters} | {gib['held']:.2f} | {held} | {gib['rss']:.2f} | {gib['driver']:.2f} | {gib['driver_anon']:.2f} | "
+              f"{quarters} | {gib['held']:.2f} | {held} | {gib['rss']:.2f} | {gib['driver']:.2f} | "
+              f"{gib['driver_anon']:.2f} | "
               f"{peak['sampler_cpu_s']:.1f} |", flush=True)
         if rates:
             print(f"  (last progress line: {rates[-1].strip()})", flush=True)
         kinds = sorted(peak["pss_by_kind"], key=lambda k: -peak["pss_by_kind"][k])
         count = lambda k: f" x{peak['count_at_peak'][k]}" if peak["count_at_peak"].get(k, 1) > 1 else ""  # noqa: E731
         print("  PSS GiB by process, at the run's peak (xN: N processes then; each kind's own peak): " + ", ".join(
-            f"{k} {peak['pss_by_kind_at_peak'].get(k, 0) / 2 ** 30:.2f}{count(k)} ({peak['pss_by_kind'][k] / 2 ** 30:.2f})"
+            f"{k} {peak['pss_by_kind_at_peak'].get(k, 0) / 2 ** 30:.2f}{count(k)} "
+            f"({peak['pss_by_kind'][k] / 2 ** 30:.2f})"
             for k in kinds if peak["pss_by_kind"][k] >= 2 ** 24), flush=True)
         if args.by_mapping:
             mapped = sorted(peak["pss_by_mapping"].items(), key=lambda kv: -kv[1])
