@@ -28,9 +28,10 @@ of max(3n, 50) candidates (the spacing of frames spread like the suggestions, no
 so neighbours of a picked frame sink; repeat.  Only distances to the picked frames are kept (updated one pick
 at a time): memory is O(N * D), never N x N.
 
-On the reaching project (README, "Suggestions and the refine loop, measured"; three frame sets, 5 frames added):
-``coverage``'s frames beat random ones beyond the spread on mean error, median and PCK with the supervised
-detector, on median and PCK with the full one; ``outliers``' did not (measured before the heatmap target).
+On the reaching project (README, "Suggestions and the refine loop, measured"; 5 frames added): ``coverage``'s
+frames beat random ones beyond the spread on mean error, median and PCK with the supervised detector (three frame
+sets); with the full one, better on average but not beyond the spread over four sets (level where round 1 is
+already good); ``outliers``' did not (measured before the heatmap target).
 
 Ties go to the smallest id under either rule.
 """
