@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -185,8 +186,7 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak: dict = {"rss": 0, "pss": 0, "held": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {},
-                  "pss_by_kind_at_peak": {},
-                  "pss_by_mapping": {}, "count_at_peak": {}}
+                  "pss_by_kind_at_peak": {}, "count_at_peak": {}, "pss_by_mapping": {}}
     samples: list[tuple[float, int, int]] = []         # (seconds since start, summed PSS, its held part)
 
     def sample():
@@ -197,7 +197,7 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
             by_kind, kinds = memory.pop("pss_by_kind"), memory.pop("kinds")
             if memory["pss"] > peak["pss"]:
                 peak["pss_by_kind_at_peak"] = by_kind
-                peak["count_at_peak"] = {k: list(kinds.values()).count(k) for k in by_kind}
+                peak["count_at_peak"] = Counter(kinds.values())
             for key, value in memory.items():
                 peak[key] = max(peak[key], value)
             for kind, value in by_kind.items():
@@ -276,8 +276,7 @@ def main() -> None:
                           for key in ("pss_by_quarter", "held_by_quarter"))
         print(f"| {minutes:g} min | {frames} | {encode:.0f} | {took:.0f} | {frames / took:.1f} | {gib['pss']:.2f} | "
               f"{quarters} | {gib['held']:.2f} | {held} | {gib['rss']:.2f} | {gib['driver']:.2f} | "
-              f"{gib['driver_anon']:.2f} | "
-              f"{peak['sampler_cpu_s']:.1f} |", flush=True)
+              f"{gib['driver_anon']:.2f} | {peak['sampler_cpu_s']:.1f} |", flush=True)
         if rates:
             print(f"  (last progress line: {rates[-1].strip()})", flush=True)
         kinds = sorted(peak["pss_by_kind"], key=lambda k: -peak["pss_by_kind"][k])
