@@ -188,6 +188,7 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
     peak: dict = {"rss": 0, "pss": 0, "held": 0, "driver": 0, "driver_anon": 0, "pss_by_kind": {},
                   "pss_by_kind_at_peak": {}, "count_at_peak": {}, "pss_by_mapping": {}}
     samples: list[tuple[float, int, int]] = []         # (seconds since start, summed PSS, its held part)
+    mapped_kinds = by_mapping.split(",") if by_mapping else []
 
     def sample():
         # reading smaps_rollup walks each process's page tables: every 0.5 s this took ~40 % of a core from the
@@ -203,10 +204,10 @@ def run_predict(checkpoint: Path, video: Path, out: Path, extra: list[str],
             for kind, value in by_kind.items():
                 peak["pss_by_kind"][kind] = max(peak["pss_by_kind"].get(kind, 0), value)
             samples.append((time.time() - t0, memory["pss"], memory["held"]))
-            if by_mapping:
+            if mapped_kinds:
                 mapped: dict[str, int] = {}
                 for p, kind in kinds.items():
-                    if any(part in kind for part in by_mapping.split(",")):
+                    if any(part in kind for part in mapped_kinds):
                         for where, value in pss_by_mapping(p).items():
                             mapped[where] = mapped.get(where, 0) + value
                 for where, value in mapped.items():
