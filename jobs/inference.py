@@ -5,7 +5,7 @@ Frames are decoded, cropped and resized by the pool stream (pipeline/pool.py), p
 row of arrays backed by unnamed temporary files (``spill_array``), never as images: the rows of every frame
 are known before the stream starts (``FramePlan``), so nothing is gathered or sorted on the driver, and the
 outputs are written from those arrays a chunk of rows at a time (jobs/labeling/outputs.py).  What the driver
-keeps per frame is its id (README, "Video speed").  Keypoints come back in the *source* frame's pixels (pixel
+keeps per frame is its frame number and two flags, 10 bytes (``FrameIds``; README, "Video speed").  Keypoints come back in the *source* frame's pixels (pixel
 centres at +0.5), mapped through the crop each row carries.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.exports import row_chunks
+from pipeline.frame_ids import FrameIds
 
 #: cores per CPU model actor (torch scales well to about this many threads on a batch of 32 frames)
 CPUS_PER_CPU_ACTOR = 4
@@ -102,7 +103,7 @@ class Predictions:
     """Per-frame predictions, in the order of ``ids`` (image paths, or ``<video>#<frame index>``).  From
     ``predict_views`` the arrays are file-backed (``spill_array``): read them a chunk of rows at a time."""
 
-    ids: list[str]
+    ids: Sequence[str]         # a FrameIds (pipeline/frame_ids.py) from predict_views: no string per frame held
     keypoints: np.ndarray      # [N, K, 2] source pixels, pixel centres at +0.5 (NaN where unreadable)
     uncertainty: np.ndarray    # [N, K] in (0, 1), 0 = certain
     embedding: np.ndarray      # [N, D] float16
@@ -119,7 +120,8 @@ class Predictions:
         if self.spread is not None or other.spread is not None:
             spread = np.concatenate([np.full(p.uncertainty.shape, np.nan) if p.spread is None else p.spread
                                      for p in (self, other)])
-        return Predictions(ids=self.ids + other.ids, keypoints=np.concatenate([self.keypoints, other.keypoints]),
+        ids = self.ids + other.ids if isinstance(self.ids, FrameIds) else [*self.ids, *other.ids]
+        return Predictions(ids=ids, keypoints=np.concatenate([self.keypoints, other.keypoints]),
                            uncertainty=np.concatenate([self.uncertainty, other.uncertainty]),
                            embedding=np.concatenate([self.embedding, other.embedding]),
                            ok=np.concatenate([self.ok, other.ok]), spread=spread)
@@ -163,18 +165,17 @@ class FramePlan:
         from pipeline.pool import VIDEO_SUFFIXES, pool_files, video_length
 
         self.step = frame_step
-        self.ids: list[str] = []
+        self.ids = FrameIds()
         self.lengths: dict[str, int] = {}             # video path -> frames in its container
         self._images: dict[str, int] = {}             # image path -> row
         self._videos: dict[str, int] = {}             # video path -> row of its frame 0
         for f in sorted(pool_files(sources), key=str):
             name = str(f)
             if f.suffix.lower() in VIDEO_SUFFIXES:
-                self._videos[name], self.lengths[name] = len(self.ids), video_length(f)
-                self.ids += [f"{name}#{i}" for i in range(0, self.lengths[name], frame_step)]
+                self.lengths[name] = video_length(f)
+                self._videos[name] = self.ids.add_video(name, self.lengths[name], frame_step)
             else:
-                self._images[name] = len(self.ids)
-                self.ids.append(name)
+                self._images[name] = self.ids.add_image(name)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -319,7 +320,7 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
     if not filled.all():              # frames the container counted but the decoder never gave
         keep = np.flatnonzero(filled)
         keypoints, uncertainty, embedding = (_compact(a, keep) for a in (keypoints, uncertainty, embedding))
-        ok, ids = ok[keep], [ids[n] for n in keep]
+        ok, ids = ok[keep], ids.take(keep)
     return [Predictions(ids=ids, keypoints=keypoints[:, v], uncertainty=uncertainty[:, v], embedding=embedding,
                         ok=ok) for v in range(views)]
 

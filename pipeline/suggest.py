@@ -41,10 +41,12 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from pipeline.atomic import atomic_path
+from pipeline.frame_ids import FrameIds
 
 _EXACT_NN = 2048        # up to this many candidates the median nearest-neighbour distance is exact
 _NN_QUERIES = 256       # otherwise it is the median over this many seeded query candidates
@@ -67,7 +69,7 @@ class Suggestion:
     novelty: float
 
 
-def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarray,
+def suggest_frames(ids: Sequence[str], uncertainty: np.ndarray, embeddings: np.ndarray,
                    labeled_embeddings: np.ndarray, n: int = 20,
                    exclude: set[str] | frozenset[str] = frozenset(), rule: str = RULES[0]) -> list[Suggestion]:
     """Rank up to ``n`` frames to label next by ``rule`` (one of ``RULES``; the module docstring).
@@ -77,9 +79,8 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
     labeled (M may be 0; an empty array of any shape means M = 0).  exclude: ids never suggested.
     Returns min(n, number of candidates) suggestions, best first.
     """
-    ids = [str(i) for i in ids]
-    n_frames = len(ids)
-    if len(set(ids)) != n_frames:
+    n_frames = len(ids)                  # a FrameIds is read an id at a time: no string per frame is kept
+    if not (ids.unique() if isinstance(ids, FrameIds) else len(set(map(str, ids))) == n_frames):
         raise ValueError("ids must be unique")
     check_rule(rule)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
@@ -101,9 +102,12 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
     if not np.isfinite(lab).all():
         raise ValueError("labeled_embeddings contain NaN or infinite values")
 
-    cand = np.fromiter((i for i, f in enumerate(ids) if f not in exclude), dtype=np.int64)
+    cand = np.fromiter((i for i, f in enumerate(ids) if str(f) not in exclude), dtype=np.int64) if exclude else \
+        np.arange(n_frames)
     if len(cand) == 0 or n == 0:
         return []
+    if rule == "coverage" and len(cand) > COVERAGE_POOL:     # the rule weighs a seeded sample: only its rows are read
+        cand = cand[np.sort(np.random.default_rng(0).choice(len(cand), COVERAGE_POOL, replace=False))]
 
     rows = None if len(cand) == n_frames else cand
     e = _normalise(emb, rows)                                    # [C, D], the only copy of the embeddings
@@ -117,11 +121,9 @@ def suggest_frames(ids: list[str], uncertainty: np.ndarray, embeddings: np.ndarr
 
     top = np.nanmax(np.r_[unc, 0.0]) + 1e-6                     # no finite uncertainty: the most uncertain
     unc_filled = np.where(np.isnan(unc), top, unc)
-    id_order = np.empty(len(cand), np.int64)                     # position of each candidate's id in sorted order
-    id_order[sorted(range(len(cand)), key=lambda j: ids[cand[j]])] = np.arange(len(cand))
     pick = _greedy_coverage if rule == "coverage" else _greedy_outliers
-    order, scores = pick(e, unc_filled, nov, min(n, len(cand)), id_order, labeled=len(lab) > 0)
-    return [Suggestion(rank=r, id=ids[cand[p]], score=float(sc), uncertainty=float(unc[p]), novelty=float(nov[p]))
+    order, scores = pick(e, unc_filled, nov, min(n, len(cand)), lambda p: str(ids[cand[p]]), labeled=len(lab) > 0)
+    return [Suggestion(rank=r, id=str(ids[cand[p]]), score=float(sc), uncertainty=float(unc[p]), novelty=float(nov[p]))
             for r, (p, sc) in enumerate(zip(order, scores), start=1)]
 
 
@@ -131,15 +133,14 @@ def check_rule(rule: str) -> None:
         raise ValueError(f"the suggestion rule must be one of {', '.join(RULES)}, got {rule!r}")
 
 
-def _best(score: np.ndarray, taken: np.ndarray, id_order: np.ndarray) -> int:
-    """The untaken candidate with the highest score, ties to the smallest id."""
+def _best(score: np.ndarray, taken: np.ndarray, id_of) -> int:
+    """The untaken candidate with the highest score, ties to the smallest id (``id_of(position)``)."""
     masked = np.where(taken, -np.inf, score)
     ties = np.flatnonzero(masked == masked.max())
-    return int(ties[np.argmin(id_order[ties])])
+    return int(ties[0]) if len(ties) == 1 else int(min(ties, key=id_of))
 
 
-def _greedy_outliers(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id_order: np.ndarray,
-                     labeled: bool):
+def _greedy_outliers(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id_of, labeled: bool):
     """The ``outliers`` rule (module docstring): (picked candidate positions, their scores), best first.
     ``labeled`` is not needed: the labeled frames enter through ``nov`` alone."""
     base = _robust_z(unc) + _robust_z(nov)
@@ -151,7 +152,7 @@ def _greedy_outliers(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id
     taken = np.zeros(len(e), bool)
     order, scores = [], []
     for _ in range(n):
-        p = _best(score, taken, id_order)
+        p = _best(score, taken, id_of)
         order.append(p)
         scores.append(score[p])
         taken[p] = True
@@ -161,26 +162,23 @@ def _greedy_outliers(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id
     return order, scores
 
 
-def _greedy_coverage(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id_order: np.ndarray,
-                     labeled: bool):
+def _greedy_coverage(e: np.ndarray, unc: np.ndarray, nov: np.ndarray, n: int, id_of, labeled: bool):
     """The ``coverage`` rule (module docstring): (picked candidate positions, their gains), best first.
-    e [C, D] unit rows; unc, nov [C]; the labeled frames (if ``labeled``) enter through ``nov``, their coverage."""
-    pool = np.arange(len(e))
-    if len(pool) > COVERAGE_POOL:
-        pool = np.sort(np.random.default_rng(0).choice(len(e), COVERAGE_POOL, replace=False))
-    scale = float(np.median(nov[pool]))
+    e [C, D] unit rows, C <= ``COVERAGE_POOL`` (suggest_frames samples beyond); unc, nov [C]; the labeled frames
+    (if ``labeled``) enter through ``nov``, their coverage."""
+    scale = float(np.median(nov))
     if scale <= 0:
-        scale = max(_median_nn_distance(e[pool]), 1e-6)
-    kernel = np.clip(1.0 - e[pool] @ e[pool].T, 0.0, 2.0)                 # [P, P] cosine distances, float32
+        scale = max(_median_nn_distance(e), 1e-6)
+    kernel = np.clip(1.0 - e @ e.T, 0.0, 2.0)                           # [C, C] cosine distances, float32
     np.exp(-(kernel / np.float32(scale)) ** 2, out=kernel)
-    covered = (np.exp(-(nov[pool] / scale) ** 2) if labeled else np.zeros(len(pool))).astype(np.float32)
-    weight = unc[pool].astype(np.float32)
-    taken = np.zeros(len(pool), bool)
+    covered = (np.exp(-(nov / scale) ** 2) if labeled else np.zeros(len(e))).astype(np.float32)
+    weight = unc.astype(np.float32)
+    taken = np.zeros(len(e), bool)
     order, scores = [], []
-    for _ in range(min(n, len(pool))):
-        gain = np.maximum(kernel - covered[None, :], 0.0) @ weight              # [P]
-        p = _best(gain, taken, id_order[pool])
-        order.append(int(pool[p]))
+    for _ in range(min(n, len(e))):
+        gain = np.maximum(kernel - covered[None, :], 0.0) @ weight              # [C]
+        p = _best(gain, taken, id_of)
+        order.append(p)
         scores.append(gain[p])
         taken[p] = True
         np.maximum(covered, kernel[p], out=covered)

@@ -30,6 +30,49 @@ def test_frame_plan_knows_every_row_before_the_stream_starts(tmp_path):
         plan.row(f"{root}/other.mp4#3")
 
 
+def test_frame_ids_are_built_when_asked_and_behave_as_a_list():
+    from pipeline.frame_ids import FrameIds, select_ids
+
+    ids = FrameIds()
+    assert ids.add_image("x/a.png") == 0 and ids.add_video("v.mp4", 7, step=3) == 1
+    assert ids.add_video("empty.mp4", 0) == 4 and ids.add_image("x/b.png") == 4      # a video of no frames: no row
+    expected = ["x/a.png", "v.mp4#0", "v.mp4#3", "v.mp4#6", "x/b.png"]
+    assert ids == expected and list(ids) == expected and len(ids) == 5
+    assert ids[-1] == "x/b.png" and ids[1:4] == expected[1:4] and ids.unique()
+    ids[2] = "v.mp4#4"                                     # a failed chunk's row takes its first frame's name
+    assert ids[2] == "v.mp4#4" and ids.unique()
+    for row, name in ((0, "x/a.png#1"), (2, "w.mp4#4"), (2, "v.mp4#x")):
+        with pytest.raises(ValueError, match="cannot be renamed"):
+            ids[row] = name
+    with pytest.raises(IndexError):
+        ids[5]
+    assert ids.take([0, 3, 4]) == ["x/a.png", "v.mp4#6", "x/b.png"] and select_ids(expected, [1]) == ["v.mp4#0"]
+    both = ids + ids.take([1])
+    assert isinstance(both, FrameIds) and both[-1] == "v.mp4#0" and not both.unique()
+    assert ["y.png"] + ids.take([0]) == ["y.png", "x/a.png"]
+
+
+def test_a_frame_plan_holds_bytes_not_strings_per_frame(tmp_path, monkeypatch):
+    """An hour of video (108,000 frames) costs the plan its frame numbers, 8 bytes a frame: a list of ids took
+    about 200 (README, "Video speed")."""
+    import tracemalloc
+
+    import pipeline.pool
+    from jobs.inference import FramePlan
+
+    video = tmp_path / "hour.mp4"
+    video.write_bytes(b"")                                     # its length is all the plan reads
+    monkeypatch.setattr(pipeline.pool, "video_length", lambda path: 108_000)
+    tracemalloc.start()
+    try:
+        plan = FramePlan([video])
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(plan) == 108_000 and plan.ids[-1] == f"{video}#107999" and plan.row(f"{video}#500") == 500
+    assert held < 12 * 108_000, f"{held / 108_000:.1f} bytes a frame"
+
+
 def test_spilled_arrays_are_file_backed_and_compact_by_chunks():
     from jobs.inference import _compact, spill_array
 
@@ -78,9 +121,10 @@ def test_nwb_written_by_chunks_validates_and_holds_every_frame(tmp_path):
 
 
 def test_writing_a_long_videos_outputs_does_not_copy_its_arrays(tmp_path, monkeypatch):
-    """Every output of write_outputs (CSV, DeepLabCut HDF5, NWB, SLEAP, COCO) from file-backed predictions: the
-    heap's peak grows by well under the 240 bytes a frame's keypoints alone take (float64 [K, 2], 15 keypoints):
-    measured flat within +-1 MB from 20,000 to 50,000 frames (pynwb's garbage comes and goes)."""
+    """Every output of write_outputs (CSV, DeepLabCut HDF5, NWB, SLEAP, COCO, suggestions) from file-backed
+    predictions and the ids predict_views gives (a FrameIds): the heap's peak grows by well under the 240 bytes a
+    frame's keypoints alone take (float64 [K, 2], 15 keypoints): measured flat within +-1 MB from 20,000 to 50,000
+    frames (pynwb's garbage comes and goes)."""
     import gc
     import importlib.util
     import tracemalloc
@@ -88,17 +132,20 @@ def test_writing_a_long_videos_outputs_does_not_copy_its_arrays(tmp_path, monkey
     import jobs.labeling.outputs as outputs
     from jobs.inference import Predictions, spill_array
     from pipeline.converters.coco import card_from_keypoints
+    from pipeline.frame_ids import FrameIds
 
     k = 15
     parts = [f"p{i}" for i in range(k)]
     body = card_from_keypoints("animal", "", parts, [(i, i + 1) for i in range(k - 1)], origin="test")
     monkeypatch.setattr(outputs, "_video_timing", lambda video: (30.0, 10**6))
     monkeypatch.setattr(outputs, "_frame_size", lambda source, is_video: {"width": 640, "height": 480})
+    monkeypatch.setattr(outputs, "_thumbnails", lambda ids, size=160: [np.zeros((size, size, 3), np.uint8)] * len(ids))
     rng = np.random.default_rng(0)
     video = write_video(tmp_path / "session.mp4", 3)            # opened for its name and size only
 
     def peak(n: int) -> float:
-        ids = [f"{video}#{i}" for i in range(n)]
+        ids = FrameIds()
+        ids.add_video(str(video), n)
         keypoints, uncertainty = spill_array((n, k, 2), np.float64), spill_array((n, k), np.float32)
         embedding = spill_array((n, 128), np.float16)
         for rows in range(0, n, 4096):
@@ -111,11 +158,11 @@ def test_writing_a_long_videos_outputs_does_not_copy_its_arrays(tmp_path, monkey
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            written = outputs.write_outputs(body, preds, out, overlay=False, n_suggestions=0)
+            written = outputs.write_outputs(body, preds, out, overlay=False, n_suggestions=5)
             grown = tracemalloc.get_traced_memory()[1] - before
         finally:
             tracemalloc.stop()
-        assert {"dlc_csv:session", "coco_json"} <= set(written)
+        assert {"dlc_csv:session", "coco_json", "suggestions_csv"} <= set(written)
         if outputs._lab_packages():
             assert {"dlc_h5:session", "nwb:session"} <= set(written)
         if importlib.util.find_spec("sleap_io"):

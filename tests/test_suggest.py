@@ -240,31 +240,40 @@ def test_suggestion_sheet_tiles_and_ranks():
         suggestion_sheet(images[:4], sugg)
 
 
-def test_a_long_videos_suggestions_hold_one_float32_copy_of_its_embeddings(tmp_path, monkeypatch):
+def test_a_long_videos_suggestions_read_only_the_frames_they_weigh(tmp_path, monkeypatch):
     """The suggestions of an hour of video (108,000 frames) once held four copies of every frame's embedding
-    (2.3 KB per frame, the driver's growth with video length); now the normalised float32 one (512 B with 128-d
-    embeddings): the peak's growth per frame, between 10,000 and 40,000 frames, measured 0.7 KB (0.64 KB since the
-    uncertainty and the finiteness check are read a block at a time, 2026-12-07)."""
+    (2.3 KB per frame, the driver's growth with video length), then one normalised float32 copy (0.64 KB per
+    frame); now the coverage rule copies only the seeded sample it weighs (``COVERAGE_POOL`` frames), the
+    uncertainty is file-backed and the ids are a FrameIds: the peak's growth per frame, between 10,000 and 40,000
+    frames, measured 0 B (2026-12-07).  The picks are those of the same ids as a list."""
     import tracemalloc
 
     import jobs.labeling.outputs as outputs
     from jobs.inference import Predictions
+    from pipeline.frame_ids import FrameIds
 
     monkeypatch.setattr(outputs, "_thumbnails", lambda ids, size=160: [np.zeros((size, size, 3), np.uint8) for _ in ids])
     rng = np.random.default_rng(0)
 
     def peak(n: int, k: int = 5, d: int = 128) -> int:
-        ids = [f"/videos/session1_camera2.mp4#{i}" for i in range(n)]
+        ids = FrameIds()
+        ids.add_video("/videos/session1_camera2.mp4", n)
         preds = Predictions(ids=ids, keypoints=rng.random((n, k, 2)), uncertainty=rng.random((n, k)).astype(np.float32),
                             embedding=rng.standard_normal((n, d)).astype(np.float16), ok=np.ones(n, bool))
+        likelihood = 1.0 - preds.uncertainty
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            written = outputs.write_suggestions(preds, 1.0 - preds.uncertainty, tmp_path, set(), ids[:10], 20, lambda p: p)
+            written = outputs.write_suggestions(preds, likelihood, tmp_path, set(), ids[:10], 20, lambda p: p)
             assert "suggestions_csv" in written and "suggestions_png" in written
-            return tracemalloc.get_traced_memory()[1] - before
+            grown = tracemalloc.get_traced_memory()[1] - before
         finally:
             tracemalloc.stop()
+        as_list = suggest_frames(list(ids), preds.uncertainty, preds.embedding, preds.embedding[:10], n=20)
+        with open(tmp_path / "suggestions.csv", newline="") as f:
+            assert [row["id"] for row in csv.DictReader(f)] == [s.id for s in as_list]
+        return grown
 
     per_frame = (peak(40000) - peak(10000)) / 30000
-    assert per_frame < 1000, f"{per_frame:.0f} bytes per frame"
+    assert per_frame < 16, f"{per_frame:.0f} bytes per frame"
+    print(f"suggestions' heap peak: {per_frame:.0f} bytes per frame")

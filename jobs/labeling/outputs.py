@@ -264,17 +264,22 @@ def write_suggestions(preds, likelihood: np.ndarray, out: Path, exclude: set[str
                       n: int, relative, rule: str = "coverage") -> dict[str, str]:
     """suggestions.csv (ranked frames to label next) and suggestions.png (a contact sheet of them).
     likelihood [N, K]: the likelihood the outputs carry, for the frames of ``preds``."""
+    from jobs.inference import spill_array
+    from pipeline.exports import row_chunks
+    from pipeline.frame_ids import select_ids
     from pipeline.suggest import suggest_frames, suggestion_sheet
     from pipeline.suggest import write_suggestions as write_csv
 
     if n <= 0:
         return {}
-    uncertainty = 1.0 - np.asarray(likelihood)
+    uncertainty = spill_array(likelihood.shape, np.float32)      # file-backed, a chunk of rows at a time
+    for chunk in row_chunks(len(uncertainty)):
+        uncertainty[chunk] = 1.0 - likelihood[chunk]
     readable = bool(preds.ok.all())             # a long video's arrays are passed as they are, not copied
     rows = slice(None) if readable else np.flatnonzero(preds.ok)
-    ok = preds.ids if readable else [preds.ids[i] for i in rows]
+    ok = preds.ids if readable else select_ids(preds.ids, rows)
     labeled = set(labeled_ids)
-    lab = [i for i, frame_id in enumerate(preds.ids) if frame_id in labeled]
+    lab = [i for i, frame_id in enumerate(preds.ids) if frame_id in labeled] if labeled else []
     picks = suggest_frames(ok, uncertainty[rows], preds.embedding[rows], preds.embedding[lab].astype(np.float32),
                            n=n, exclude=set(exclude), rule=rule)
     if not picks:
