@@ -48,20 +48,28 @@ def write_video(path: Path, frames: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     background = (rng.integers(60, 120, (HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
                   .repeat(8, 0).repeat(8, 1))
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.options = {"g": str(GOP), "preset": "veryfast", "crf": "23"}
         for i in range(frames):
-            image = background.copy()
-            for b in range(3):
-                cx = WIDTH / 2 + 200 * np.sin(i / 40 + 2 * b)
-                cy = HEIGHT / 2 + 150 * np.cos(i / 55 + b)
-                image[(xx - cx) ** 2 + (yy - cy) ** 2 < 30 ** 2] = (220, 80 + 60 * b, 60)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(video_frame(background, i), format="rgb24")))
         out.mux(stream.encode(None))
     return path
+
+
+def video_frame(background: np.ndarray, i: int, radius: int = 30) -> np.ndarray:
+    """Frame ``i`` of ``write_video``: the background with three discs of ``radius`` px, each drawn inside its
+    bounding box only (an hour of frames is encoded in minutes, not an hour)."""
+    image = background.copy()
+    for b in range(3):
+        cx = WIDTH / 2 + 200 * np.sin(i / 40 + 2 * b)
+        cy = HEIGHT / 2 + 150 * np.cos(i / 55 + b)
+        y0, y1 = max(int(cy) - radius - 1, 0), min(int(cy) + radius + 2, HEIGHT)
+        x0, x1 = max(int(cx) - radius - 1, 0), min(int(cx) + radius + 2, WIDTH)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        image[y0:y1, x0:x1][(xx - cx) ** 2 + (yy - cy) ** 2 < radius ** 2] = (220, 80 + 60 * b, 60)
+    return image
 
 
 def untrained_checkpoint(path: Path) -> Path:
