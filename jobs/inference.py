@@ -5,8 +5,9 @@ Frames are decoded, cropped and resized by the pool stream (pipeline/pool.py), p
 row of arrays backed by unnamed temporary files (``spill_array``), never as images: the rows of every frame
 are known before the stream starts (``FramePlan``), so nothing is gathered or sorted on the driver, and the
 outputs are written from those arrays a chunk of rows at a time (jobs/labeling/outputs.py).  What the driver
-keeps per frame is its frame number and two flags, 10 bytes (``FrameIds``; README, "Video speed").  Keypoints come back in the *source* frame's pixels (pixel
-centres at +0.5), mapped through the crop each row carries.
+keeps per video frame is its frame number and two flags, 10 bytes (``FrameIds``; README, "Video speed").
+Keypoints come back in the *source* frame's pixels (pixel centres at +0.5), mapped through the crop each row
+carries.
 """
 from __future__ import annotations
 
