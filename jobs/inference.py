@@ -121,8 +121,7 @@ class Predictions:
         if self.spread is not None or other.spread is not None:
             spread = np.concatenate([np.full(p.uncertainty.shape, np.nan) if p.spread is None else p.spread
                                      for p in (self, other)])
-        ids = self.ids + other.ids if isinstance(self.ids, FrameIds) else [*self.ids, *other.ids]
-        return Predictions(ids=ids, keypoints=np.concatenate([self.keypoints, other.keypoints]),
+        return Predictions(ids=self.ids + other.ids, keypoints=np.concatenate([self.keypoints, other.keypoints]),
                            uncertainty=np.concatenate([self.uncertainty, other.uncertainty]),
                            embedding=np.concatenate([self.embedding, other.embedding]),
                            ok=np.concatenate([self.ok, other.ok]), spread=spread)

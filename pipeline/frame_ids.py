@@ -80,9 +80,9 @@ class FrameIds(Sequence[str]):
 
     def __eq__(self, other) -> bool:
         """Equal to any sequence of the same ids in the same order (a list, another FrameIds)."""
-        if not isinstance(other, Sequence) or isinstance(other, str) or len(other) != self._len:
-            return NotImplemented if not isinstance(other, Sequence) else False
-        return all(a == b for a, b in zip(self, other))
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(other) == self._len and all(a == b for a, b in zip(self, other))
 
     __hash__ = None     # mutable (``__setitem__``), as a list
 
@@ -95,14 +95,14 @@ class FrameIds(Sequence[str]):
         rows = np.asarray(rows, np.int64)
         if len(rows) > 1 and np.any(np.diff(rows) <= 0):
             raise ValueError("take: rows must be ascending and distinct")
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self._len):
+            raise IndexError(f"take: frame rows {rows[0]}-{rows[-1]} out of range (0-{self._len - 1})")
+        files = np.searchsorted(self._starts, rows, side="right") - 1      # as ``_locate``, every row at once
         out = FrameIds()
-        for path, numbers, first in zip(self._paths, self._numbers, self._starts):
-            size = 1 if numbers is None else len(numbers)
-            mine = rows[(rows >= first) & (rows < first + size)] - first
-            if numbers is None and len(mine):
-                out.add_image(path)
-            elif numbers is not None and len(mine):
-                out._append(path, numbers[mine].copy())
+        for part in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(files)) + 1) if len(rows) else []:
+            f = int(files[part[0]])
+            numbers = self._numbers[f]
+            out._append(self._paths[f], None if numbers is None else numbers[rows[part] - self._starts[f]])
         return out
 
     def __add__(self, other: Sequence[str]) -> "FrameIds | list[str]":
