@@ -35,6 +35,11 @@ class FrameIds(Sequence[str]):
         """Append the rows of frames 0, step, 2 step, ... < frames of a video; returns its first row."""
         return self._append(str(path), np.arange(0, frames, step, dtype=np.int64))
 
+    def add_video_frames(self, path: str, numbers: Sequence[int] | np.ndarray) -> int:
+        """Append the rows of a video's frames ``numbers`` (ascending, as ``frame_numbers`` gave them); returns
+        its first row."""
+        return self._append(str(path), np.array(numbers, np.int64))
+
     def _append(self, path: str, numbers: np.ndarray | None) -> int:
         first = self._len
         self._paths.append(path)
@@ -89,6 +94,11 @@ class FrameIds(Sequence[str]):
     def __repr__(self) -> str:
         head = ", ".join(map(repr, self[:3]))
         return f"FrameIds([{head}{', ...' if self._len > 3 else ''}], {self._len} frames)"
+
+    def frame_numbers(self) -> np.ndarray:
+        """[N] each row's frame number, -1 for an image's row."""
+        return np.concatenate([np.full(1, -1, np.int64) if numbers is None else numbers
+                               for numbers in self._numbers]) if self._numbers else np.zeros(0, np.int64)
 
     def take(self, rows: Sequence[int] | np.ndarray) -> "FrameIds":
         """The ids of ``rows`` (ascending row numbers), as a new FrameIds."""

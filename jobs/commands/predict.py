@@ -6,7 +6,13 @@ likelihood), predictions/keypoints_coco.json, overlay/ and suggestions, as fskp 
 extra also DeepLabCut's HDF5 files (predictions/<video>DLC_fskp_fskp.h5, predictions/labeled-data/<folder>/
 machinelabels-iter0.h5) and an NWB file (ndx-pose) per folder or video (predictions/<name>.nwb).
 
+Videos (files or folders of them) are predicted one at a time, each video's files written as it finishes; a
+video the output folder already holds with the same checkpoint and settings is kept, not predicted again
+(jobs/labeling/analysed.py): a folder that gains videos every week is predicted anew only for the new ones, and
+a run stopped part way keeps the videos it finished.  The COCO JSON and the suggestions cover all the videos.
+
   fskp predict --run RUN_ID --video session2.mp4 --out out/session2
+  fskp predict --run RUN_ID --video videos/ --out out/videos          # again next week: only the new videos
   fskp predict --checkpoint out/reaching/runs/.../checkpoint_000001 --images frames/ --out out/frames
 """
 from __future__ import annotations
@@ -22,7 +28,7 @@ def register(p):
     src.add_argument("--checkpoint", help="checkpoint folder or model.pt")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", help="folder of images")
-    what.add_argument("--video", nargs="+", help="video file(s)")
+    what.add_argument("--video", nargs="+", help="video file(s) or folder(s) of videos")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--crop", help="crop x0,y0,x1,y1 in frame pixels (default: the run's crop)")
     p.add_argument("--pcutoff", type=float, default=0.6, help="likelihood under which a keypoint counts as not "
@@ -37,6 +43,8 @@ def register(p):
                         "and 1.1), each keypoint their median -- what fskp label does for images; 7x the time")
     add_suggestion_options(p)
     p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict every video again, also those --out holds with this checkpoint and settings")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
 
@@ -83,10 +91,14 @@ def run(args) -> int:
     if calibration and calibration.uses_spread and not args.tta:
         print("  (without --tta the likelihood has no test-time-crop spread to go on: its fit on certainty and "
               "novelty alone is used)", flush=True)
-    sources = [args.images] if args.images else args.video
+    from jobs.labeling.analysed import prediction_settings, video_files
+
+    videos = video_files(args.video) if args.video else []        # a bad path is refused before Ray starts
     options = dict(batch_size=args.batch_size, actors=args.actors, gpu=args.gpu, frame_step=args.frame_step)
-    preds = predict_frames_tta(ckpt, sources, crop, **options)[0] if args.tta else \
-        predict_frames(ckpt, sources, crop, **options)
+
+    def predict(sources):
+        return predict_frames_tta(ckpt, sources, crop, **options)[0] if args.tta else \
+            predict_frames(ckpt, sources, crop, **options)
     out = Path(args.out)
     root = Path(args.images) if args.images else None
 
@@ -97,10 +109,66 @@ def run(args) -> int:
             return Path(p).as_posix()
     beside = path.parent / INDIVIDUALS_FILE              # a multi-animal DeepLabCut project's label run
     individuals = [tuple(pair) for pair in json.loads(beside.read_text())] if beside.exists() else None
-    outputs = write_outputs(card, preds, out, overlay=not args.no_overlay, n_suggestions=args.suggestions,
-                            suggest_by=args.suggest_by,
-                            pcutoff=args.pcutoff, relative=relative, calibration=calibration, individuals=individuals)
+
+    def write(preds, **parts):
+        return write_outputs(card, preds, out, overlay=not args.no_overlay, n_suggestions=args.suggestions,
+                             suggest_by=args.suggest_by, pcutoff=args.pcutoff, relative=relative,
+                             calibration=calibration, individuals=individuals, **parts)
+    if videos:
+        calibration_file = path.parent / CALIBRATION_FILE if calibration else None
+        settings = prediction_settings(path, calibration_file, crop, args.frame_step, args.tta, args.pcutoff,
+                                       not args.no_overlay)
+        preds, outputs = predict_videos(videos, out, settings, predict, write, overwrite=args.overwrite)
+    else:
+        preds = predict([args.images])
+        outputs = write(preds)
     print(f"predicted {int(preds.ok.sum())} frames ({int((~preds.ok).sum())} unreadable)")
     for name, p in sorted(outputs.items()):
         print(f"  {name:28s} {p}")
     return 0
+
+
+def predict_videos(videos, out, settings: dict, predict, write, overwrite: bool = False):
+    """(the predictions of all ``videos``, every file written for them): each video predicted and its files
+    written (``write(preds, joint=False)``) in turn, unless ``out`` holds it with these ``settings`` already
+    (``kept_predictions``; ``overwrite``: predict every one); then the files of all frames together."""
+    import sys
+
+    from jobs.labeling.analysed import keep_predictions, kept_predictions
+
+    done: dict = {}                                       # video -> (predictions, its files)
+    again: dict[str, list[str]] = {}                      # why a video is predicted again -> its videos
+    for video in videos:
+        preds, files, why = (None, {}, "") if overwrite else kept_predictions(out, video, settings)
+        if preds is not None:
+            done[video] = (preds, files)
+        elif why:
+            again.setdefault(why, []).append(video.name)
+    for why, names in again.items():
+        print(f"predicting again {', '.join(names)}: {why}", flush=True)
+    todo = [v for v in videos if v not in done]
+    if done:
+        names = [v.name for v in done]
+        print(f"{len(done)} of {len(videos)} video(s) already predicted in {out} with this checkpoint and these "
+              f"settings, kept: {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''} "
+              f"(--overwrite predicts them again)", flush=True)
+    for n, video in enumerate(todo, 1):
+        if len(videos) > 1:
+            print(f"video {n}/{len(todo)}: {video}", flush=True)
+        try:
+            preds = predict([video])
+            files = write(preds, joint=False)
+            keep_predictions(out, video, settings, preds, files)
+        except BaseException:
+            if done:
+                print(f"stopped at {video}: {len(done)} of the {len(videos)} videos are predicted in {out} and kept; "
+                      f"the same command goes on with the rest", file=sys.stderr, flush=True)
+            raise
+        done[video] = (preds, files)
+    combined, outputs = None, {}
+    for video in videos:                                   # in the order given: sorted paths
+        preds, files = done[video]
+        combined = preds if combined is None else combined.concat(preds)
+        outputs.update(files)
+    outputs.update(write(combined, per_source=False))
+    return combined, outputs

@@ -16,7 +16,8 @@ from pipeline.converters.dlc import DEFAULT_PCUTOFF   # DeepLabCut's default pcu
 def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclude: set[str] = frozenset(),
                   labeled_ids: Sequence[str] = (), n_suggestions: int = 20, suggest_by: str = "coverage",
                   pcutoff: float | None = None,
-                  relative=None, calibration=None, individuals=None) -> dict[str, str]:
+                  relative=None, calibration=None, individuals=None, per_source: bool = True,
+                  joint: bool = True) -> dict[str, str]:
     """DeepLabCut CSVs (one per frame folder and per video), a COCO JSON, overlays and suggestions; with the
     ``lab`` extra installed also DeepLabCut HDF5 files and an NWB file per frame folder and video
     (``_lab_outputs``); with the ``sleap`` extra a SLEAP predictions file (``<stem>.predictions.slp``) each.
@@ -24,7 +25,8 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     uncalibrated certainty; the suggestions rank frames by the same likelihood, under the rule ``suggest_by``
     (pipeline/suggest.py).  ``individuals``: (individual,
     body part) per keypoint of a multi-animal DeepLabCut project, for DeepLabCut's multi-animal layout (taken
-    from a LabelingInput when not given)."""
+    from a LabelingInput when not given).  ``per_source`` / ``joint``: write the files of each folder and video
+    / the files of all frames together (COCO JSON, suggestions), both by default."""
     import importlib.util
 
     from pipeline import exports
@@ -49,7 +51,7 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
     groups, numbers = frame_groups(preds.ids)
-    for key, rows in groups.items():
+    for key, rows in groups.items() if per_source else ():
         is_video = bool(numbers[rows][0] >= 0)
         ids = None                                        # a video's rows are named by their numbers
         if not is_video:
@@ -81,6 +83,9 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
                 exports.write_overlay_images([Path(i) for i in ids], out / "overlay" / stem, keypoints,
                                              group_likelihood, card.links, pcutoff)
                 outputs[f"overlay:{stem}"] = str(out / "overlay" / stem)
+    if not joint:
+        return outputs
+
     def images_meta():                       # streamed into the JSON file, one frame at a time
         for frame_id, number in zip(preds.ids, map(int, numbers)):       # not .tolist(): 40 B a frame
             if number < 0:
