@@ -95,6 +95,11 @@ class FrameIds(Sequence[str]):
         head = ", ".join(map(repr, self[:3]))
         return f"FrameIds([{head}{', ...' if self._len > 3 else ''}], {self._len} frames)"
 
+    def spans(self) -> list[tuple[str, slice]]:
+        """Each file's path and its rows, in row order."""
+        ends = [*self._starts[1:], self._len]
+        return [(path, slice(start, end)) for path, start, end in zip(self._paths, self._starts, ends)]
+
     def frame_numbers(self) -> np.ndarray:
         """[N] each row's frame number, -1 for an image's row."""
         return np.concatenate([np.full(1, -1, np.int64) if numbers is None else numbers

@@ -76,7 +76,7 @@ def test_a_folder_of_videos_is_predicted_once_then_only_what_is_new(checkpoint, 
     (videos / "notes.txt").write_text("not a video")
     assert predict(checkpoint, [videos], out) == 0
     said = capsys.readouterr().out
-    assert "video 1/2" in said and "video 2/2" in said and "already predicted" not in said
+    assert "videos 1/1: tuesday.mp4, monday.mp4" in said and "already predicted" not in said     # one group, by path
     monday_csv = out / "predictions" / "monday.csv"
     first = monday_csv.stat().st_mtime_ns
     assert (out / "predictions" / "monday.fskp.npz").is_file() and (out / "predictions" / "tuesday.fskp.npz").is_file()
@@ -86,7 +86,7 @@ def test_a_folder_of_videos_is_predicted_once_then_only_what_is_new(checkpoint, 
     write_video(videos / "wednesday.mp4", 7, seed=2)
     assert predict(checkpoint, [videos], out) == 0
     said = capsys.readouterr().out
-    assert "2 of 3 video(s) already predicted" in said and "video 1/1" in said and "wednesday.mp4" in said
+    assert "2 of 3 video(s) already predicted" in said and "videos 1/1: wednesday.mp4\n" in said
     assert monday_csv.stat().st_mtime_ns == first
     assert (out / "predictions" / "wednesday.csv").is_file()
     assert len(coco_frames(out)) == 28 and any(f.startswith("wednesday.mp4#") for f in coco_frames(out))
@@ -111,8 +111,21 @@ def test_a_folder_of_videos_is_predicted_once_then_only_what_is_new(checkpoint, 
         "predicted before with other frame_step"
 
 
+def test_videos_are_predicted_in_groups_of_enough_frames(tmp_path):
+    from jobs.labeling.analysed import video_groups
+
+    videos = [write_video(tmp_path / f"{name}.mp4", n, seed=0) for name, n in (("a", 12), ("b", 5), ("c", 4),
+                                                                               ("d", 3))]
+    assert video_groups(videos, frames=10) == [videos[:1], videos[1:]]        # a alone; b, c and d make 12
+    assert video_groups(videos, frames=8) == [videos[:1], videos[1:3], videos[3:]]
+    assert video_groups(videos, frame_step=2, frames=5) == [videos[:1], videos[1:3], videos[3:]]   # 6, 3 + 2, 2
+
+
 def test_a_failed_video_leaves_the_finished_ones_for_the_next_run(checkpoint, tmp_path, capsys, monkeypatch):
     import jobs.inference
+    import jobs.labeling.analysed
+
+    monkeypatch.setattr(jobs.labeling.analysed, "GROUP_FRAMES", 1)          # a group per video
 
     videos, out = tmp_path / "videos", tmp_path / "out"
     write_video(videos / "a.mp4", 8, seed=0)
@@ -120,14 +133,14 @@ def test_a_failed_video_leaves_the_finished_ones_for_the_next_run(checkpoint, tm
     real = jobs.inference.predict_frames
 
     def decoder_dies_on_b(checkpoint, sources, crop, **options):
-        if Path(sources[0]).name == "b.mp4":
+        if any(Path(s).name == "b.mp4" for s in sources):
             raise RuntimeError("the decoder died")
         return real(checkpoint, sources, crop, **options)
 
     monkeypatch.setattr(jobs.inference, "predict_frames", decoder_dies_on_b)
     with pytest.raises(RuntimeError, match="the decoder died"):
         predict(checkpoint, [videos], out)
-    assert "stopped at" in capsys.readouterr().err
+    assert "stopped at b.mp4: 1 of the 2 videos are predicted" in capsys.readouterr().err
     assert (out / "predictions" / "a.fskp.npz").is_file() and not (out / "predictions" / "b.fskp.npz").exists()
     assert not (out / "predictions" / "keypoints_coco.json").exists()     # no joint file over a part of the videos
     monkeypatch.setattr(jobs.inference, "predict_frames", real)
@@ -136,7 +149,7 @@ def test_a_failed_video_leaves_the_finished_ones_for_the_next_run(checkpoint, tm
     assert "1 of 2 video(s) already predicted" in said and "kept: a.mp4" in said
     assert len(coco_frames(out)) == 16
     assert predict(checkpoint, [videos], out, "--overwrite") == 0             # --overwrite: both again
-    assert "video 2/2" in capsys.readouterr().out
+    assert "videos 2/2: b.mp4" in capsys.readouterr().out
 
 
 def test_video_paths_that_cannot_be_predicted_are_refused_by_name(checkpoint, tmp_path, capsys):

@@ -118,7 +118,7 @@ def run(args) -> int:
         calibration_file = path.parent / CALIBRATION_FILE if calibration else None
         settings = prediction_settings(path, calibration_file, crop, args.frame_step, args.tta, args.pcutoff,
                                        not args.no_overlay)
-        preds, outputs = predict_videos(videos, out, settings, predict, write, overwrite=args.overwrite)
+        preds, outputs = predict_videos(videos, out, settings, predict, write, args.frame_step, args.overwrite)
     else:
         preds = predict([args.images])
         outputs = write(preds)
@@ -128,13 +128,14 @@ def run(args) -> int:
     return 0
 
 
-def predict_videos(videos, out, settings: dict, predict, write, overwrite: bool = False):
-    """(the predictions of all ``videos``, every file written for them): each video predicted and its files
-    written (``write(preds, joint=False)``) in turn, unless ``out`` holds it with these ``settings`` already
-    (``kept_predictions``; ``overwrite``: predict every one); then the files of all frames together."""
+def predict_videos(videos, out, settings: dict, predict, write, frame_step: int = 1, overwrite: bool = False):
+    """(the predictions of all ``videos``, every file written for them): the videos predicted a group at a time
+    (``video_groups``), each video's files written (``write(preds, joint=False)``) and kept as its group
+    finishes, unless ``out`` holds it with these ``settings`` already (``kept_predictions``; ``overwrite``:
+    predict every one); then the files of all frames together."""
     import sys
 
-    from jobs.labeling.analysed import keep_predictions, kept_predictions
+    from jobs.labeling.analysed import keep_predictions, kept_predictions, split_by_video, video_groups
 
     done: dict = {}                                       # video -> (predictions, its files)
     again: dict[str, list[str]] = {}                      # why a video is predicted again -> its videos
@@ -152,21 +153,30 @@ def predict_videos(videos, out, settings: dict, predict, write, overwrite: bool 
         print(f"{len(done)} of {len(videos)} video(s) already predicted in {out} with this checkpoint and these "
               f"settings, kept: {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''} "
               f"(--overwrite predicts them again)", flush=True)
-    for n, video in enumerate(todo, 1):
+    groups = video_groups(todo, frame_step)
+    for n, group in enumerate(groups, 1):
+        names = ", ".join(v.name for v in group[:3]) + (f" and {len(group) - 3} more" if len(group) > 3 else "")
         if len(videos) > 1:
-            print(f"video {n}/{len(todo)}: {video}", flush=True)
+            print(f"videos {n}/{len(groups)}: {names}", flush=True)
         try:
-            preds = predict([video])
-            files = write(preds, joint=False)
-            keep_predictions(out, video, settings, preds, files)
+            predicted = split_by_video(predict(group))
+            for video in group:
+                if str(video) not in predicted:
+                    print(f"{video}: no frame could be decoded; nothing written for it", flush=True)
+                    continue
+                preds = predicted[str(video)]
+                files = write(preds, joint=False)
+                keep_predictions(out, video, settings, preds, files)
+                done[video] = (preds, files)
         except BaseException:
             if done:
-                print(f"stopped at {video}: {len(done)} of the {len(videos)} videos are predicted in {out} and kept; "
+                print(f"stopped at {names}: {len(done)} of the {len(videos)} videos are predicted in {out} and kept; "
                       f"the same command goes on with the rest", file=sys.stderr, flush=True)
             raise
-        done[video] = (preds, files)
+    if not done:
+        raise ValueError(f"{', '.join(map(str, videos))}: no frame could be decoded")
     combined, outputs = None, {}
-    for video in videos:                                   # in the order given: sorted paths
+    for video in (v for v in videos if v in done):         # in the order given: sorted paths
         preds, files = done[video]
         combined = preds if combined is None else combined.concat(preds)
         outputs.update(files)

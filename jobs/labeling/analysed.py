@@ -20,6 +20,10 @@ from pipeline.atomic import atomic_path
 from pipeline.frame_ids import FrameIds
 
 RECORD_SUFFIX = ".fskp.npz"
+#: videos are predicted in groups of at least this many frames (5 minutes at 30 frames/s), each group's files
+#: written and kept as it finishes: one start of the model actors (about 10 s on a 2-core CPU) for many short
+#: videos, and at most a group lost to a failure
+GROUP_FRAMES = 9_000
 
 
 def video_files(sources: Sequence[str | Path]) -> list[Path]:
@@ -51,6 +55,35 @@ def video_files(sources: Sequence[str | Path]) -> list[Path]:
         raise ValueError(f"{' and '.join(same)}: videos of the same name, whose files would overwrite each other "
                          f"in one output folder; predict them into different --out folders")
     return [found[k] for k in sorted(found)]
+
+
+def video_groups(videos: Sequence[Path], frame_step: int = 1, frames: int | None = None) -> list[list[Path]]:
+    """``videos`` in consecutive groups of at least ``frames`` frames to predict (default ``GROUP_FRAMES``; the
+    last group: what is left), so that many short videos share one start of the model actors and a long one is a
+    group of its own."""
+    from pipeline.pool import video_length
+
+    frames = frames or GROUP_FRAMES
+    groups: list[list[Path]] = [[]]
+    total = 0
+    for video in videos:
+        if total >= frames:
+            groups.append([])
+            total = 0
+        groups[-1].append(video)
+        total += -(-video_length(video) // frame_step)
+    return [g for g in groups if g]
+
+
+def split_by_video(preds: Predictions) -> dict[str, Predictions]:
+    """The predictions of several videos (``predict_frames``'s: ids a FrameIds), one Predictions per video (its
+    arrays views of the given ones), keyed by the video's path as given to ``predict_frames``."""
+    out = {}
+    for path, rows in preds.ids.spans():
+        out[path] = Predictions(ids=preds.ids.take(np.arange(rows.start, rows.stop)), keypoints=preds.keypoints[rows],
+                                uncertainty=preds.uncertainty[rows], embedding=preds.embedding[rows],
+                                ok=preds.ok[rows], spread=None if preds.spread is None else preds.spread[rows])
+    return out
 
 
 def record_path(out: Path, video: Path) -> Path:
@@ -106,8 +139,9 @@ def keep_predictions(out: Path, video: Path, settings: dict, preds: Predictions,
     """Write the record of one video's predictions (``preds``, from ``predict_frames``: its ids a FrameIds) and
     files (``outputs``), atomically: the last step of a video's outputs, so a record exists only beside
     complete files."""
-    arrays = {"numbers": preds.ids.frame_numbers(), "keypoints": np.asarray(preds.keypoints), "uncertainty": np.asarray(preds.uncertainty),
-              "embedding": np.asarray(preds.embedding), "ok": np.asarray(preds.ok)}
+    arrays = {"numbers": preds.ids.frame_numbers(), "keypoints": np.asarray(preds.keypoints),
+              "uncertainty": np.asarray(preds.uncertainty), "embedding": np.asarray(preds.embedding),
+              "ok": np.asarray(preds.ok)}
     if preds.spread is not None:
         arrays["spread"] = np.asarray(preds.spread)
     meta = {"video": _file_state(video), "settings": settings, "outputs": outputs}
