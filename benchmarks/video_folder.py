@@ -1,6 +1,7 @@
 """A lab's folder of videos predicted week after week: `fskp predict --video FOLDER` three times, as a user runs
-it -- on the folder, again after one new video was added, and again with nothing new -- with the wall time of
-each run and what it predicted (jobs/labeling/analysed.py keeps each predicted video beside its files).
+it -- on the folder, again after one new video was added, again with nothing new, and with --overwrite (every
+video again: what each run cost before a run kept what it predicted) -- with the wall time of each run and what
+it predicted (jobs/labeling/analysed.py keeps each predicted video beside its files).
 
 Videos: ``--videos`` generated 640x480, 30 frames/s H.264 clips of ``--seconds`` each (benchmarks/video_speed.py's
 ``write_video``); the model: `fskp label`'s architecture with untrained weights, or ``--checkpoint``.  Prints
@@ -22,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_speed import FPS, REPO, untrained_checkpoint, write_video  # noqa: E402
 
 
-def predict(checkpoint: Path, folder: Path, out: Path) -> tuple[float, str]:
+def predict(checkpoint: Path, folder: Path, out: Path, *extra: str) -> tuple[float, str]:
     """(wall seconds, output) of one `fskp predict --video FOLDER` in its own process."""
     t0 = time.time()
     run = subprocess.run([sys.executable, "-m", "jobs.cli", "predict", "--checkpoint", str(checkpoint), "--video",
-                          str(folder), "--out", str(out), "--no-overlay"], cwd=REPO, capture_output=True, text=True)
+                          str(folder), "--out", str(out), "--no-overlay", *extra], cwd=REPO, capture_output=True,
+                         text=True)
     if run.returncode:
         sys.exit(f"fskp predict failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     return time.time() - t0, run.stdout
@@ -49,10 +51,10 @@ def main() -> None:
     newest = newest.rename(work / newest.name)                      # added to the folder "next week"
     checkpoint = Path(args.checkpoint) if args.checkpoint else untrained_checkpoint(work / "untrained.pt")
     print(f"{args.videos} videos of {frames} frames (640x480), then one more; {work}", flush=True)
-    for what in ("the folder", "after one new video", "with nothing new"):
+    for what in ("the folder", "after one new video", "with nothing new", "all again (--overwrite)"):
         if what == "after one new video":
             newest.rename(folder / newest.name)
-        took, said = predict(checkpoint, folder, out)
+        took, said = predict(checkpoint, folder, out, *(["--overwrite"] if "overwrite" in what else []))
         kept = re.search(r"(\d+) of (\d+) video\(s\) already predicted", said)
         total = int(kept.group(2)) if kept else len(list(folder.glob("*.mp4")))
         predicted = total - (int(kept.group(1)) if kept else 0)

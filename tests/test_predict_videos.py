@@ -91,11 +91,12 @@ def test_a_folder_of_videos_is_predicted_once_then_only_what_is_new(checkpoint, 
     assert (out / "predictions" / "wednesday.csv").is_file()
     assert len(coco_frames(out)) == 28 and any(f.startswith("wednesday.mp4#") for f in coco_frames(out))
     # the kept predictions are the ones written: the CSV's coordinates read back from the record
-    from jobs.labeling.analysed import kept_predictions, prediction_settings
+    from jobs.labeling.analysed import kept_files, kept_predictions, prediction_settings
 
     settings = prediction_settings(checkpoint, None, None, 1, False, 0.6, False)
-    kept, files, why = kept_predictions(out, videos / "monday.mp4", settings)
+    files, why = kept_files(out, videos / "monday.mp4", settings)
     assert why == "" and files["dlc_csv:monday"] == str(monday_csv)
+    kept = kept_predictions(out, videos / "monday.mp4")
     rows = np.loadtxt(monday_csv, delimiter=",", skiprows=3)[:, 1:].reshape(12, -1, 3)
     assert np.ptp(rows[..., 0], axis=0).max() > 1.0                          # frames differ
     np.testing.assert_allclose(rows[..., :2] + 0.5, kept.keypoints, atol=1e-3)  # DeepLabCut: pixel centres at 0
@@ -107,7 +108,7 @@ def test_a_folder_of_videos_is_predicted_once_then_only_what_is_new(checkpoint, 
     said = capsys.readouterr().out
     assert "predicting again monday.mp4: the video changed since" in said and "2 of 3 video(s) already" in said
     assert len(np.loadtxt(monday_csv, delimiter=",", skiprows=3)) == 10
-    assert kept_predictions(out, videos / "day2" / "tuesday.mp4", {**settings, "frame_step": 2})[2] == \
+    assert kept_files(out, videos / "day2" / "tuesday.mp4", {**settings, "frame_step": 2})[1] == \
         "predicted before with other frame_step"
 
 

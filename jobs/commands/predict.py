@@ -135,14 +135,15 @@ def predict_videos(videos, out, settings: dict, predict, write, frame_step: int 
     predict every one); then the files of all frames together."""
     import sys
 
-    from jobs.labeling.analysed import keep_predictions, kept_predictions, split_by_video, video_groups
+    from jobs.labeling.analysed import combined_predictions, keep_predictions, kept_files, split_by_video, \
+        video_groups
 
-    done: dict = {}                                       # video -> (predictions, its files)
+    done: dict = {}                                       # video -> its files
     again: dict[str, list[str]] = {}                      # why a video is predicted again -> its videos
     for video in videos:
-        preds, files, why = (None, {}, "") if overwrite else kept_predictions(out, video, settings)
-        if preds is not None:
-            done[video] = (preds, files)
+        files, why = (None, "") if overwrite else kept_files(out, video, settings)
+        if files is not None:
+            done[video] = files
         elif why:
             again.setdefault(why, []).append(video.name)
     for why, names in again.items():
@@ -167,7 +168,7 @@ def predict_videos(videos, out, settings: dict, predict, write, frame_step: int 
                 preds = predicted[str(video)]
                 files = write(preds, joint=False)
                 keep_predictions(out, video, settings, preds, files)
-                done[video] = (preds, files)
+                done[video] = files
         except BaseException:
             if done:
                 print(f"stopped at {names}: {len(done)} of the {len(videos)} videos are predicted in {out} and kept; "
@@ -175,10 +176,8 @@ def predict_videos(videos, out, settings: dict, predict, write, frame_step: int 
             raise
     if not done:
         raise ValueError(f"{', '.join(map(str, videos))}: no frame could be decoded")
-    combined, outputs = None, {}
-    for video in (v for v in videos if v in done):         # in the order given: sorted paths
-        preds, files = done[video]
-        combined = preds if combined is None else combined.concat(preds)
-        outputs.update(files)
+    finished = [v for v in videos if v in done]          # in the order given: sorted paths
+    combined = combined_predictions(out, finished)
+    outputs = {name: path for video in finished for name, path in done[video].items()}
     outputs.update(write(combined, per_source=False))
     return combined, outputs

@@ -1,11 +1,12 @@
 """The videos an output folder already holds predictions of: `fskp predict --video` skips them on the next run.
 
 A lab's folder of videos grows every week; predicting it again predicts only the new videos, and a run stopped
-on its tenth video keeps the nine before it.  Each predicted video leaves ``predictions/<stem>.fskp.npz`` beside
-its other files, written last: what was predicted of each frame (the arrays of ``Predictions``, no likelihood:
-that is recomputed from them) and, as JSON, the video's size and modification time, the settings that shaped
-the files (checkpoint, calibration, crop, frame step, test-time crops, overlay and its pcutoff) and the files written.
-A video counts as predicted when its record matches all of these and every file it lists still exists.
+part way keeps the videos it finished (videos are predicted in groups, ``video_groups``).  Each predicted video
+leaves ``predictions/<stem>.fskp.npz`` beside its other files, written last: what was predicted of each frame (the
+arrays of ``Predictions``; no likelihood, it is recomputed from them) and, as JSON, the video's size and
+modification time, the settings that shaped the files (checkpoint, calibration, crop, frame step, test-time
+crops, overlay and its pcutoff) and the files written.  A video counts as predicted when its record matches all
+of these and every file it lists still exists.
 """
 from __future__ import annotations
 
@@ -107,31 +108,67 @@ def prediction_settings(checkpoint: Path, calibration: Path | None, crop, frame_
             "pcutoff": float(pcutoff) if overlay else None}          # a video's own files use it in overlays only
 
 
-def kept_predictions(out: Path, video: Path, settings: dict) -> tuple[Predictions | None, dict, str]:
-    """(the video's predictions, the files they were written to, "") when ``out`` holds them under these
-    ``settings``; else (None, {}, why not: "" when there is no record)."""
+def kept_files(out: Path, video: Path, settings: dict) -> tuple[dict[str, str] | None, str]:
+    """(the files a video's predictions were written to, "") when ``out`` holds them under these ``settings``;
+    else (None, why not: "" when there is no record).  Reads the record's JSON only."""
     path = record_path(out, video)
     if not path.is_file():
-        return None, {}, ""
+        return None, ""
     try:
         with np.load(path) as saved:
             meta = json.loads(str(saved["meta"]))
-            arrays = {k: saved[k] for k in saved.files if k != "meta"}
     except (OSError, ValueError, KeyError) as e:
-        return None, {}, f"its record {path} cannot be read ({e})"
+        return None, f"its record {path} cannot be read ({e})"
     if meta.get("video") != _file_state(video):
-        return None, {}, "the video changed since (size or modification time), or another video has its name"
+        return None, "the video changed since (size or modification time), or another video has its name"
     changed = [k for k in settings if meta.get("settings", {}).get(k) != settings[k]]
     if changed:
-        return None, {}, f"predicted before with other {', '.join(changed)}"
+        return None, f"predicted before with other {', '.join(changed)}"
     missing = [p for p in meta["outputs"].values() if not Path(p).exists()]
     if missing:
-        return None, {}, f"{missing[0]} is gone"
+        return None, f"{missing[0]} is gone"
+    return dict(meta["outputs"]), ""
+
+
+def kept_predictions(out: Path, video: Path) -> Predictions:
+    """A video's predictions as its record in ``out`` keeps them (in memory: one video's)."""
+    with np.load(record_path(out, video)) as saved:
+        arrays = {k: saved[k] for k in saved.files if k != "meta"}
     ids = FrameIds()
     ids.add_video_frames(str(video), arrays["numbers"])
-    preds = Predictions(ids=ids, keypoints=arrays["keypoints"], uncertainty=arrays["uncertainty"],
-                        embedding=arrays["embedding"], ok=arrays["ok"], spread=arrays.get("spread"))
-    return preds, dict(meta["outputs"]), ""
+    return Predictions(ids=ids, keypoints=arrays["keypoints"], uncertainty=arrays["uncertainty"],
+                       embedding=arrays["embedding"], ok=arrays["ok"], spread=arrays.get("spread"))
+
+
+def combined_predictions(out: Path, videos: Sequence[Path]) -> Predictions:
+    """The kept predictions of ``videos`` (each with a record in ``out``) one after another, in file-backed
+    arrays (jobs/inference.py ``spill_array``) filled a video at a time: a folder of many hours is not held in
+    memory."""
+    from jobs.inference import spill_array
+
+    lengths = []
+    for video in videos:
+        with np.load(record_path(out, video)) as saved:
+            lengths.append(len(saved["ok"]))
+    ids, arrays, row = FrameIds(), {}, 0
+    for video, n in zip(videos, lengths):
+        part = kept_predictions(out, video)
+        fields = {"keypoints": part.keypoints, "uncertainty": part.uncertainty, "embedding": part.embedding,
+                  "ok": part.ok, "spread": part.spread}
+        for name, value in fields.items():
+            if value is None:
+                continue
+            if name not in arrays:
+                arrays[name] = spill_array((sum(lengths), *value.shape[1:]), value.dtype)
+                if name == "spread":
+                    arrays[name][:row] = np.nan
+            arrays[name][row:row + n] = value
+        if part.spread is None and "spread" in arrays:
+            arrays["spread"][row:row + n] = np.nan
+        ids.add_video_frames(str(video), part.ids.frame_numbers())
+        row += n
+    return Predictions(ids=ids, keypoints=arrays["keypoints"], uncertainty=arrays["uncertainty"],
+                       embedding=arrays["embedding"], ok=arrays["ok"], spread=arrays.get("spread"))
 
 
 def keep_predictions(out: Path, video: Path, settings: dict, preds: Predictions,
