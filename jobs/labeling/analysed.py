@@ -22,8 +22,8 @@ from pipeline.frame_ids import FrameIds
 
 RECORD_SUFFIX = ".fskp.npz"
 #: videos are predicted in groups of at least this many frames (5 minutes at 30 frames/s), each group's files
-#: written and kept as it finishes: one start of the model actors (about 10 s on a 2-core CPU) for many short
-#: videos, and at most a group lost to a failure
+#: written and kept as it finishes: one start of the model actors for many short videos, and at most a group
+#: lost to a failure
 GROUP_FRAMES = 9_000
 
 
