@@ -6,10 +6,10 @@ likelihood), predictions/keypoints_coco.json, overlay/ and suggestions, as fskp 
 extra also DeepLabCut's HDF5 files (predictions/<video>DLC_fskp_fskp.h5, predictions/labeled-data/<folder>/
 machinelabels-iter0.h5) and an NWB file (ndx-pose) per folder or video (predictions/<name>.nwb).
 
-Videos (files or folders of them) are predicted one at a time, each video's files written as it finishes; a
-video the output folder already holds with the same checkpoint and settings is kept, not predicted again
-(jobs/labeling/analysed.py): a folder that gains videos every week is predicted anew only for the new ones, and
-a run stopped part way keeps the videos it finished.  The COCO JSON and the suggestions cover all the videos.
+Videos (files or folders of them) are predicted a group at a time, each video's files written as its group
+finishes; a video the output folder already holds with the same checkpoint and settings is kept, not predicted
+again (jobs/labeling/analysed.py): a folder that gains videos every week is predicted anew only for the new
+ones, and a run stopped part way keeps the videos it finished.  The COCO JSON and the suggestions cover all the videos.
 
   fskp predict --run RUN_ID --video session2.mp4 --out out/session2
   fskp predict --run RUN_ID --video videos/ --out out/videos          # again next week: only the new videos
@@ -131,7 +131,7 @@ def run(args) -> int:
 def predict_videos(videos, out, settings: dict, predict, write, frame_step: int = 1, overwrite: bool = False):
     """(the predictions of all ``videos``, every file written for them): the videos predicted a group at a time
     (``video_groups``), each video's files written (``write(preds, joint=False)``) and kept as its group
-    finishes, unless ``out`` holds it with these ``settings`` already (``kept_predictions``; ``overwrite``:
+    finishes, unless ``out`` holds it with these ``settings`` already (``kept_files``; ``overwrite``:
     predict every one); then the files of all frames together."""
     import sys
 
@@ -150,13 +150,11 @@ def predict_videos(videos, out, settings: dict, predict, write, frame_step: int 
         print(f"predicting again {', '.join(names)}: {why}", flush=True)
     todo = [v for v in videos if v not in done]
     if done:
-        names = [v.name for v in done]
         print(f"{len(done)} of {len(videos)} video(s) already predicted in {out} with this checkpoint and these "
-              f"settings, kept: {', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''} "
-              f"(--overwrite predicts them again)", flush=True)
+              f"settings, kept: {_some(list(done), 5)} (--overwrite predicts them again)", flush=True)
     groups = video_groups(todo, frame_step)
     for n, group in enumerate(groups, 1):
-        names = ", ".join(v.name for v in group[:3]) + (f" and {len(group) - 3} more" if len(group) > 3 else "")
+        names = _some(group, 3)
         if len(videos) > 1:
             print(f"videos {n}/{len(groups)}: {names}", flush=True)
         try:
@@ -181,3 +179,9 @@ def predict_videos(videos, out, settings: dict, predict, write, frame_step: int 
     outputs = {name: path for video in finished for name, path in done[video].items()}
     outputs.update(write(combined, per_source=False))
     return combined, outputs
+
+
+def _some(videos, most: int) -> str:
+    """The first ``most`` videos' names, and how many more."""
+    names = ", ".join(v.name for v in videos[:most])
+    return names + (f" and {len(videos) - most} more" if len(videos) > most else "")

@@ -31,12 +31,12 @@ def video_files(sources: Sequence[str | Path]) -> list[Path]:
     """The videos of ``sources`` (video files, or folders: the videos in them, searched recursively), sorted,
     each once.  A missing path, a folder without a video, a file that is not a video or two videos of the same
     name (stem) is an error naming them."""
-    from pipeline.pool import VIDEO_SUFFIXES
+    from pipeline.pool import VIDEO_SUFFIXES, pool_files
 
     found: dict[str, Path] = {}
     for source in map(Path, sources):
         if source.is_dir():
-            videos = [f for f in source.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES]
+            videos = [f for f in pool_files([source]) if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES]
             if not videos:
                 raise FileNotFoundError(f"{source}: no video in this folder (looked for "
                                         f"{', '.join(sorted(VIDEO_SUFFIXES))}); images go to --images")
@@ -155,16 +155,11 @@ def combined_predictions(out: Path, videos: Sequence[Path]) -> Predictions:
         part = kept_predictions(out, video)
         fields = {"keypoints": part.keypoints, "uncertainty": part.uncertainty, "embedding": part.embedding,
                   "ok": part.ok, "spread": part.spread}
-        for name, value in fields.items():
-            if value is None:
-                continue
-            if name not in arrays:
-                arrays[name] = spill_array((sum(lengths), *value.shape[1:]), value.dtype)
-                if name == "spread":
-                    arrays[name][:row] = np.nan
-            arrays[name][row:row + n] = value
-        if part.spread is None and "spread" in arrays:
-            arrays["spread"][row:row + n] = np.nan
+        for name, value in fields.items():          # a spread in every record or none: tta is a kept setting
+            if value is not None:
+                if name not in arrays:
+                    arrays[name] = spill_array((sum(lengths), *value.shape[1:]), value.dtype)
+                arrays[name][row:row + n] = value
         ids.add_video_frames(str(video), part.ids.frame_numbers())
         row += n
     return Predictions(ids=ids, keypoints=arrays["keypoints"], uncertainty=arrays["uncertainty"],
