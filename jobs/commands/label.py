@@ -107,24 +107,26 @@ def run(args) -> int:
     from jobs.commands.train import job_kwargs, resolve_init
     from jobs.labeling.inputs import read_dlc_project, read_images, read_slp_project, read_video
     from jobs.labeling.job import label
+    from pipeline.atomic import folder_lock
     from pipeline.card import load_card
 
     card = load_card(args.card) if args.card else None
-    if args.project:
-        inp = read_dlc_project(args.project, links=args.links)
-    elif args.slp:
-        inp = read_slp_project(args.slp, Path(args.out) / "work", links=args.links)
-    else:
-        if not args.labels:
-            raise ValueError("--images and --video need --labels (COCO keypoints JSON or DeepLabCut CSV)")
-        inp = read_images(args.images, args.labels, card, args.links) if args.images else \
-            read_video(args.video, args.labels, Path(args.out) / "work", card, args.links)
+    if not (args.project or args.slp or args.labels):
+        raise ValueError("--images and --video need --labels (COCO keypoints JSON or DeepLabCut CSV)")
+    # inputs that are read in place are checked before the output folder is made; a SLEAP project's or a
+    # video's frames are extracted into it, under its lock
+    inp = read_dlc_project(args.project, links=args.links) if args.project else \
+        read_images(args.images, args.labels, card, args.links) if args.images else None
     options = {**job_kwargs(args), "variant": args.variant, "unlabeled_batch": args.unlabeled_batch,
                "rotation_deg": args.rotation, "flip_p": args.flip, "lr_schedule": LABEL_DEFAULTS["lr_schedule"],
                "init_from": resolve_init(args.init_from, args.tracking_uri)}
-    result = label(inp, args.out, shots=args.shots, frames=parse_frames(args.frames), crop=parse_crop(args.crop),
-                   margin=args.margin, job_options=options, overlay=not args.no_overlay,
-                   suggestions=args.suggestions, suggest_by=args.suggest_by, tta=not args.no_tta)
+    with folder_lock(args.out, "fskp label"):                 # two runs into one folder would mix their files
+        if inp is None:
+            inp = read_slp_project(args.slp, Path(args.out) / "work", links=args.links) if args.slp else \
+                read_video(args.video, args.labels, Path(args.out) / "work", card, args.links)
+        result = label(inp, args.out, shots=args.shots, frames=parse_frames(args.frames), crop=parse_crop(args.crop),
+                       margin=args.margin, job_options=options, overlay=not args.no_overlay,
+                       suggestions=args.suggestions, suggest_by=args.suggest_by, tta=not args.no_tta)
     print(f"MLflow run {result.run_id}; checkpoint {result.checkpoint}")
     for name, path in sorted(result.outputs.items()):
         print(f"  {name:28s} {path}")

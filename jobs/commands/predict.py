@@ -60,6 +60,7 @@ def run(args) -> int:
     from jobs.labeling.confidence import find_calibration
     from jobs.labeling.job import INDIVIDUALS_FILE
     from jobs.labeling.outputs import write_outputs
+    from pipeline.atomic import folder_lock
     from pipeline.converters.coco import card_from_keypoints
 
     ckpt, crop = args.checkpoint, parse_crop(args.crop)
@@ -114,14 +115,15 @@ def run(args) -> int:
         return write_outputs(card, preds, out, overlay=not args.no_overlay, n_suggestions=args.suggestions,
                              suggest_by=args.suggest_by, pcutoff=args.pcutoff, relative=relative,
                              calibration=calibration, individuals=individuals, **parts)
-    if videos:
-        calibration_file = path.parent / CALIBRATION_FILE if calibration else None
-        settings = prediction_settings(path, calibration_file, crop, args.frame_step, args.tta, args.pcutoff,
-                                       not args.no_overlay)
-        preds, outputs = predict_videos(videos, out, settings, predict, write, args.frame_step, args.overwrite)
-    else:
-        preds = predict([args.images])
-        outputs = write(preds)
+    with folder_lock(out, "fskp predict"):        # a second run into --out waits for none: it is refused
+        if videos:
+            calibration_file = path.parent / CALIBRATION_FILE if calibration else None
+            settings = prediction_settings(path, calibration_file, crop, args.frame_step, args.tta, args.pcutoff,
+                                           not args.no_overlay)
+            preds, outputs = predict_videos(videos, out, settings, predict, write, args.frame_step, args.overwrite)
+        else:
+            preds = predict([args.images])
+            outputs = write(preds)
     print(f"predicted {int(preds.ok.sum())} frames ({int((~preds.ok).sum())} unreadable)")
     for name, p in sorted(outputs.items()):
         print(f"  {name:28s} {p}")
