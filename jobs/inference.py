@@ -263,7 +263,7 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
 
     from jobs.raystart import start_ray
     from jobs.resources import cluster_nodes, starvation_report
-    from jobs.watchdog import watched
+    from jobs.watchdog import time_left, watched
     from pipeline.pool import pool_dataset
 
     state = torch.load(Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else checkpoint,
@@ -311,7 +311,8 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
         done += len(rows)
         if progress and (time.time() - last > 5 or done == total):
             last = time.time()
-            print(f"predicted {done}/{total} frames  {done / max(last - t0, 1e-9):.1f} frames/s",
+            rate = done / max(last - t0, 1e-9)
+            print(f"predicted {done}/{total} frames  {rate:.1f} frames/s  {time_left(total - done, rate)}".rstrip(),
                   file=sys.stderr, flush=True)
     if embedding is None:
         raise ValueError(f"{', '.join(map(str, sources))}: no frame to predict")

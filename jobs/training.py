@@ -451,6 +451,8 @@ def _log_losses(job: TrainJob, mlflow_run_id: str, losses: dict, done: int, rate
                 rank: int, extra: dict | None = None) -> dict:
     """The losses as floats (a host sync: log steps only), checked finite; rank 0 prints and logs them with
     ``extra`` metrics (e.g. the edge map's weight)."""
+    from jobs.watchdog import time_left
+
     values = {k: float(v) for k, v in losses.items()}
     if not all(math.isfinite(v) for v in values.values()):
         bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
@@ -460,7 +462,7 @@ def _log_losses(job: TrainJob, mlflow_run_id: str, losses: dict, done: int, rate
     if rank == 0:
         terms = {k: v for k, v in values.items() if v != 0.0 or k in ("loss", "few_shot")}   # the variant's terms
         say(f"step {done}/{job.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in terms.items())
-            + f"  {rate:.2f} it/s")
+            + f"  {rate:.2f} it/s  {time_left(job.iterations - done, rate, of='training')}".rstrip())
         log_to_mlflow(job.tracking_uri, mlflow_run_id, metrics, done)
     return metrics
 

@@ -65,3 +65,15 @@ def watched(items: Iterable[T], *, timeout_s: float, what: str, explain: Callabl
             yield item
     finally:
         stop.set()
+
+
+def time_left(remaining: float, rate: float, of: str = "") -> str:
+    """What a progress line says of the work still to do: ``remaining`` units at ``rate`` units/s, e.g.
+    "about 1 h 32 min left", "about 4 min of training left" (``of="training"``), "under a minute left"; "" when
+    nothing is left or no rate is known."""
+    if remaining <= 0 or rate <= 0:
+        return ""
+    minutes, of = round(remaining / rate / 60), f" of {of}" if of else ""
+    if minutes < 1:
+        return f"under a minute{of} left"
+    return f"about {minutes // 60} h {minutes % 60} min{of} left" if minutes >= 60 else f"about {minutes} min{of} left"

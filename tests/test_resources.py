@@ -80,6 +80,15 @@ def test_watchdog_passes_items_and_errors_through_and_stops_a_stall():
     assert time.time() - t0 < 5
 
 
+def test_progress_lines_say_how_long_is_left():
+    from jobs.watchdog import time_left
+
+    assert time_left(108_000 - 1_800, 17.5) == "about 1 h 41 min left"          # an hour-long video at 17.5 frames/s
+    assert time_left(540, 0.2, of="training") == "about 45 min of training left"
+    assert time_left(20, 1.0) == "under a minute left"
+    assert time_left(0, 17.5) == "" and time_left(100, 0.0) == ""                # done, or no rate yet
+
+
 # ---- refused before Ray starts -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
