@@ -308,12 +308,14 @@ def predict_views(checkpoint: str | Path, sources: Sequence[str | Path],
             embedding = spill_array((total, b["embedding"].shape[1]), np.float16)
         keypoints[rows], uncertainty[rows], embedding[rows] = b["keypoints"], b["uncertainty"], b["embedding"]
         ok[rows], filled[rows] = b["ok"].astype(bool), True
+        if not done:
+            first = (time.time(), len(rows))        # the time left goes by the rate after the start-up
         done += len(rows)
         if progress and (time.time() - last > 5 or done == total):
             last = time.time()
-            rate = done / max(last - t0, 1e-9)
-            print(f"predicted {done}/{total} frames  {rate:.1f} frames/s  {time_left(total - done, rate)}".rstrip(),
-                  file=sys.stderr, flush=True)
+            since = (done - first[1]) / (last - first[0]) if done > first[1] else 0.0
+            print(f"predicted {done}/{total} frames  {done / max(last - t0, 1e-9):.1f} frames/s  "
+                  f"{time_left(total - done, since)}".rstrip(), file=sys.stderr, flush=True)
     if embedding is None:
         raise ValueError(f"{', '.join(map(str, sources))}: no frame to predict")
     keypoints[np.flatnonzero(filled & ~ok)] = np.nan

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,11 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
                    f"since {holder.get('since', '?')})")
             raise FileExistsError(f"{folder} is being written by another {who}: wait for it to finish, or give "
                                   f"another output folder") from None
+        except OSError as e:                                              # e.g. a network file system without locks
+            print(f"warning: cannot lock {folder} ({e.strerror}); another run into it at the same time would not be "
+                  f"refused", file=sys.stderr, flush=True)
+            yield folder
+            return
         record = json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(),
                              "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode()
         os.ftruncate(fd, 0)

@@ -60,3 +60,16 @@ def test_predict_and_label_into_a_folder_another_run_writes_are_refused_before_t
     assert main(["label", "--project", str(project), "--out", str(out), "--iterations", "2"]) == 2
     assert refused in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]       # the refused runs wrote nothing
+
+
+def test_a_file_system_without_locks_is_said_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with folder_lock(tmp_path / "out", "fskp predict") as folder:
+        (folder / "written.csv").write_text("x\n")
+    assert f"warning: cannot lock {tmp_path / 'out'} (No locks available)" in capsys.readouterr().err
+    assert (tmp_path / "out" / "written.csv").exists()
