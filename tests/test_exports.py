@@ -263,3 +263,37 @@ def test_overlay_video_has_every_frame_at_the_source_size_and_rate(tmp_path, w, 
     diff = [np.abs(a[:h, :w].astype(int) - b.astype(int)).mean() for a, b in zip(frames, source)]
     assert min(diff[:10]) > 2 * max(diff[10:])                        # frames 10, 11 are not in the dict: undrawn
     assert sorted(p.name for p in out.parent.iterdir()) == ["overlay.mp4"]
+
+
+def test_likelihood_strip_shows_each_parts_worst_stretch(tmp_path):
+    from pipeline.draw import STRIP_ROW, likelihood_colour, likelihood_strip
+
+    n, fps, pcutoff = 108_000, 30.0, 0.6                      # an hour at 30 frames/s: 90 frames a column
+    likelihood = np.lib.format.open_memmap(tmp_path / "likelihood.npy", "w+", np.float64, (n, 3))
+    likelihood[:] = 0.95
+    likelihood[40_000:42_000, 1] = 0.1                        # the second part lost for 67 s
+    likelihood[90_045, 2] = 0.2                               # one bad frame of the third part
+    likelihood[:180, 0] = np.nan                              # frames never decoded
+    image = likelihood_strip(["nose", "ear", "tail"], likelihood, np.arange(n), fps, pcutoff, "a.mp4")
+    left, top = 130, 22
+    assert image.shape == (top + 3 * STRIP_ROW + 30, left + 1200 + 70, 3)
+    pixel = lambda part, frame: tuple(image[top + part * STRIP_ROW + STRIP_ROW // 2, left + frame // 90])  # noqa: E731
+    good, bad, grey = (tuple(likelihood_colour(np.array(v), pcutoff)) for v in (0.95, 0.1, np.nan))
+    assert pixel(1, 41_000) == bad and pixel(0, 41_000) == good and pixel(1, 30_000) == good
+    assert pixel(2, 90_045) == tuple(likelihood_colour(np.array(0.2), pcutoff))   # one frame is not averaged away
+    assert pixel(2, 90_045)[0] > pixel(2, 90_045)[1] and good[1] > good[0]     # red under pcutoff, green above
+    assert pixel(0, 0) == grey and pixel(0, 200) == good
+
+
+@pytest.mark.parametrize("n", [7, 1200, 8193, 30_001])
+def test_lowest_per_column_is_each_columns_minimum_read_in_chunks(n):
+    from pipeline.draw import lowest_per_column
+
+    likelihood = np.random.default_rng(n).uniform(0, 1, (n, 2))
+    likelihood[n // 2] = np.nan
+    columns = min(1200, n)
+    starts, worst, below = lowest_per_column(likelihood, columns, 0.6)
+    ends = np.r_[starts[1:], n]
+    expected = np.array([np.fmin.reduce(likelihood[a:b], axis=0) for a, b in zip(starts, ends)])   # column by column
+    np.testing.assert_array_equal(worst, expected)
+    assert below.tolist() == (likelihood < 0.6).sum(axis=0).tolist()

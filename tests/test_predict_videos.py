@@ -57,6 +57,12 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def checkpoint_keypoints(checkpoint: Path) -> list[str]:
+    import torch
+
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["keypoint_names"]
+
+
 def predict(checkpoint: Path, videos, out: Path, *extra: str) -> int:
     from jobs.cli import main
 
@@ -80,6 +86,10 @@ def test_a_folder_of_videos_is_predicted_once_then_only_what_is_new(checkpoint, 
     monday_csv = out / "predictions" / "monday.csv"
     first = monday_csv.stat().st_mtime_ns
     assert (out / "predictions" / "monday.fskp.npz").is_file() and (out / "predictions" / "tuesday.fskp.npz").is_file()
+    from PIL import Image
+
+    with Image.open(out / "predictions" / "monday.likelihood.png") as strip:       # a row per body part
+        assert strip.width > 12 and strip.height > 14 * len(checkpoint_keypoints(checkpoint))
     assert len(coco_frames(out)) == 21
 
     # next week: one new video; the two of last week are kept as they are, the joint files cover all three

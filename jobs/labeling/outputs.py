@@ -73,6 +73,9 @@ def write_outputs(inp_or_card, preds, out: Path, *, overlay: bool = True, exclud
             write_slp_predictions(target, card.keypoints, card.links, key if is_video else ids,
                                   index if is_video else range(len(ids)), keypoints, group_likelihood)
             outputs[f"slp:{stem}"] = str(target)
+        if is_video:                                      # where tracking failed, at a glance
+            outputs[f"likelihood_png:{stem}"] = _likelihood_picture(card, key, pred_dir / f"{stem}.likelihood.png",
+                                                                    index, group_likelihood, pcutoff)
         if overlay:
             if is_video:
                 target = out / "overlay" / f"{stem}.mp4"
@@ -215,6 +218,20 @@ def _lab_outputs(card: Card, key: str, stem: str, is_video: bool, index: list, f
             description=f"keypoints of the images in {Path(key).name} predicted by fskp ({card.name}); frame i "
                         f"(source_video's file i) at i seconds, since images carry no time"))
     return out
+
+
+def _likelihood_picture(card: Card, video: str, path: Path, frame_numbers, likelihood, pcutoff: float) -> str:
+    """``path``: the video's likelihood over time (pipeline/draw.py ``likelihood_strip``), written atomically."""
+    from PIL import Image
+
+    from pipeline.atomic import atomic_path
+    from pipeline.draw import likelihood_strip
+
+    fps, _ = _video_timing(video)
+    with atomic_path(path) as tmp:
+        Image.fromarray(likelihood_strip(card.keypoints, likelihood, np.asarray(frame_numbers), fps, pcutoff,
+                                         Path(video).name)).save(tmp, format="PNG")
+    return str(path)
 
 
 def _video_timing(video: str) -> tuple[float, int]:
