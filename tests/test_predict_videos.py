@@ -97,6 +97,10 @@ def test_a_folder_of_videos_is_predicted_once_then_only_what_is_new(checkpoint, 
     assert predict(checkpoint, [videos], out) == 0
     said = capsys.readouterr().out
     assert "2 of 3 video(s) already predicted" in said and "videos 1/1: wednesday.mp4\n" in said
+    summary = json.loads((out / "predict.json").read_text())               # written last, for a scheduled job
+    assert summary["videos_predicted"] == [str(videos / "wednesday.mp4")] and summary["frames"] == 28
+    assert sorted(map(Path, summary["videos_kept"])) == [videos / "day2" / "tuesday.mp4", videos / "monday.mp4"]
+    assert summary["outputs"]["dlc_csv:monday"] == str(out / "predictions" / "monday.csv")
     assert monday_csv.stat().st_mtime_ns == first
     assert (out / "predictions" / "wednesday.csv").is_file()
     assert len(coco_frames(out)) == 28 and any(f.startswith("wednesday.mp4#") for f in coco_frames(out))
@@ -154,6 +158,7 @@ def test_a_failed_video_leaves_the_finished_ones_for_the_next_run(checkpoint, tm
     assert "stopped at b.mp4: 1 of the 2 videos are predicted" in capsys.readouterr().err
     assert (out / "predictions" / "a.fskp.npz").is_file() and not (out / "predictions" / "b.fskp.npz").exists()
     assert not (out / "predictions" / "keypoints_coco.json").exists()     # no joint file over a part of the videos
+    assert not (out / "predict.json").exists()                             # nor a summary of a run that stopped
     monkeypatch.setattr(jobs.inference, "predict_frames", real)
     assert predict(checkpoint, [videos], out) == 0
     said = capsys.readouterr().out

@@ -4,7 +4,9 @@ The crop is the one the model was trained with (the MLflow run's crop_box tag, w
 or --crop, or each frame's centred square.  Writes predictions/<folder or video>.csv (DeepLabCut x, y,
 likelihood), predictions/keypoints_coco.json, overlay/ and suggestions, as fskp label does; with the lab
 extra also DeepLabCut's HDF5 files (predictions/<video>DLC_fskp_fskp.h5, predictions/labeled-data/<folder>/
-machinelabels-iter0.h5) and an NWB file (ndx-pose) per folder or video (predictions/<name>.nwb).
+machinelabels-iter0.h5) and an NWB file (ndx-pose) per folder or video (predictions/<name>.nwb).  Last,
+predict.json: what was predicted and kept, the frames, the time taken and every file written; a run that did not
+finish leaves none (a scheduled job checks for it).
 
 Videos (files or folders of them) are predicted a group at a time, each video's files written as its group
 finishes; a video the output folder already holds with the same checkpoint and settings is kept, not predicted
@@ -17,6 +19,8 @@ ones, and a run stopped part way keeps the videos it finished.  The COCO JSON an
 """
 from __future__ import annotations
 
+#: what a finished run leaves in --out, written last (a run that did not finish has none)
+SUMMARY_FILE = "predict.json"
 HELP = "predict keypoints on image folders or videos with a trained model (Ray Data batch inference)"
 
 
@@ -50,6 +54,7 @@ def register(p):
 
 def run(args) -> int:
     import json
+    import time
     from pathlib import Path
 
     import torch
@@ -60,7 +65,7 @@ def run(args) -> int:
     from jobs.labeling.confidence import find_calibration
     from jobs.labeling.job import INDIVIDUALS_FILE
     from jobs.labeling.outputs import write_outputs
-    from pipeline.atomic import folder_lock
+    from pipeline.atomic import folder_lock, write_text_atomic
     from pipeline.converters.coco import card_from_keypoints
 
     ckpt, crop = args.checkpoint, parse_crop(args.crop)
@@ -115,15 +120,27 @@ def run(args) -> int:
         return write_outputs(card, preds, out, overlay=not args.no_overlay, n_suggestions=args.suggestions,
                              suggest_by=args.suggest_by, pcutoff=args.pcutoff, relative=relative,
                              calibration=calibration, individuals=individuals, **parts)
+    started = time.time()
     with folder_lock(out, "fskp predict"):        # a second run into --out waits for none: it is refused
+        (out / SUMMARY_FILE).unlink(missing_ok=True)                      # until this run has finished
         if videos:
             calibration_file = path.parent / CALIBRATION_FILE if calibration else None
             settings = prediction_settings(path, calibration_file, crop, args.frame_step, args.tta, args.pcutoff,
                                            not args.no_overlay)
-            preds, outputs = predict_videos(videos, out, settings, predict, write, args.frame_step, args.overwrite)
+            preds, outputs, kept = predict_videos(videos, out, settings, predict, write, args.frame_step,
+                                                  args.overwrite)
+            inputs = {"videos_predicted": [str(v) for v in videos if v not in kept],
+                      "videos_kept": [str(v) for v in kept]}
         else:
             preds = predict([args.images])
             outputs = write(preds)
+            inputs = {"images": str(args.images)}
+        summary = {"checkpoint": str(path), "crop": list(crop) if crop else None, **inputs,
+                   "frames": int(preds.ok.sum()), "unreadable": int((~preds.ok).sum()),
+                   "likelihood": calibration.describe() if calibration else "uncalibrated certainty",
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+                   "wall_s": round(time.time() - started, 1), "outputs": outputs}
+        write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))      # written last: the run finished
     print(f"predicted {int(preds.ok.sum())} frames ({int((~preds.ok).sum())} unreadable)")
     for name, p in sorted(outputs.items()):
         print(f"  {name:28s} {p}")
@@ -131,7 +148,8 @@ def run(args) -> int:
 
 
 def predict_videos(videos, out, settings: dict, predict, write, frame_step: int = 1, overwrite: bool = False):
-    """(the predictions of all ``videos``, every file written for them): the videos predicted a group at a time
+    """(the predictions of all ``videos``, every file written for them, the videos kept from an earlier run): the
+    videos predicted a group at a time
     (``video_groups``), each video's files written (``write(preds, joint=False)``) and kept as its group
     finishes, unless ``out`` holds it with these ``settings`` already (``kept_files``; ``overwrite``:
     predict every one); then the files of all frames together."""
@@ -141,11 +159,13 @@ def predict_videos(videos, out, settings: dict, predict, write, frame_step: int 
         video_groups
 
     done: dict = {}                                       # video -> its files
+    kept: list = []                                        # of them, those an earlier run predicted
     again: dict[str, list[str]] = {}                      # why a video is predicted again -> its videos
     for video in videos:
         files, why = (None, "") if overwrite else kept_files(out, video, settings)
         if files is not None:
             done[video] = files
+            kept.append(video)
         elif why:
             again.setdefault(why, []).append(video.name)
     for why, names in again.items():
@@ -180,7 +200,7 @@ def predict_videos(videos, out, settings: dict, predict, write, frame_step: int 
     combined = combined_predictions(out, finished)
     outputs = {name: path for video in finished for name, path in done[video].items()}
     outputs.update(write(combined, per_source=False))
-    return combined, outputs
+    return combined, outputs, kept
 
 
 def _some(videos, most: int) -> str:
