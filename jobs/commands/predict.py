@@ -121,7 +121,7 @@ def run(args) -> int:
                              suggest_by=args.suggest_by, pcutoff=args.pcutoff, relative=relative,
                              calibration=calibration, individuals=individuals, **parts)
     started = time.time()
-    with folder_lock(out, "fskp predict"):        # a second run into --out waits for none: it is refused
+    with folder_lock(out, "fskp predict"):        # one run at a time into --out: another is refused
         (out / SUMMARY_FILE).unlink(missing_ok=True)                      # until this run has finished
         if videos:
             calibration_file = path.parent / CALIBRATION_FILE if calibration else None
@@ -149,10 +149,9 @@ def run(args) -> int:
 
 def predict_videos(videos, out, settings: dict, predict, write, frame_step: int = 1, overwrite: bool = False):
     """(the predictions of all ``videos``, every file written for them, the videos kept from an earlier run): the
-    videos predicted a group at a time
-    (``video_groups``), each video's files written (``write(preds, joint=False)``) and kept as its group
-    finishes, unless ``out`` holds it with these ``settings`` already (``kept_files``; ``overwrite``:
-    predict every one); then the files of all frames together."""
+    videos predicted a group at a time (``video_groups``), each video's files written (``write(preds,
+    joint=False)``) and kept as its group finishes, unless ``out`` holds it with these ``settings`` already
+    (``kept_files``; ``overwrite``: predict every one); then the files of all frames together."""
     import sys
 
     from jobs.labeling.analysed import combined_predictions, keep_predictions, kept_files, split_by_video, \
