@@ -141,7 +141,7 @@ def run(args) -> int:
                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
                    "wall_s": round(time.time() - started, 1), "outputs": outputs}
         write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))      # written last: the run finished
-    print(f"predicted {int(preds.ok.sum())} frames ({int((~preds.ok).sum())} unreadable)")
+    print(f"predicted {summary['frames']} frames ({summary['unreadable']} unreadable)")
     for name, p in sorted(outputs.items()):
         print(f"  {name:28s} {p}")
     return 0
@@ -158,17 +158,16 @@ def predict_videos(videos, out, settings: dict, predict, write, frame_step: int 
         video_groups
 
     done: dict = {}                                       # video -> its files
-    kept: list = []                                        # of them, those an earlier run predicted
     again: dict[str, list[str]] = {}                      # why a video is predicted again -> its videos
     for video in videos:
         files, why = (None, "") if overwrite else kept_files(out, video, settings)
         if files is not None:
             done[video] = files
-            kept.append(video)
         elif why:
             again.setdefault(why, []).append(video.name)
     for why, names in again.items():
         print(f"predicting again {', '.join(names)}: {why}", flush=True)
+    kept = list(done)                                     # what an earlier run predicted, in the order given
     todo = [v for v in videos if v not in done]
     if done:
         print(f"{len(done)} of {len(videos)} video(s) already predicted in {out} with this checkpoint and these "

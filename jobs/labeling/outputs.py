@@ -227,23 +227,27 @@ def _likelihood_picture(card: Card, video: str, path: Path, frame_numbers, likel
     from pipeline.atomic import atomic_path
     from pipeline.draw import likelihood_strip
 
-    fps, _ = _video_timing(video)
+    fps = _video_rate(video)                             # its rate only: no frame count needed here
     with atomic_path(path) as tmp:
         Image.fromarray(likelihood_strip(card.keypoints, likelihood, np.asarray(frame_numbers), fps, pcutoff,
                                          Path(video).name)).save(tmp, format="PNG")
     return str(path)
 
 
-def _video_timing(video: str) -> tuple[float, int]:
-    """(frames per second, number of frames) of a video (30 fps when the container does not say)."""
+def _video_rate(video: str) -> float:
+    """Frames per second of a video (30 when the container does not say)."""
     import av
-
-    from pipeline.pool import video_length
 
     with av.open(video) as c:
         s = c.streams.video[0]
-        rate = float(s.average_rate or s.guessed_rate or 30)
-    return rate, video_length(video)
+        return float(s.average_rate or s.guessed_rate or 30)
+
+
+def _video_timing(video: str) -> tuple[float, int]:
+    """(frames per second, number of frames) of a video (30 fps when the container does not say)."""
+    from pipeline.pool import video_length
+
+    return _video_rate(video), video_length(video)
 
 
 def _every_few_seconds(what: str, seconds: float = 10.0):
